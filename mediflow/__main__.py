@@ -1,0 +1,3 @@
+from mediflow.cli import main
+
+raise SystemExit(main())

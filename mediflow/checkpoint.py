@@ -1,0 +1,121 @@
+"""Saving and loading MediFlow checkpoints.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always loaded with
+`torch.load(..., weights_only=True)`: a checkpoint from elsewhere cannot run code.
+
+Keys: the design's (`epoch`, `state_dict`, `class_names`, `best_val_acc`, `architecture`) plus
+`preprocessing`, `positive_class`, `threshold`, `temperature`, `val_metrics`, `train_config`,
+`seed`, `versions`, `file_list_sha256`, `created`. An ensemble is `{"format": ENSEMBLE_FORMAT,
+"members": [checkpoint, ...], ...}` with its own threshold and temperature over averaged members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mediflow.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "mediflow-checkpoint"
+ENSEMBLE_FORMAT = "mediflow-ensemble"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    from mediflow import __version__
+
+    versions = {
+        "mediflow": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import timm
+
+        versions["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
+    """Write atomically so an interrupted save never leaves a half-written model in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.setdefault("format", CHECKPOINT_FORMAT)
+    ckpt.setdefault("format_version", FORMAT_VERSION)
+    ckpt.setdefault("created", utc_now())
+    ckpt.setdefault("versions", library_versions())
+    ckpt = plain(ckpt)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plain(obj: Any) -> Any:
+    """Only types `weights_only=True` accepts: numpy scalars/arrays and version objects become
+    Python numbers, lists and strings; tensors stay tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if obj is None:
+        return None
+    for base in (bool, str, int, float):  # bool before int: bool is an int subclass
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, refused globals: all "not a safe checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable MediFlow checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT):
+        if isinstance(ckpt, dict) and {"state_dict", "architecture", "class_names"} <= ckpt.keys():
+            ckpt.setdefault("format", CHECKPOINT_FORMAT)  # the design's bare checkpoint layout
+        else:
+            raise CheckpointError(f"{path}: not a MediFlow checkpoint (missing architecture/class_names/state_dict)")
+    return ckpt
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,9 @@
+"""One module per `mediflow` sub-command. Each exposes `add_parser(subparsers)` and `run(args) -> int`."""
+
+# Order is the order `mediflow --help` lists them.
+COMMAND_MODULES = [
+    "train",
+    "evaluate",
+    "predict",
+    "serve",
+]

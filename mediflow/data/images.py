@@ -1,0 +1,113 @@
+"""Bytes or files -> an RGB PIL image, checked by content rather than by name or declared type.
+
+Every entry point (dataset loading, CLI prediction, the API) decodes through `decode_image`, so a
+bad file gets the same clear error everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from mediflow.errors import ImageDecodeError, ImageTooLargeError
+
+# Full-resolution chest films are at most ~4k x 4k; anything far beyond is a decompression bomb.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# Truncated JPEGs must fail loudly, not be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_MAGIC = {
+    "jpeg": (b"\xff\xd8\xff",),
+    "png": (b"\x89PNG\r\n\x1a\n",),
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format by magic bytes: 'jpeg', 'png', 'dicom' or None."""
+    for fmt, magics in _MAGIC.items():
+        if any(data.startswith(m) for m in magics):
+            return fmt
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any supported mode -> 8-bit RGB. 16-bit grayscale is min-max windowed to 8 bits,
+    because X-ray PNGs often use only 10-12 of their 16 bits and would otherwise look black."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        # Composite on black: transparent margins in exported films are background, not tissue.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode_image(
+    data: bytes,
+    *,
+    name: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode JPEG/PNG bytes to an RGB image, or raise ImageDecodeError saying what is wrong.
+
+    `draft_size`: for JPEG, let the decoder downscale in the DCT domain (by 1/2, 1/4 or 1/8) while
+    keeping both sides >= draft_size; far cheaper than decoding full resolution and resizing.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: file is empty")
+    fmt = sniff_format(data)
+    if fmt == "dicom":
+        from mediflow.data.dicom import decode_dicom  # optional dependency, imported on demand
+
+        return decode_dicom(data, name=name, max_pixels=max_pixels)
+    if fmt is None:
+        raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (unrecognised file signature)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageDecodeError(f"{name}: image has no pixels")
+            if w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels"
+                )
+            if draft_size and fmt == "jpeg":
+                img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_size, draft_size))
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{name}: image is too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})") from None
+    return _to_rgb(img)
+
+
+def load_image(path: str | Path, **kwargs) -> Image.Image:
+    """Decode an image file; errors name the file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{p}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{p}: cannot read ({exc.strerror})") from None
+    return decode_image(data, name=str(p), **kwargs)

@@ -1,0 +1,25 @@
+"""User-facing errors: each carries a one-line message the CLI prints and the API returns."""
+
+
+class MediFlowError(Exception):
+    """A problem with the user's input or environment, not a bug: shown as one line, no traceback."""
+
+
+class DatasetError(MediFlowError):
+    """The dataset folder is missing, empty, has too few classes or holds bad files."""
+
+
+class ImageDecodeError(MediFlowError):
+    """Bytes that are not a supported, intact image."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose declared pixel count is absurd (a decompression bomb)."""
+
+
+class WeightsUnavailableError(MediFlowError):
+    """Pretrained weights cannot be found or downloaded."""
+
+
+class CheckpointError(MediFlowError):
+    """A checkpoint file is missing, unreadable or not a MediFlow checkpoint."""

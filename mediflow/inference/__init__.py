@@ -1,0 +1,1 @@
+"""Checkpoint -> predictions: the predictor shared by the CLI, evaluation and the API."""

@@ -1,0 +1,1 @@
+"""Training: recipes, feature caching, calibration, distributed helpers."""

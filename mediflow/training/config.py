@@ -1,0 +1,62 @@
+"""Training configuration and the named recipes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = "model.pth"
+    arch: str = "efficientnet_lite0"
+    weights: str | None = None  # None -> the architecture's default ('imagenet')
+    recipe: str = "frozen"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None  # None -> inverse class frequency
+    augment: str = "design"  # design | xray
+    feature_views: int = 2
+    unfreeze: int | None = None  # finetune: last N backbone stages; None -> all
+    val_fraction: float = 0.2
+    val_dir: str | None = None
+    extra_data: list[str] = field(default_factory=list)
+    min_sensitivity: float = 0.97
+    calibrate: bool = True
+    image_size: int = 224
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = True
+    workers: int = 1
+    skip_bad: bool = False
+    resume: str | None = None
+    progress: bool = True
+    max_train_samples: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Named presets. `frozen` is the design document's recipe; `finetune` is the accuracy recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "frozen": dict(epochs=5, lr=1e-3, batch_size=32, augment="design", weight_decay=0.0, label_smoothing=0.0),
+    "finetune": dict(
+        epochs=8, lr=1e-3, backbone_lr_scale=0.2, batch_size=32, augment="xray", weight_decay=1e-4,
+        warmup_epochs=0.5, label_smoothing=0.1, bf16=True,
+    ),
+}
+
+
+def apply_recipe(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """Fill the recipe's defaults into every field the user did not set on the command line."""
+    for key, value in RECIPES[cfg.recipe].items():
+        if key not in explicit:
+            setattr(cfg, key, value)
+    return cfg

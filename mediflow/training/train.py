@@ -1,0 +1,367 @@
+"""`mediflow train`: the frozen-backbone recipe (features cached once) and full fine-tuning.
+
+Flow: class folders -> grouped train/val split -> model -> epochs (best epoch kept by validation
+AUC) -> temperature and threshold fitted on validation -> one checkpoint written by rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from mediflow.checkpoint import load_checkpoint, save_checkpoint
+from mediflow.data.dataset import (
+    ImageFolderDataset,
+    Samples,
+    check_images,
+    grouped_split,
+    resolve_split_dir,
+    scan_class_folders,
+)
+from mediflow.errors import MediFlowError
+from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.models.registry import MediFlowNet, build_model, get_spec
+from mediflow.preprocessing import AugmentConfig, PreprocessConfig, eval_transform, train_transform
+from mediflow.training import distributed as D
+from mediflow.training.calibration import choose_threshold, fit_temperature, softmax
+from mediflow.training.config import TrainConfig
+
+log = logging.getLogger("mediflow.train")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MediFlowError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def load_splits(cfg: TrainConfig) -> tuple[Samples, Samples]:
+    train_root = resolve_split_dir(cfg.data, "train")
+    samples = check_images(scan_class_folders(train_root), skip_bad=cfg.skip_bad)
+    if cfg.val_dir:
+        train = samples
+        val = check_images(scan_class_folders(cfg.val_dir), skip_bad=cfg.skip_bad)
+    else:
+        train, val = grouped_split(samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    for extra in cfg.extra_data:
+        train = train.extend(check_images(scan_class_folders(extra, min_classes=1), skip_bad=cfg.skip_bad))
+    if cfg.max_train_samples and len(train) > cfg.max_train_samples:
+        rng = np.random.default_rng(cfg.seed)
+        train = train.subset(sorted(rng.choice(len(train), cfg.max_train_samples, replace=False)))
+    return train, val
+
+
+def class_weight_tensor(cfg: TrainConfig, train: Samples) -> torch.Tensor:
+    k = len(train.class_names)
+    if cfg.class_weights:
+        if len(cfg.class_weights) != k:
+            raise MediFlowError(f"--class-weights has {len(cfg.class_weights)} values for {k} classes {train.class_names}")
+        return torch.tensor(cfg.class_weights, dtype=torch.float32)
+    counts = np.bincount(np.asarray(train.labels), minlength=k).astype(np.float64)
+    w = counts.sum() / (k * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _loader(ds, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop_last: bool = False) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
+                      drop_last=drop_last, persistent_workers=workers > 0 and shuffle)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def extract(model: MediFlowNet, loader: DataLoader, device: torch.device, *, pooled: bool, bf16: bool,
+            channels_last: bool, desc: str, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """Run the backbone over a loader: pooled features (pooled=True) or logits, plus labels."""
+    model.eval()
+    outs, labels = [], []
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
+            f = model.pool(model.forward_features(x))
+            out = f if pooled else model.forward_head(f)
+        outs.append(out.float().cpu())
+        labels.append(y.numpy())
+    return torch.cat(outs), np.concatenate(labels)
+
+
+def _gather_rows(t: torch.Tensor, y: np.ndarray, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """Reassemble a sharded evaluation (strided shards) into dataset order on every rank."""
+    parts = D.gather_objects((idx, t.numpy(), y))
+    n = sum(len(p[0]) for p in parts)
+    out = np.zeros((n, t.shape[1]), dtype=np.float32)
+    labels = np.zeros(n, dtype=int)
+    for ids, arr, lab in parts:
+        out[ids], labels[ids] = arr, lab
+    return torch.from_numpy(out), labels
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = D.init_distributed(self.device)
+        self.main = self.rank == 0
+        self.progress = cfg.progress and self.main
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        spec = get_spec(cfg.arch)
+        self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std)
+        self.aug = AugmentConfig.xray() if cfg.augment == "xray" else AugmentConfig.design()
+
+    # -- data ---------------------------------------------------------------------------------
+    def _val_logits(self, model: MediFlowNet, val_ds: ImageFolderDataset) -> tuple[np.ndarray, np.ndarray]:
+        idx = D.shard(len(val_ds), self.rank, self.world)
+        loader = _loader(Subset(val_ds, idx), 64, shuffle=False, workers=self.cfg.workers, seed=0)
+        logits, y = extract(model, loader, self.device, pooled=False, bf16=self.cfg.bf16,
+                            channels_last=self.cfg.channels_last, desc="validate", progress=self.progress)
+        logits, y = _gather_rows(logits, y, idx)
+        return logits.numpy(), y
+
+    # -- main ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        train, val = load_splits(cfg)
+        class_names = train.class_names
+        if val.class_names != class_names:
+            raise MediFlowError(f"validation classes {val.class_names} differ from training classes {class_names}")
+        log.info("train %s | val %s | classes %s | device %s x%d", train.counts(), val.counts(), class_names,
+                 self.device, self.world)
+        resume = load_checkpoint(cfg.resume) if cfg.resume else None
+        weights = None if resume else (cfg.weights or get_spec(cfg.arch).default_weights)
+        model = build_model(cfg.arch, len(class_names), weights=weights).to(self.device)
+        start_epoch = 0
+        if resume:
+            if resume.get("architecture") != cfg.arch or resume.get("class_names") != class_names:
+                raise MediFlowError("--resume checkpoint has a different architecture or class list")
+            model.load_state_dict(resume["state_dict"])
+            start_epoch = int(resume.get("epoch", 0))
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(self.device),
+                                        label_smoothing=cfg.label_smoothing)
+        val_ds = ImageFolderDataset(val, eval_transform(self.prep))
+        if cfg.recipe == "frozen":
+            history, best = self._train_frozen(model, train, val_ds, criterion, start_epoch, resume)
+        else:
+            history, best = self._train_finetune(model, train, val_ds, criterion, start_epoch, resume)
+        model.load_state_dict(best["state_dict"])
+        logits, y = best["val_logits"], best["val_labels"]
+        pos = positive_index(class_names)
+        temperature = fit_temperature(logits, y) if cfg.calibrate else 1.0
+        probs = softmax(logits, temperature)
+        threshold = choose_threshold(probs[:, pos], y == pos, cfg.min_sensitivity) if pos is not None else None
+        metrics = compute_metrics(y, probs, class_names, threshold=threshold)
+        wall = time.perf_counter() - t0
+        ckpt = {
+            "epoch": best["epoch"],
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "class_names": class_names,
+            # The design's key; here it is balanced accuracy at the stored threshold, which a
+            # 74%-PNEUMONIA data set cannot inflate the way plain accuracy can.
+            "best_val_acc": metrics["balanced_accuracy"],
+            "architecture": cfg.arch,
+            "positive_class": class_names[pos] if pos is not None else None,
+            "preprocessing": self.prep.to_dict(),
+            "augmentation": self.aug.to_dict(),
+            "threshold": threshold,
+            "temperature": temperature,
+            "val_metrics": metrics,
+            "val_split": {"n_train": len(train), "n_val": len(val), "val_fraction": cfg.val_fraction,
+                          "grouped_by": "patient + identical bytes", "seed": cfg.seed},
+            "history": history,
+            "train_config": cfg.to_dict(),
+            "train_seconds": round(wall, 1),
+            "seed": cfg.seed,
+            "file_list_sha256": train.file_list_sha256(),
+            "val_file_list_sha256": val.file_list_sha256(),
+            "world_size": self.world,
+        }
+        if self.main:
+            save_checkpoint(ckpt, cfg.out)
+            log.info("saved %s (epoch %d, val AUC %.4f, balanced acc %.4f, sens %.4f, spec %.4f, T=%.3f, thr=%.4f) in %.0fs",
+                     cfg.out, best["epoch"], metrics["auc"], metrics["balanced_accuracy"], metrics.get("sensitivity", float("nan")),
+                     metrics.get("specificity", float("nan")), temperature, threshold or float("nan"), wall)
+        D.barrier()
+        D.shutdown()
+        return ckpt
+
+    def _select(self, best: dict | None, epoch: int, model: nn.Module, logits: np.ndarray, y: np.ndarray,
+                history: list[dict], loss: float, class_names: list[str]) -> dict:
+        probs = softmax(logits)
+        m = compute_metrics(y, probs, class_names, threshold=0.5 if len(class_names) == 2 else None)
+        # AUC is threshold-free and blind to class balance; tie-break on balanced accuracy.
+        score = (np.nan_to_num(m["auc"]), np.nan_to_num(m["balanced_accuracy"]))
+        history.append({"epoch": epoch, "train_loss": round(loss, 5), "val_auc": m["auc"],
+                        "val_balanced_accuracy": m["balanced_accuracy"]})
+        if self.main:
+            log.info("epoch %d/%d  loss %.4f  val AUC %.4f  balanced acc %.4f", epoch, self.cfg.epochs, loss,
+                     m["auc"], m["balanced_accuracy"])
+        if best is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "val_logits": logits, "val_labels": y,
+                    "state_dict": copy.deepcopy(model.state_dict())}
+        return best
+
+    # -- frozen: cached backbone features, head only ------------------------------------------
+    def _train_frozen(self, model, train, val_ds, criterion, start_epoch, resume):
+        cfg = self.cfg
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        idx = D.shard(len(train), self.rank, self.world)
+        views = []
+        tf = train_transform(self.prep, self.aug)
+        for v in range(max(1, cfg.feature_views)):
+            torch.manual_seed(cfg.seed * 1000 + v * 17 + self.rank)
+            loader = _loader(Subset(ImageFolderDataset(train, tf), idx), 64, shuffle=False,
+                             workers=cfg.workers, seed=cfg.seed)
+            feats, y_train = extract(model, loader, self.device, pooled=True, bf16=cfg.bf16,
+                                     channels_last=cfg.channels_last, desc=f"features view {v + 1}/{cfg.feature_views}",
+                                     progress=self.progress)
+            views.append(feats)
+        # Validation features once; the head is the only thing that changes between epochs.
+        vidx = D.shard(len(val_ds), self.rank, self.world)
+        vloader = _loader(Subset(val_ds, vidx), 64, shuffle=False, workers=cfg.workers, seed=0)
+        vfeats, vy = extract(model, vloader, self.device, pooled=True, bf16=cfg.bf16,
+                             channels_last=cfg.channels_last, desc="features val", progress=self.progress)
+        vfeats, vy = _gather_rows(vfeats, vy, vidx)
+        head = nn.Sequential(model.dropout, model.head)
+        trainable = head
+        if self.world > 1:
+            trainable = nn.parallel.DistributedDataParallel(head)
+        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if resume and "optimizer" in resume:
+            with contextlib.suppress(ValueError):
+                opt.load_state_dict(resume["optimizer"])
+        y_t = torch.as_tensor(y_train, dtype=torch.long)
+        history: list[dict] = []
+        best = None
+        g = torch.Generator().manual_seed(cfg.seed)
+        # Every rank takes the same number of steps, or DDP's all-reduce would wait forever.
+        n_local = len(y_t)
+        steps = max(D.gather_objects(math.ceil(n_local / cfg.batch_size)))
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            feats = views[(epoch - 1) % len(views)]
+            head.train()
+            perm = torch.randperm(n_local, generator=g)
+            total, count = 0.0, 0
+            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
+            for s in bar:
+                b = perm[(s * cfg.batch_size) % n_local:][: cfg.batch_size]
+                x, yb = feats[b].to(self.device), y_t[b].to(self.device)
+                loss = criterion(trainable(x), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+                count += len(b)
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            head.eval()
+            with torch.no_grad():
+                vlogits = head(vfeats.to(self.device)).float().cpu().numpy()
+            best = self._select(best, epoch, model, vlogits, vy, history, total / max(count, 1), train.class_names)
+        return history, best
+
+    # -- finetune: the whole network (or its last N stages) -----------------------------------
+    def _train_finetune(self, model, train, val_ds, criterion, start_epoch, resume):
+        cfg = self.cfg
+        stages = model.stages
+        n_unfrozen = len(stages) if cfg.unfreeze is None else max(0, min(cfg.unfreeze, len(stages)))
+        frozen_stages = stages[: len(stages) - n_unfrozen]
+        for st in frozen_stages:
+            for p in st.parameters():
+                p.requires_grad_(False)
+        # Discriminative learning rates: the head at lr, later stages closer to it than early ones.
+        groups = [{"params": list(model.head.parameters()), "lr": cfg.lr}]
+        trainable_stages = stages[len(stages) - n_unfrozen:]
+        for i, st in enumerate(trainable_stages):
+            depth = (i + 1) / max(1, len(trainable_stages))
+            scale = cfg.backbone_lr_scale ** (1.5 - depth) if cfg.backbone_lr_scale > 0 else 0
+            params = [p for p in st.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": cfg.lr * min(1.0, scale)})
+        for gr in groups:
+            gr["base_lr"] = gr["lr"]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        tf = train_transform(self.prep, self.aug)
+        ds = ImageFolderDataset(train, tf)
+        sampler = None
+        if self.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=True, seed=cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                            num_workers=cfg.workers, generator=g, drop_last=len(ds) > cfg.batch_size,
+                            persistent_workers=cfg.workers > 0)
+        net: nn.Module = model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(model)
+        steps_per_epoch = len(loader)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        if resume and "optimizer" in resume:
+            with contextlib.suppress(ValueError):
+                opt.load_state_dict(resume["optimizer"])
+        history: list[dict] = []
+        best = None
+        step = start_epoch * steps_per_epoch
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            model.train()
+            for st in frozen_stages:
+                st.eval()  # frozen stages keep their ImageNet BatchNorm statistics
+            total, count = 0.0, 0
+            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
+            for x, y in bar:
+                for gr in opt.param_groups:
+                    gr["lr"] = gr["base_lr"] * lr_factor(step)
+                x, y = x.to(self.device), y.to(self.device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(self.device, cfg.bf16):
+                    logits = net(x)
+                loss = criterion(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                total += loss.item() * len(y)
+                count += len(y)
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+            vlogits, vy = self._val_logits(model, val_ds)
+            best = self._select(best, epoch, model, vlogits, vy, history, total / max(count, 1), train.class_names)
+        return history, best
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    return Trainer(cfg).run()
+
+

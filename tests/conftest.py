@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny synthetic datasets made in the tests, and the real data when present."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_224 = SHARED_DATA / "chest_xray224"
+FULLRES = SHARED_DATA / "fullres_samples"
+
+
+def xray_like(label: int, seed: int, size: int = 64, mode: str = "L") -> Image.Image:
+    """A synthetic 'film': dark background, two bright lung-field ellipses; class 1 gets a dense blob.
+    Different enough per class that a model can learn it, cheap enough for unit tests."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 40 + 20 * rng.random((size, size))
+    for cx in (0.3, 0.7):
+        img += 120 * (((xx - cx) / 0.18) ** 2 + ((yy - 0.5) / 0.32) ** 2 < 1)
+    if label == 1:
+        cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65)
+        img += 90 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01))
+    arr = np.clip(img, 0, 255).astype(np.uint8)
+    im = Image.fromarray(arr, mode="L")
+    return im.convert(mode) if mode != "L" else im
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_dataset(root: Path, n_per_class: int = 12, size: int = 64, classes=("NORMAL", "PNEUMONIA")) -> Path:
+    """root/{train,val}/CLASS/*.jpeg with Kermany-style names (several images per patient)."""
+    for split, n in (("train", n_per_class), ("val", 4)):
+        for label, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed = hash((split, cls, i)) % 2**32
+                name = f"IM-{i // 2:04d}-{i % 2 + 1:04d}.jpeg" if label == 0 else f"person{i // 2}_bacteria_{i}.jpeg"
+                (d / name).write_bytes(jpeg_bytes(xray_like(label, seed, size)))
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_224 / "train").is_dir():
+        pytest.skip(f"real data not present at {REAL_224} (a user's clone has no ../shared)")
+    return REAL_224
+
+
+@pytest.fixture
+def fullres_dir() -> Path:
+    if not FULLRES.is_dir():
+        pytest.skip(f"full-resolution samples not present at {FULLRES}")
+    return FULLRES
