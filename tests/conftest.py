@@ -73,3 +73,16 @@ def fullres_dir() -> Path:
     if not FULLRES.is_dir():
         pytest.skip(f"full-resolution samples not present at {FULLRES}")
     return FULLRES
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real (if tiny and untrained-from-scratch) checkpoint: efficientnet_lite0 at 64 px, 2 epochs."""
+    from mediflow.cli import main
+
+    root = make_dataset(tmp_path_factory.mktemp("tinydata"))
+    out = tmp_path_factory.mktemp("tinymodel") / "tiny.pth"
+    rc = main(["train", "--data", str(root), "--weights", "none", "--image-size", "64", "--epochs", "2",
+               "--val-fraction", "0.3", "--out", str(out), "--no-progress"])
+    assert rc == 0 and out.is_file()
+    return out
