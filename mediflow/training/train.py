@@ -40,6 +40,14 @@ from mediflow.training.config import TrainConfig
 log = logging.getLogger("mediflow.train")
 
 
+def progress_bar(iterable, *, desc: str, enabled: bool):
+    """tqdm that also behaves in logs: when stderr is not a terminal, update at most every 30 s."""
+    import sys
+
+    return tqdm(iterable, desc=desc, disable=not enabled, leave=False,
+                mininterval=0.1 if sys.stderr.isatty() else 30)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +102,7 @@ def extract(model: MediFlowNet, loader: DataLoader, device: torch.device, *, poo
     """Run the backbone over a loader: pooled features (pooled=True) or logits, plus labels."""
     model.eval()
     outs, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for x, y in progress_bar(loader, desc=desc, enabled=progress):
         x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -266,7 +274,7 @@ class Trainer:
             head.train()
             perm = torch.randperm(n_local, generator=g)
             total, count = 0.0, 0
-            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
+            bar = progress_bar(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", enabled=self.progress)
             for s in bar:
                 b = perm[(s * cfg.batch_size) % n_local:][: cfg.batch_size]
                 x, yb = feats[b].to(self.device), y_t[b].to(self.device)
@@ -339,7 +347,7 @@ class Trainer:
             for st in frozen_stages:
                 st.eval()  # frozen stages keep their ImageNet BatchNorm statistics
             total, count = 0.0, 0
-            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
+            bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", enabled=self.progress)
             for x, y in bar:
                 for gr in opt.param_groups:
                     gr["lr"] = gr["base_lr"] * lr_factor(step)
