@@ -30,13 +30,37 @@ class MediFlowNet(nn.Module):
         self.feature_dim = feature_dim
         # Not registered as a ModuleList: the same modules already live under `backbone`.
         self._stages = stages
+        # Leading stages that are frozen run without autograd bookkeeping (see `freeze_stages`).
+        self.frozen_prefix = 0
 
     @property
     def stages(self) -> list[nn.Module]:
         """Backbone stages from input to output, for partial unfreezing."""
         return self._stages
 
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the first n backbone stages: no gradients, ImageNet BatchNorm statistics kept,
+        and no activations stored for backward, which is where partial fine-tuning saves its time."""
+        self.frozen_prefix = n
+        for st in self._stages[:n]:
+            for p in st.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MediFlowNet":
+        super().train(mode)
+        for st in self._stages[: self.frozen_prefix]:
+            st.eval()
+        return self
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.frozen_prefix
+        if k and torch.is_grad_enabled():
+            with torch.no_grad():
+                for st in self._stages[:k]:
+                    x = st(x)
+            for st in self._stages[k:]:
+                x = st(x)
+            return x
         return self.backbone(x)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -151,7 +175,8 @@ def _lite0_backbone(weights: str | Path | None) -> tuple[nn.Module, list[nn.Modu
     if weights is not None:
         path = lite0_weights_file() if weights == "imagenet" else Path(weights)
         load_lite0_weights(net, path)
-    backbone = nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2)
+    # Nine stages like torchvision's EfficientNet: stem, seven block stages, 1x1 head conv.
+    backbone = nn.Sequential(nn.Sequential(net.conv_stem, net.bn1), *net.blocks, nn.Sequential(net.conv_head, net.bn2))
     return backbone, list(backbone.children())
 
 
