@@ -73,7 +73,10 @@ def source_info(data: bytes) -> repository.SourceInfo:
             from mediflow.data.dicom import dicom_metadata  # optional: pydicom
         except ImportError:
             return info
-        meta = dicom_metadata(data) or {}
+        try:
+            meta = dicom_metadata(data) or {}
+        except ImageDecodeError:
+            return info  # the pixels decoded; a header we cannot read just leaves the identifiers empty
 
         def text(key: str, limit: int) -> str | None:
             value = meta.get(key)
