@@ -14,6 +14,26 @@ from pathlib import Path
 import pytest
 
 POSTGRES_ENV = "MEDIFLOW_TEST_POSTGRES_URL"
+FAKE_MODEL = {"architecture": "efficientnet_lite0", "version": "test", "sha256": "0" * 64}
+
+
+def fake_result(p_pneumonia: float, threshold: float | None = 0.4, review_below: float = 0.7) -> dict:
+    """A Predictor.response()-shaped result with a chosen P(PNEUMONIA), for store-level tests."""
+    pred = "PNEUMONIA" if p_pneumonia >= (0.5 if threshold is None else threshold) else "NORMAL"
+    confidence = p_pneumonia if pred == "PNEUMONIA" else 1 - p_pneumonia
+    return {"prediction": pred, "confidence": confidence, "needs_review": confidence < review_below,
+            "probabilities": {"NORMAL": 1 - p_pneumonia, "PNEUMONIA": p_pneumonia},
+            "threshold": threshold, "model": FAKE_MODEL}
+
+
+def add_fake_study(store, p_pneumonia: float, *, image: bytes | None = None, fmt: str = "jpeg",
+                   threshold: float | None = 0.4):
+    """A study straight into the store; returns its id."""
+    from mediflow.store import repository
+
+    with store.session() as s:
+        return repository.add_study(s, repository.SourceInfo("a" * 64, fmt), fake_result(p_pneumonia, threshold),
+                                    positive_class="PNEUMONIA", image=image).id
 
 
 def _postgres_database(base_url: str) -> Iterator[str]:

@@ -5,23 +5,15 @@ from __future__ import annotations
 import csv
 
 from conftest import jpeg_bytes, png_bytes, xray_like
-from db_fixtures import database_url, store  # noqa: F401  (fixtures)
+from db_fixtures import add_fake_study, database_url, store  # noqa: F401  (fixtures)
 from mediflow.cli import main
 from mediflow.data.dataset import check_images, scan_class_folders
 from mediflow.store import repository
 from mediflow.training.config import TrainConfig
 from mediflow.training.train import load_splits
 
-MODEL = {"architecture": "tiny", "version": "t", "sha256": "0" * 64}
-
-
 def add(store, p: float, data: bytes | None, fmt: str = "jpeg"):
-    result = {"prediction": "PNEUMONIA" if p >= 0.5 else "NORMAL", "confidence": max(p, 1 - p),
-              "needs_review": False, "probabilities": {"NORMAL": 1 - p, "PNEUMONIA": p}, "threshold": 0.5,
-              "model": MODEL}
-    with store.session() as s:
-        return repository.add_study(s, repository.SourceInfo("a" * 64, fmt), result, positive_class="PNEUMONIA",
-                                    image=data).id
+    return add_fake_study(store, p, image=data, fmt=fmt, threshold=0.5)
 
 
 def review(store, sid, label: str, reviewer: str = "dr_a") -> None:

@@ -11,29 +11,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
 
-from db_fixtures import database_url, store  # noqa: F401  (fixtures)
+from db_fixtures import add_fake_study, database_url, fake_result, store  # noqa: F401  (fixtures)
 from mediflow.errors import MediFlowError
 from mediflow.store import repository
 from mediflow.store.db import Store, current_revision, head_revision, upgrade
 from mediflow.store.models import AuditEntry, Base, Review, StudyImage
 from mediflow.store.triage import triage_scores
 
-MODEL = {"architecture": "efficientnet_lite0", "version": "test", "sha256": "0" * 64}
 
 
-def result(p_pneumonia: float, threshold: float | None = 0.4, review_below: float = 0.7) -> dict:
-    pred = "PNEUMONIA" if p_pneumonia >= (0.5 if threshold is None else threshold) else "NORMAL"
-    confidence = p_pneumonia if pred == "PNEUMONIA" else 1 - p_pneumonia
-    return {"prediction": pred, "confidence": confidence, "needs_review": confidence < review_below,
-            "probabilities": {"NORMAL": 1 - p_pneumonia, "PNEUMONIA": p_pneumonia},
-            "threshold": threshold, "model": MODEL}
-
-
-def add(store: Store, p: float, *, image: bytes | None = None) -> str:
-    with store.session() as s:
-        study = repository.add_study(s, repository.SourceInfo(f"{p:064.3f}"[-64:], "jpeg"), result(p),
-                                     positive_class="PNEUMONIA", image=image, media_type="image/jpeg")
-        return study.id
+def add(store: Store, p: float, *, image: bytes | None = None):
+    return add_fake_study(store, p, image=image)
 
 
 def test_migrations_apply_on_an_empty_database(database_url):
@@ -159,8 +147,8 @@ def test_deleting_a_study_keeps_its_audit_trail(store):
 
 
 def test_triage_scores():
-    assert triage_scores(result(0.9, threshold=0.4), "PNEUMONIA") == pytest.approx((0.9, 0.5))
-    assert triage_scores(result(0.45, threshold=None), "PNEUMONIA") == pytest.approx((0.45, 0.05))
+    assert triage_scores(fake_result(0.9, threshold=0.4), "PNEUMONIA") == pytest.approx((0.9, 0.5))
+    assert triage_scores(fake_result(0.45, threshold=None), "PNEUMONIA") == pytest.approx((0.45, 0.05))
     # Without a positive class the least confident studies come first either way.
     r = {"probabilities": {"A": 0.6, "B": 0.4}, "confidence": 0.6}
     assert triage_scores(r, None) == pytest.approx((0.4, 0.6))

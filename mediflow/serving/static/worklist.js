@@ -154,6 +154,11 @@
         `${when(r.reviewed_at)}` + (r.note ? ` — ${r.note}` : "");
       history.appendChild(li);
     }
+    if (!s.reviews.length) {
+      const li = document.createElement("li");
+      li.textContent = "None yet.";
+      history.appendChild(li);
+    }
     $("note").value = "";
     renderReviewButtons(s);
     await showImage(s);
