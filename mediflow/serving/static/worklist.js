@@ -157,6 +157,7 @@
     if (!s.reviews.length) {
       const li = document.createElement("li");
       li.textContent = "None yet.";
+      li.className = "empty";
       history.appendChild(li);
     }
     $("note").value = "";
