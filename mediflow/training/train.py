@@ -333,7 +333,7 @@ class Trainer:
                 step += 1
                 total += loss.item() * len(b)
                 count += len(b)
-                bar.set_postfix(loss=f"{total / count:.4f}")
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             tail.eval()
             with torch.no_grad(), _autocast(self.device, cfg.bf16 and not pooled):
                 vl = torch.cat([tail(vfeats[i:i + 128].to(self.device)).float().cpu()
@@ -424,7 +424,7 @@ class Trainer:
                 step += 1
                 total += loss.item() * len(y)
                 count += len(y)
-                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
             vlogits, vy = self._val_logits(model, val_ds)
             best = self._select(best, epoch, model, vlogits, vy, history, total / max(count, 1), train.class_names)
         return history, best
