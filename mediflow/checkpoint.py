@@ -68,6 +68,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

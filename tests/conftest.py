@@ -27,7 +27,7 @@ def xray_like(label: int, seed: int, size: int = 64, mode: str = "L") -> Image.I
         cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65)
         img += 90 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01))
     arr = np.clip(img, 0, 255).astype(np.uint8)
-    im = Image.fromarray(arr, mode="L")
+    im = Image.fromarray(arr)
     return im.convert(mode) if mode != "L" else im
 
 

@@ -34,7 +34,7 @@ def test_decode_modes_give_rgb(mode):
     base = xray_like(1, 3)
     if mode == "I;16":
         arr = (np.asarray(base, dtype=np.uint16) * 16)  # 12-bit data in a 16-bit PNG
-        img = Image.fromarray(arr, mode="I;16")
+        img = Image.fromarray(arr)
     else:
         img = base.convert(mode)
     out = decode_image(png_bytes(img))

@@ -6,4 +6,6 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "serve",
+    "db",
+    "feedback",
 ]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from mediflow.commands import _clinical_options as clinical
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -14,6 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")
     p.add_argument("--review-below", type=float, help="confidence under which needs_review is set (default 0.70)")
     p.add_argument("--cors-origin", action="append", help="allowed cross-origin caller (repeatable); default none")
+    clinical.add_arguments(p)
     return p
 
 
@@ -36,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["review_below"] = args.review_below
     if args.cors_origin:
         overrides["cors_origins"] = args.cors_origin
+    overrides.update(clinical.overrides(args, os.environ.get("MEDIFLOW_DATABASE_URL")))
     settings = Settings(**overrides)
+    clinical.check_exposure(settings, insecure=args.insecure)
     # Load the model before binding the port, so a bad --model is a one-line error, not a crash loop.
     from mediflow.inference.predictor import Predictor
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mediflow.errors import MediFlowError
 from mediflow.training.config import RECIPES, TrainConfig, apply_recipe
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.finetune:
         args.recipe = "finetune"
     cfg = TrainConfig(data=args.data, out=args.out, extra_data=args.extra_data, skip_bad=args.skip_bad,
-                      calibrate=not args.no_calibrate, progress=not args.no_progress and sys.stderr.isatty())
+                      calibrate=not args.no_calibrate, progress=not args.no_progress)
     explicit = set()
     for f in FIELDS:
         v = getattr(args, f)

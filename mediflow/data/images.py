@@ -45,7 +45,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        img = Image.fromarray(scaled.round().astype(np.uint8))
     if img.mode in ("RGBA", "LA", "P", "PA"):
         # Composite on black: transparent margins in exported films are background, not tissue.
         rgba = img.convert("RGBA")
@@ -90,7 +90,7 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{name}: image is too large to decode safely ({exc})") from None
+        raise ImageTooLargeError(f"{name}: image exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

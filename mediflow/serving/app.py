@@ -18,6 +18,7 @@ from mediflow.errors import ImageDecodeError, ImageTooLargeError
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.schemas import AnalysisResponse, HealthResponse
 from mediflow.serving.settings import Settings
+from mediflow.serving.studies import install as install_studies, record_analysis
 
 log = logging.getLogger("mediflow.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -73,12 +74,13 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
-                return await asyncio.to_thread(predictor.predict_bytes, data, name="upload",
-                                               max_pixels=settings.max_pixels)
+                result = await asyncio.to_thread(predictor.predict_bytes, data, name="upload",
+                                                 max_pixels=settings.max_pixels)
             except ImageTooLargeError as exc:
                 raise HTTPException(400, detail=str(exc)) from None
             except ImageDecodeError as exc:
                 raise HTTPException(400, detail=str(exc)) from None
+        return await record_analysis(request, data, result)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -90,5 +92,6 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    install_studies(app, settings)  # study store, API keys, audit, worklist
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

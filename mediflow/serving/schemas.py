@@ -20,6 +20,7 @@ class AnalysisResponse(BaseModel):
     threshold: float | None = Field(description="PNEUMONIA probability at or above which PNEUMONIA is predicted")
     model: ModelRef
     inference_ms: float
+    study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
 
 
 class HealthResponse(BaseModel):

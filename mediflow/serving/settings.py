@@ -18,3 +18,8 @@ class Settings(BaseSettings):
     # Same-origin only by default; a medical service never answers every origin.
     cors_origins: list[str] = Field(default_factory=list)
     device: str = "cpu"
+    # The clinical workflow (see mediflow/serving/studies.py). No database: nothing is stored.
+    database_url: str | None = Field(default=None, description="study store, e.g. sqlite:///path.db; unset: none")
+    store_images: bool = Field(default=False, description="keep uploaded bytes in the store (privacy: off)")
+    api_keys: str | None = Field(default=None, description="'name:key,name2:key2'; set: /api/* needs a key")
+    api_keys_file: str | None = Field(default=None, description="file with one 'name:key' per line")
