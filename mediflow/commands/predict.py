@@ -18,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mediflow.data.images import load_image
+    from mediflow.data.images import image_notes, load_image
     from mediflow.errors import ImageDecodeError
     from mediflow.inference.predictor import Predictor
 
@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.images:
         try:
-            result = {"file": path, **predictor.predict_image(load_image(path))}
+            img = load_image(path)
+            result = {"file": path, **predictor.predict_image(img)}
+            if image_notes(img):
+                result["notes"] = image_notes(img)
         except ImageDecodeError as exc:
             result = {"file": path, "error": str(exc)}
             status = 1

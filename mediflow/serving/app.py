@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from mediflow import DISCLAIMER, __version__
+from mediflow.data.images import decode_image, image_notes
+from mediflow.data.preview import preview_data_url
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.schemas import AnalysisResponse, HealthResponse
@@ -30,6 +33,19 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise HTTPException(413, detail=f"upload exceeds the {limit // (1024 * 1024)} MB limit")
     return data
+
+
+def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, preview: bool) -> dict[str, Any]:
+    """Decode and predict one upload; the result also carries the decoder's notes (e.g. frames of a
+    multi-frame DICOM not analysed) and, on request, a PNG preview the browser can show."""
+    t0 = time.perf_counter()
+    img = decode_image(data, name="upload", max_pixels=max_pixels)
+    probs = predictor.probabilities_from_images([img])[0]
+    result = predictor.response(probs, (time.perf_counter() - t0) * 1000)
+    result["notes"] = image_notes(img)
+    if preview:
+        result["preview"] = preview_data_url(img)
+    return result
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
@@ -69,13 +85,15 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
               responses={400: {"description": "not a readable JPEG/PNG/DICOM image"},
                          413: {"description": "upload too large"}})
     async def analyze(request: Request, file: UploadFile = File(..., description="chest X-ray (JPEG, PNG or DICOM)"),
+                      preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
+                                                               "(at most 1024 px): browsers cannot show DICOM"),
                       predictor: Predictor = Depends(get_predictor)) -> dict[str, Any]:
         data = await read_upload(file, settings.max_upload_bytes)
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
-                result = await asyncio.to_thread(predictor.predict_bytes, data, name="upload",
-                                                 max_pixels=settings.max_pixels)
+                result = await asyncio.to_thread(analyze_upload, predictor, data, max_pixels=settings.max_pixels,
+                                                 preview=preview)
             except ImageTooLargeError as exc:
                 raise HTTPException(400, detail=str(exc)) from None
             except ImageDecodeError as exc:

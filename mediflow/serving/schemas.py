@@ -20,6 +20,9 @@ class AnalysisResponse(BaseModel):
     threshold: float | None = Field(description="PNEUMONIA probability at or above which PNEUMONIA is predicted")
     model: ModelRef
     inference_ms: float
+    notes: list[str] = Field(default_factory=list, description="about the input, e.g. 'multi-frame DICOM: first "
+                                                                "frame of 3 analysed'")
+    preview: str | None = Field(default=None, description="with ?preview=true: the decoded image as a PNG data URL")
     study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
 
 

@@ -7,7 +7,6 @@ a database URL is set, loads API keys, adds the access/audit middleware and thes
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mediflow import DISCLAIMER
 from mediflow.data.images import decode_image, sniff_format
+from mediflow.data.preview import preview_png
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import AccessMiddleware, load_api_keys
 from mediflow.serving.settings import Settings
@@ -31,7 +31,6 @@ from mediflow.store.models import Study
 log = logging.getLogger("mediflow.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
-PREVIEW_SIZE = 1024
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -201,11 +200,7 @@ async def get_image(request: Request, study_id: uuid.UUID,
 
 
 def _render_preview(data: bytes, max_pixels: int) -> bytes:
-    img = decode_image(data, name="stored image", max_pixels=max_pixels)
-    img.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return preview_png(decode_image(data, name="stored image", max_pixels=max_pixels))
 
 
 @router.post("/{study_id}/review", response_model=StudyDetail,
