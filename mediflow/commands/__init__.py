@@ -5,6 +5,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "predict",
+    "analyze",
     "serve",
     "db",
     "feedback",
