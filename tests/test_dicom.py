@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
+from conftest import REPO  # noqa: E402
 from dicom_factory import (  # noqa: E402
     dicom_bytes, gradient, image_dataset, structured_report_bytes, to_bytes,
 )
@@ -274,3 +278,40 @@ def test_metadata_absent_fields_are_none():
     assert meta["PatientAge"] is None and meta["ViewPosition"] is None and "NumberOfFrames" not in meta
     with pytest.raises(ImageDecodeError):
         dicom_metadata(b"\0" * 128 + b"DICM" + b"\x02\x00")
+
+
+BAD_UID = "Jane.Doe.1.2.3"  # letters are not allowed in a UI value: pydicom quotes it when it reads it
+
+
+def malformed_header_dicom() -> bytes:
+    ds = image_dataset(gradient(top=255, dtype=np.uint8))
+    good = ds.StudyInstanceUID = "1.2.826.0.1.36"  # same length as BAD_UID
+    # Patched into the bytes: pydicom validates values it is given, but must read what it is sent.
+    return to_bytes(ds).replace(good.encode(), BAD_UID.encode())
+
+
+def test_malformed_header_values_never_reach_the_logs(caplog):
+    """pydicom quotes invalid element values in its warnings and log records; a study's identifiers
+    (or a patient's name or age) must not end up in MediFlow's logs."""
+    data = malformed_header_dicom()
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        decode_image(data)
+        meta = dicom_metadata(data)
+    assert meta["StudyInstanceUID"] == BAD_UID  # kept for the study, as it is
+    assert BAD_UID not in caplog.text
+
+
+def test_malformed_header_values_never_reach_stderr(tmp_path):
+    """The same in a fresh process with DEBUG logging to stderr, as `mediflow -v` has (pytest's own
+    warning capture would hide what a real run prints)."""
+    path = tmp_path / "odd.dcm"
+    path.write_bytes(malformed_header_dicom())
+    script = ("import logging, sys; logging.basicConfig(level=logging.DEBUG); "
+              "from mediflow.data.images import load_image; from mediflow.data.dicom import dicom_metadata; "
+              "from pathlib import Path; load_image(sys.argv[1]); dicom_metadata(Path(sys.argv[1]).read_bytes()); "
+              "print('ok')")
+    r = subprocess.run([sys.executable, "-W", "always", "-c", script, str(path)], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert BAD_UID not in r.stderr

@@ -5,13 +5,14 @@ LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT;
 file has none) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a multi-frame object is
 decoded; the decoded image carries a note saying so (see `image_notes`).
 
-Header values can identify a patient: nothing here logs them, and pydicom's warnings (which may
-quote element values) are silenced while reading.
+Header values can identify a patient: nothing here logs them, and pydicom's warnings and log
+records (which may quote element values) are kept out of MediFlow's logs.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import zlib
@@ -23,6 +24,13 @@ from PIL import Image
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 NOTES_KEY = "mediflow_notes"
+
+# pydicom both warns and logs about malformed elements, quoting their values (a patient's name or
+# age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
+# handlers or levels are configured later, and a warnings filter (not catch_warnings, which is not
+# thread-safe; decoding runs in worker threads) silences its warnings.
+logging.getLogger("pydicom").addFilter(lambda record: False)
+warnings.filterwarnings("ignore", module=r"pydicom\b")
 
 # Header fields kept with a study. Patient age and sex are clinical context; names and IDs are not read.
 METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge", "PatientSex",
@@ -113,13 +121,11 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
         _check_inflated_size(data, meta_end, limit, name)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble, stop_before_pixels=stop_before_pixels)
-            _check_not_truncated(ds, name)
-            # Touch every top-level element now, so a truncated or garbled header fails here, once.
-            for _ in ds:
-                pass
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble, stop_before_pixels=stop_before_pixels)
+        _check_not_truncated(ds, name)
+        # Touch every top-level element now, so a truncated or garbled header fails here, once.
+        for _ in ds:
+            pass
     except ImageDecodeError:
         raise
     except InvalidDicomError as exc:
@@ -282,15 +288,13 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         _check_decoder(ds, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=0)
-            if photometric.startswith("MONOCHROME"):
-                unit = _grayscale(arr, ds)
-            elif arr.ndim == 3 or photometric == "PALETTE COLOR":
-                unit = _color(arr, ds)
-            else:
-                raise ImageDecodeError(f"{name}: unsupported DICOM Photometric Interpretation {photometric!r}")
+        arr = pixel_array(ds, index=0)
+        if photometric.startswith("MONOCHROME"):
+            unit = _grayscale(arr, ds)
+        elif arr.ndim == 3 or photometric == "PALETTE COLOR":
+            unit = _color(arr, ds)
+        else:
+            raise ImageDecodeError(f"{name}: unsupported DICOM Photometric Interpretation {photometric!r}")
     except ImageDecodeError:
         raise
     except Exception as exc:  # truncated pixel data, corrupt codestreams, inconsistent headers
