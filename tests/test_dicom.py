@@ -131,6 +131,32 @@ def test_rgb_dicom():
     np.testing.assert_array_equal(out, arr)
 
 
+def test_ybr_full_dicom_is_converted_to_rgb():
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 24, dtype=np.uint8)[None, :]
+    rgb[:8, :, 1] = 180
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = image_dataset(rgb, photometric="RGB")
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.PixelData = ybr.tobytes()
+    out = np.asarray(decode_image(to_bytes(ds))).astype(int)
+    assert np.abs(out - rgb).max() <= 2
+
+
+def test_palette_color_dicom():
+    index = np.tile(np.arange(4, dtype=np.uint8), (8, 2))  # 8 x 8, palette entries 0..3
+    ds = image_dataset(index)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    colors = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint16) * 257  # 16-bit LUTs
+    for channel, name in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{name}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(ds, f"{name}PaletteColorLookupTableData", colors[:, channel].astype("<u2").tobytes())
+    out = np.asarray(decode_image(to_bytes(ds)))
+    np.testing.assert_array_equal(out[0, :4], colors[:, :] // 257)
+
+
 def test_dicom_without_preamble_is_accepted():
     arr = gradient(top=4095)
     data = dicom_bytes(arr, bits_stored=12, preamble=False)
@@ -163,18 +189,21 @@ def test_truncated_dicom_is_a_decode_error(keep):
         decode_image(data[:cut], name="t.dcm")
 
 
+def peak_bytes_while_refused(data: bytes, max_pixels: int, match: str) -> int:
+    """Decode must raise ImageTooLargeError; returns the peak Python memory it allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match=match):
+            decode_image(data, max_pixels=max_pixels)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_huge_declared_size_is_refused_before_decoding():
     ds = image_dataset(gradient(top=4095), bits_stored=12)
     ds.Rows, ds.Columns = 60000, 60000  # 3.6e9 pixels declared; 7 GB if decoded
-    data = to_bytes(ds)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ImageTooLargeError, match="60000x60000 pixels exceeds"):
-            decode_image(data, max_pixels=50_000_000)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 5_000_000
+    assert peak_bytes_while_refused(to_bytes(ds), 50_000_000, "60000x60000 pixels exceeds") < 5_000_000
 
 
 def test_deflate_bomb_is_refused_before_inflating():
@@ -182,14 +211,7 @@ def test_deflate_bomb_is_refused_before_inflating():
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     data = to_bytes(ds)
     assert len(data) < 100_000
-    tracemalloc.start()
-    try:
-        with pytest.raises(ImageTooLargeError, match="deflated DICOM expands"):
-            decode_image(data, max_pixels=1000)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 4_000_000
+    assert peak_bytes_while_refused(data, 1000, "deflated DICOM expands") < 4_000_000
 
 
 def test_deflated_dicom_decodes():
