@@ -3,6 +3,7 @@
 # Order is the order `mediflow --help` lists them.
 COMMAND_MODULES = [
     "train",
+    "ensemble",
     "evaluate",
     "predict",
     "serve",
