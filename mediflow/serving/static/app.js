@@ -104,12 +104,18 @@ export const view = {
     $("drop-zone").dataset.state = "selected";
   },
 
+  /** The status line: visible for prompts, screen-reader-only for result summaries. */
+  announce(text, { visible }) {
+    $("status").textContent = text;
+    $("status").classList.toggle("visually-hidden", !visible);
+  },
+
   setBusy(busy, file) {
     $("choose-button").disabled = busy;
     $("result").setAttribute("aria-busy", String(busy));
     if (busy) {
       $("status").dataset.busy = "true";
-      $("status").textContent = `Analysing ${file.name}…`;
+      this.announce(`Analysing ${file.name}…`, { visible: true });
     } else {
       delete $("status").dataset.busy;
     }
@@ -148,8 +154,8 @@ export const view = {
       `${m.sha256 ? ` (sha256 ${m.sha256.slice(0, 12)})` : ""} · ${result.inference_ms} ms on the server`;
     $("error").hidden = true;
     $("result").hidden = false;
-    $("status").textContent = `${finding}. Model confidence ${confidence}.` +
-      (result.needs_review ? " Manual review suggested." : "");
+    this.announce(`${finding}. Model confidence ${confidence}.` +
+      (result.needs_review ? " Manual review suggested." : ""), { visible: false });
   },
 
   showError(title, message) {
@@ -157,7 +163,7 @@ export const view = {
     $("error-detail").textContent = message;
     $("result").hidden = true;
     $("error").hidden = false;
-    $("status").textContent = `${title}: ${message}`;
+    this.announce("", { visible: false }); // role=alert on #error speaks it once
   },
 
   showModelInfo(card) {
