@@ -116,6 +116,9 @@ def test_error_then_success_replaces_the_error(page, live_server, xray_file, tmp
 
 
 def test_file_chooser_is_reachable_and_operable_by_keyboard(page, live_server, xray_file):
+    # Playwright turns on file-chooser interception asynchronously when a listener appears; listening
+    # from the start keeps the Enter key below from racing it.
+    page.on("filechooser", lambda chooser: None)
     page.goto(live_server.url + "/")
     for _ in range(10):
         page.keyboard.press("Tab")
