@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import pytest
@@ -74,10 +75,10 @@ def test_upload_shows_the_finding_confidence_and_disclaimer(page, live_server, x
     assert finding in FINDINGS and "diagnos" not in finding.lower()
     assert finding == ("Findings suggestive of pneumonia" if api["prediction"] == "PNEUMONIA"
                        else "No findings suggestive of pneumonia")
-    shown = f"{round(api['confidence'] * 100, 1):.1f}%"
+    shown = f"{math.floor(api['confidence'] * 1000 + 0.5) / 10:.1f}%"  # JavaScript's Math.round: half up
     assert page.locator("#confidence-value").inner_text() == shown
     bar = page.locator("#confidence-bar")
-    assert bar.get_attribute("aria-valuenow") == str(round(api["confidence"] * 100))
+    assert bar.get_attribute("aria-valuenow") == str(math.floor(api["confidence"] * 100 + 0.5))
     fill = page.evaluate("document.getElementById('confidence-fill').getBoundingClientRect().width"
                          " / document.getElementById('confidence-bar').getBoundingClientRect().width")
     assert fill == pytest.approx(api["confidence"], abs=0.02)
