@@ -69,8 +69,10 @@ def decode_image(
         raise ImageDecodeError(f"{name}: file is empty")
     fmt = sniff_format(data)
     if fmt == "dicom":
-        from mediflow.data.dicom import decode_dicom  # optional dependency, imported on demand
-
+        try:
+            from mediflow.data.dicom import decode_dicom  # optional dependency, imported on demand
+        except ImportError:
+            raise ImageDecodeError(f"{name}: DICOM images are not supported by this installation") from None
         return decode_dicom(data, name=name, max_pixels=max_pixels)
     if fmt is None:
         raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (unrecognised file signature)")
