@@ -20,7 +20,7 @@ from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_spl
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics, positive_index
 from mediflow.inference.predictor import TorchMember
-from mediflow.training.calibration import choose_threshold, softmax
+from mediflow.training.calibration import choose_threshold
 
 log = logging.getLogger("mediflow.ensemble")
 
@@ -37,7 +37,7 @@ def member_val_probs(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray
     from mediflow.preprocessing import eval_transform
 
     loader = DataLoader(ImageFolderDataset(val, eval_transform(member.prep)), batch_size=64, num_workers=1)
-    probs = [softmax(member.logits(x), member.temperature) for x, _ in loader]
+    probs = [member.calibrate(member.logits(x)) for x, _ in loader]
     return np.concatenate(probs), np.asarray(val.labels)
 
 
@@ -66,6 +66,8 @@ def build_ensemble(paths: list[str | Path], data: str | Path, out: str | Path, *
         "architecture": "ensemble",
         "positive_class": names[pos] if pos is not None else None,
         "threshold": threshold,
+        "threshold_rule": f"highest threshold on the members' mean calibrated probability keeping validation "
+                          f"sensitivity >= {min_sensitivity}",
         "temperature": 1.0,
         "val_metrics": metrics,
         "best_val_acc": metrics["balanced_accuracy"],
