@@ -4,6 +4,7 @@
 COMMAND_MODULES = [
     "train",
     "ensemble",
+    "calibrate",
     "evaluate",
     "predict",
     "serve",

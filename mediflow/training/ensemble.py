@@ -20,25 +20,53 @@ from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_spl
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics, positive_index
 from mediflow.inference.predictor import TorchMember
-from mediflow.training.calibration import choose_threshold
+from mediflow.preprocessing import eval_transform
+from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 
 log = logging.getLogger("mediflow.ensemble")
 
 
 def member_val_probs(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A member's calibrated validation probabilities, on the split it was trained against."""
+    logits, labels = val_logits(ckpt, data)
+    return TorchMember(ckpt, torch.device("cpu")).calibrate(logits), labels
+
+
+def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A model's raw validation logits, on the split it was selected on (checked by fingerprint)."""
     split = ckpt.get("val_split", {})
     samples = scan_class_folders(resolve_split_dir(data, "train"))
     _, val = grouped_split(samples, val_fraction=split.get("val_fraction", 0.2), seed=split.get("seed", 0))
     if val.file_list_sha256() != ckpt.get("val_file_list_sha256"):
-        raise MediFlowError(f"{data}: this validation split is not the one the {ckpt['architecture']} member "
+        raise MediFlowError(f"{data}: this validation split is not the one the {ckpt['architecture']} model "
                             "was selected on (different data, seed or --val-dir)")
     member = TorchMember(ckpt, torch.device("cpu"))
-    from mediflow.preprocessing import eval_transform
-
     loader = DataLoader(ImageFolderDataset(val, eval_transform(member.prep)), batch_size=64, num_workers=1)
-    probs = [member.calibrate(member.logits(x)) for x, _ in loader]
-    return np.concatenate(probs), np.asarray(val.labels)
+    return np.concatenate([member.logits(x) for x, _ in loader]), np.asarray(val.labels)
+
+
+def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97) -> dict:
+    """Refit calibration and threshold of a trained model on its own validation split (e.g. for
+    another sensitivity floor) without retraining."""
+    ckpt = load_checkpoint(path)
+    names = ckpt["class_names"]
+    logits, labels = val_logits(ckpt, data)
+    temperature, bias = fit_calibration(logits, labels)
+    probs = softmax(logits, temperature, bias)
+    pos = positive_index(names)
+    threshold = choose_threshold(probs[:, pos], labels == pos, min_sensitivity) if pos is not None else None
+    metrics = compute_metrics(labels, probs, names, threshold=threshold)
+    ckpt.update(temperature=temperature, logit_bias=bias, threshold=threshold, val_metrics=metrics,
+                best_val_acc=metrics["balanced_accuracy"],
+                threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
+                               f"validation sensitivity >= {min_sensitivity}")
+    ckpt.setdefault("train_config", {})["min_sensitivity"] = min_sensitivity
+    save_checkpoint(ckpt, out)
+    log.info("recalibrated %s: T %.3f bias %s thr %.4f | val AUC %.4f bal acc %.4f sens %.4f spec %.4f -> %s",
+             path, temperature, [round(b, 3) for b in bias], threshold or float("nan"), metrics["auc"],
+             metrics["balanced_accuracy"], metrics.get("sensitivity", float("nan")),
+             metrics.get("specificity", float("nan")), out)
+    return ckpt
 
 
 def build_ensemble(paths: list[str | Path], data: str | Path, out: str | Path, *,
