@@ -3,6 +3,8 @@
 # Order is the order `mediflow --help` lists them.
 COMMAND_MODULES = [
     "train",
+    "ensemble",
+    "calibrate",
     "evaluate",
     "predict",
     "analyze",

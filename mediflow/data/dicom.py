@@ -111,7 +111,11 @@ def _check_inflated_size(data: bytes, offset: int, limit: int, name: str) -> Non
 
 
 def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixels: int | None = None):
-    import pydicom
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageDecodeError(f"{name}: DICOM images are not supported by this installation "
+                               "(pydicom is not installed)") from None
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 

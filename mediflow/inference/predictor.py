@@ -1,6 +1,6 @@
 """Load a checkpoint (single model or ensemble) and turn images into the API's response.
 
-Probabilities are softmax(logits / temperature), averaged over ensemble members; the decision is
+Probabilities are softmax(logits / temperature + bias), averaged over ensemble members; the decision is
 PNEUMONIA when its probability reaches the checkpoint's validation-chosen threshold.
 """
 
@@ -42,7 +42,12 @@ class TorchMember:
         self.device = device
         self.prep = PreprocessConfig.from_dict(ckpt.get("preprocessing", {}))
         self.temperature = float(ckpt.get("temperature") or 1.0)
+        self.logit_bias: list[float] | None = ckpt.get("logit_bias")
         self.architecture = ckpt["architecture"]
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Logits -> calibrated probabilities, with the calibration fitted on validation."""
+        return softmax(logits, self.temperature, self.logit_bias)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
@@ -91,7 +96,7 @@ class Predictor:
 
     def probabilities_from_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """(N, 3, S, S) preprocessed batch -> (N, K) calibrated probabilities."""
-        probs = [softmax(m.logits(batch), m.temperature) for m in self.members]
+        probs = [m.calibrate(m.logits(batch)) for m in self.members]
         return np.mean(probs, axis=0)
 
     def probabilities_from_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -137,8 +142,7 @@ class Predictor:
             "classes": self.class_names,
             "positive_class": self.class_names[self.pos] if self.pos is not None else None,
             "threshold": self.threshold,
-            "threshold_rule": c.get("threshold_rule", "highest threshold with validation PNEUMONIA sensitivity >= "
-                                    f"{c.get('train_config', {}).get('min_sensitivity', 0.97)}"),
+            "threshold_rule": c.get("threshold_rule"),
             "temperature": self.temperature,
             "review_below_confidence": self.review_below,
             "preprocessing": self.prep.to_dict(),

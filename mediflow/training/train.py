@@ -1,7 +1,7 @@
 """`mediflow train`: the frozen-backbone recipe (features cached once) and full fine-tuning.
 
 Flow: class folders -> grouped train/val split -> model -> epochs (best epoch kept by validation
-AUC) -> temperature and threshold fitted on validation -> one checkpoint written by rank 0.
+AUC) -> calibration (temperature + bias) and threshold fitted on validation -> one checkpoint written by rank 0.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mediflow.evaluation.metrics import compute_metrics, positive_index
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
 from mediflow.preprocessing import AugmentConfig, PreprocessConfig, eval_transform, train_transform
 from mediflow.training import distributed as D
-from mediflow.training.calibration import choose_threshold, fit_temperature, softmax
+from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 from mediflow.training.config import TrainConfig
 
 log = logging.getLogger("mediflow.train")
@@ -178,8 +178,8 @@ class Trainer:
         model.load_state_dict(best["state_dict"])
         logits, y = best["val_logits"], best["val_labels"]
         pos = positive_index(class_names)
-        temperature = fit_temperature(logits, y) if cfg.calibrate else 1.0
-        probs = softmax(logits, temperature)
+        temperature, logit_bias = fit_calibration(logits, y) if cfg.calibrate else (1.0, [0.0] * len(class_names))
+        probs = softmax(logits, temperature, logit_bias)
         threshold = choose_threshold(probs[:, pos], y == pos, cfg.min_sensitivity) if pos is not None else None
         metrics = compute_metrics(y, probs, class_names, threshold=threshold)
         wall = time.perf_counter() - t0
@@ -196,6 +196,9 @@ class Trainer:
             "augmentation": self.aug.to_dict(),
             "threshold": threshold,
             "temperature": temperature,
+            "logit_bias": logit_bias,
+            "threshold_rule": f"highest threshold on calibrated P({class_names[pos] if pos is not None else '-'}) "
+                              f"keeping validation sensitivity >= {cfg.min_sensitivity}",
             "val_metrics": metrics,
             "val_split": {"n_train": len(train), "n_val": len(val), "val_fraction": cfg.val_fraction,
                           "grouped_by": "patient + identical bytes", "seed": cfg.seed},
