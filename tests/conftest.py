@@ -132,6 +132,8 @@ def live_server(tiny_model, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env = {k: v for k, v in env.items() if not k.startswith("MEDIFLOW_")}
+    # The default study store lives in the user's data folder; tests keep theirs in a temp folder.
+    env["MEDIFLOW_DATA_DIR"] = str(tmp_path_factory.mktemp("store"))
     cmd = [sys.executable, "-m", "mediflow", "serve", "--model", str(tiny_model), "--host", "127.0.0.1",
            "--port", str(port), "--cors-origin", ALLOWED_ORIGIN]
     with open(log_path, "wb") as log:
