@@ -82,7 +82,7 @@ def decode_image(
                 raise ImageDecodeError(f"{name}: image has no pixels")
             if w * h > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels"
+                    f"{name}: image too large: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels"
                 )
             if draft_size and fmt == "jpeg":
                 img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_size, draft_size))
@@ -90,7 +90,9 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{name}: image exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)") from None
+        raise ImageTooLargeError(
+            f"{name}: image too large: exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
