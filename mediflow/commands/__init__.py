@@ -6,4 +6,5 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "serve",
+    "export",
 ]

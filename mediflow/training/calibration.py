@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+# torch is imported inside the fitting functions: `softmax` is also used by the ONNX serving path,
+# which must not load torch.
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising validation NLL of softmax(logits / T) (Guo et al. 2017)."""
+    import torch
+
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -25,6 +29,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    import torch
+
     z = torch.as_tensor(logits, dtype=torch.float64) / temperature
     return float(torch.nn.functional.cross_entropy(z, torch.as_tensor(labels, dtype=torch.long)))
 
