@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the API and the web page",
                        description="Settings also come from MEDIFLOW_* environment variables; flags win.")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
+                   help="onnx: ONNX Runtime on MODEL.onnx (or MODEL.int8.onnx) exported next to the checkpoint, or "
+                        "an .onnx --model; auto (default): onnx when such an export exists, else torch")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")
@@ -26,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {}
     if args.model:
         overrides["model_path"] = args.model
+    if args.backend:
+        overrides["backend"] = args.backend
+    if args.threads:
+        overrides["threads"] = args.threads
     if args.host:
         overrides["host"] = args.host
     if args.port:
@@ -38,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["cors_origins"] = args.cors_origin
     settings = Settings(**overrides)
     # Load the model before binding the port, so a bad --model is a one-line error, not a crash loop.
-    from mediflow.inference.predictor import Predictor
+    from mediflow.serving.app import load_predictor
 
-    predictor = Predictor.load(settings.model_path, device=settings.device, review_below=settings.review_below)
+    predictor = load_predictor(settings)
+    logging.getLogger("mediflow.serve").info("model %s on the %s backend", predictor.info.path, predictor.backend_name)
     app = create_app(settings, predictor=predictor)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0

@@ -186,7 +186,11 @@ class Predictor:
             "inference_ms": round(inference_ms, 2),
         }
 
-    def _predict(self, img: Image.Image, t0: float, heatmap: bool) -> tuple[dict[str, Any], np.ndarray | None]:
+    def predict_with_map(self, img: Image.Image, *, heatmap: bool, t0: float | None = None
+                         ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The response, and the raw heatmap ((h, w) in [0, 1]) of the predicted class when asked for.
+        `t0`: when the request started, for `inference_ms`."""
+        t0 = time.perf_counter() if t0 is None else t0
         x = self.preprocess_array(img)[None]
         if heatmap:
             probs, maps = self.heatmaps_from_tensors(x)
@@ -195,7 +199,7 @@ class Predictor:
 
     def predict_image(self, img: Image.Image, *, heatmap: bool = False) -> dict[str, Any]:
         """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`."""
-        result, hmap = self._predict(img, time.perf_counter(), heatmap)
+        result, hmap = self.predict_with_map(img, heatmap=heatmap)
         return self._with_heatmap(result, hmap)
 
     def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
@@ -203,7 +207,7 @@ class Predictor:
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, **kwargs)
-        result, hmap = self._predict(img, t0, heatmap)
+        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
         return self._with_heatmap(result, hmap)
 
     def _with_heatmap(self, result: dict[str, Any], hmap: np.ndarray | None) -> dict[str, Any]:

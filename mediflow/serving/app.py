@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -31,14 +31,18 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
+def load_predictor(settings: Settings) -> Predictor:
+    return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
+                          threads=settings.threads, review_below=settings.review_below)
+
+
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if app.state.predictor is None:
-            app.state.predictor = Predictor.load(settings.model_path, device=settings.device,
-                                                 review_below=settings.review_below)
+            app.state.predictor = load_predictor(settings)
         yield
 
     app = FastAPI(title="MediFlow", version=__version__, lifespan=lifespan,
@@ -68,13 +72,14 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
               responses={400: {"description": "not a readable JPEG/PNG/DICOM image"},
                          413: {"description": "upload too large"}})
     async def analyze(request: Request, file: UploadFile = File(..., description="chest X-ray (JPEG, PNG or DICOM)"),
+                      heatmap: bool = Query(False, description="add `heatmap`: where the model looked (PNG data URL)"),
                       predictor: Predictor = Depends(get_predictor)) -> dict[str, Any]:
         data = await read_upload(file, settings.max_upload_bytes)
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
                 return await asyncio.to_thread(predictor.predict_bytes, data, name="upload",
-                                               max_pixels=settings.max_pixels)
+                                               max_pixels=settings.max_pixels, heatmap=heatmap)
             except ImageTooLargeError as exc:
                 raise HTTPException(400, detail=str(exc)) from None
             except ImageDecodeError as exc:

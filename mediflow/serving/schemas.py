@@ -20,6 +20,9 @@ class AnalysisResponse(BaseModel):
     threshold: float | None = Field(description="PNEUMONIA probability at or above which PNEUMONIA is predicted")
     model: ModelRef
     inference_ms: float
+    heatmap: str | None = Field(default=None, description="with ?heatmap=true: PNG data URL, a square colour map "
+                                "of where the model looked, to be stretched over the uploaded image")
+    heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
 
 
 class HealthResponse(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,3 +20,6 @@ class Settings(BaseSettings):
     # Same-origin only by default; a medical service never answers every origin.
     cors_origins: list[str] = Field(default_factory=list)
     device: str = "cpu"
+    # onnx: ONNX Runtime (fast, small; the export next to the checkpoint); auto: onnx when available.
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads; default: all cores")
