@@ -52,6 +52,7 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     from mediflow.errors import ImageDecodeError
 
     heat_dir = _heatmap_dir(args)
+    overlay_name = _OverlayNames()
     status = 0
     for path in paths:
         try:
@@ -63,7 +64,7 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
             status = 1
             hmap = None
         if hmap is not None:
-            out = heat_dir / _overlay_name(path, None)
+            out = heat_dir / overlay_name(path, None)
             _write_overlay(out, img, hmap)
             result["heatmap_file"] = str(out)
         print(json.dumps(result), flush=True)
@@ -72,10 +73,24 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     return status
 
 
-def _overlay_name(path: Path, root: Path | None) -> str:
-    """Unique per input: the path under its folder argument, '/' -> '__'."""
-    rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
-    return "__".join(rel.with_suffix("").parts) + ".png"
+class _OverlayNames:
+    """Overlay file names: the image's path under its folder argument's parent ('/' -> '__'), or
+    its name for files given directly; a counter suffix keeps repeated names apart."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __call__(self, path: Path, root: Path | None) -> str:
+        base = root.resolve().parent if root is not None else None
+        p = path.resolve()
+        rel = p.relative_to(base) if base is not None and p.is_relative_to(base) else Path(p.name)
+        stem = "__".join(rel.with_suffix("").parts)
+        name, n = f"{stem}.png", 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}-{n}.png"
+        self.used.add(name)
+        return name
 
 
 def _write_overlay(out: Path, img, heatmap) -> None:
@@ -98,6 +113,7 @@ def _csv(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
         else:
             files.append((p, None))
     heat_dir = _heatmap_dir(args)
+    overlay_name = _OverlayNames()
     roots = dict(files)
     names = predictor.class_names
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -115,7 +131,7 @@ def _csv(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
             w.writerow([str(r.path), resp["prediction"], f"{resp['confidence']:.4f}",
                         *[f"{p:.4f}" for p in r.probs], int(resp["needs_review"]), ""])
             if heat_dir is not None:
-                _write_overlay(heat_dir / _overlay_name(r.path, roots[r.path]), r.image, r.heatmap)
+                _write_overlay(heat_dir / overlay_name(r.path, roots[r.path]), r.image, r.heatmap)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -126,7 +126,11 @@ class Predictor:
         meta = backend.metadata
         # The checkpoint's hash, not the export's: both backends report the same model.
         sha = (meta.get("source_checkpoint") or {}).get("sha256", "")
-        return cls(meta, backend=backend, path=backend.path, sha256=sha, **kwargs)
+        predictor = cls(meta, backend=backend, path=backend.path, sha256=sha, **kwargs)
+        if (meta.get("onnx") or {}).get("quantization"):
+            # Same checkpoint, but its own threshold and slightly different answers: say so.
+            predictor.info.architecture += " (int8)"
+        return predictor
 
     @property
     def backend_name(self) -> str:
