@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mediflow.errors import CheckpointError
 
@@ -29,8 +28,13 @@ ENSEMBLE_FORMAT = "mediflow-ensemble"
 FORMAT_VERSION = 1
 
 
+# torch is imported inside the functions that need it, so that reading `ENSEMBLE_FORMAT` or
+# hashing a file (the ONNX serving path) does not load torch.
+
+
 def library_versions() -> dict[str, str]:
     import numpy
+    import torch
     import torchvision
 
     from mediflow import __version__
@@ -57,6 +61,8 @@ def utc_now() -> str:
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     """Write atomically so an interrupted save never leaves a half-written model in place."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt.setdefault("format", CHECKPOINT_FORMAT)
@@ -79,6 +85,8 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
 def plain(obj: Any) -> Any:
     """Only types `weights_only=True` accepts: numpy scalars/arrays and version objects become
     Python numbers, lists and strings; tensors stay tensors."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
@@ -98,6 +106,8 @@ def plain(obj: Any) -> Any:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
@@ -120,3 +130,8 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_members(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The single-model checkpoints inside `ckpt`: itself, or an ensemble's members."""
+    return list(ckpt["members"]) if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]

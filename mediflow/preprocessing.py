@@ -7,12 +7,17 @@ the transforms it was trained with.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision import transforms as T
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision import transforms as T
+
+# torch and torchvision are imported inside the functions that need them: the ONNX serving path
+# preprocesses with `eval_array` alone and must not pay torch's ~500 MB of resident memory.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,12 +73,16 @@ class AugmentConfig:
         return d
 
 
-def _interp(name: str) -> T.InterpolationMode:
+def _interp(name: str) -> "T.InterpolationMode":
+    from torchvision import transforms as T
+
     return T.InterpolationMode(name)
 
 
-def eval_transform(cfg: PreprocessConfig) -> T.Compose:
-    """PIL RGB image -> normalized float tensor (3, S, S). Used for validation, evaluation, serving."""
+def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
+    """PIL RGB image -> normalized float tensor (3, S, S). Used for validation and training-time eval."""
+    from torchvision import transforms as T
+
     return T.Compose(
         [
             T.Resize((cfg.image_size, cfg.image_size), interpolation=_interp(cfg.interpolation), antialias=True),
@@ -83,7 +92,9 @@ def eval_transform(cfg: PreprocessConfig) -> T.Compose:
     )
 
 
-def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> T.Compose:
+def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
+    from torchvision import transforms as T
+
     steps: list[Any] = [
         T.Resize((cfg.image_size, cfg.image_size), interpolation=_interp(cfg.interpolation), antialias=True)
     ]
@@ -99,13 +110,43 @@ def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> T.Compose:
     return T.Compose(steps)
 
 
-def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+# torchvision resizes PIL images with PIL's own `Image.resize` and these filters, so calling PIL
+# directly gives the same pixels without torch.
+_PIL_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def eval_array(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """`eval_transform` in numpy: PIL RGB image -> float32 array (3, S, S), equal to eval_transform's
+    tensor up to float rounding (tested). The serving and batch-prediction path; no torch needed."""
+    try:
+        resample = _PIL_RESAMPLE[cfg.interpolation]
+    except KeyError:
+        raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    size = (cfg.image_size, cfg.image_size)
+    small = image if image.size == size else image.resize(size, resample)
+    arr = np.asarray(small, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(image: Image.Image, cfg: PreprocessConfig) -> "torch.Tensor":
     """One image -> a (1, 3, S, S) batch."""
     return eval_transform(cfg)(image).unsqueeze(0)
 
 
-def denormalize_to_uint8(batch: torch.Tensor, cfg: PreprocessConfig) -> np.ndarray:
+def denormalize_to_uint8(batch: "torch.Tensor", cfg: PreprocessConfig) -> np.ndarray:
     """(3, S, S) normalized tensor -> (S, S, 3) uint8, for overlays and debugging."""
+    import torch
+
     mean = torch.tensor(cfg.mean).view(3, 1, 1)
     std = torch.tensor(cfg.std).view(3, 1, 1)
     img = (batch.detach().cpu() * std + mean).clamp(0, 1)

@@ -11,4 +11,5 @@ COMMAND_MODULES = [
     "serve",
     "db",
     "feedback",
+    "export",
 ]

@@ -18,6 +18,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "(MEDIFLOW_MODEL_PATH, MEDIFLOW_MAX_UPLOAD_BYTES, MEDIFLOW_CORS_ORIGINS, ...); "
                                    "flags win.")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
+                   help="onnx: ONNX Runtime on MODEL.onnx (or MODEL.int8.onnx) exported next to the checkpoint, or "
+                        "an .onnx --model; auto (default): onnx when such an export exists, else torch")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")
@@ -36,6 +40,8 @@ def settings_from_args(args: argparse.Namespace):
 
     flags = {
         "model_path": args.model,
+        "backend": args.backend,
+        "threads": args.threads,
         "host": args.host,
         "port": args.port,
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * MB),
@@ -53,16 +59,15 @@ def settings_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mediflow.inference.predictor import Predictor
-    from mediflow.serving.app import create_app
+    from mediflow.serving.app import create_app, load_predictor
 
     settings = settings_from_args(args)
     clinical.check_exposure(settings, insecure=args.insecure)
     # Load the model before binding the port, so a bad --model is a one-line error, not a crash loop.
-    predictor = Predictor.load(settings.model_path, device=settings.device, review_below=settings.review_below)
+    predictor = load_predictor(settings)
     app = create_app(settings, predictor=predictor)
-    log.info("serving %s (sha256 %s) on http://%s:%d/", predictor.info.architecture, predictor.info.sha256[:12],
-             settings.host, settings.port)
+    log.info("serving %s (sha256 %s, %s backend) on http://%s:%d/", predictor.info.architecture,
+             predictor.info.sha256[:12], predictor.backend_name, settings.host, settings.port)
     # No access log: request lines carry nothing useful and uploads must leave no trace.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0

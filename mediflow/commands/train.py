@@ -18,14 +18,30 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    from mediflow.models.registry import ARCHITECTURES
+class _ArchitectureNames:
+    """argparse `choices` that reads the model registry (which imports torch) only when an --arch is
+    checked: building the parser must not load torch, or `mediflow serve` on ONNX would carry its
+    ~500 MB. (With a metavar, argparse does not list the choices while building the parser.)"""
 
+    def _names(self) -> list[str]:
+        from mediflow.models.registry import ARCHITECTURES
+
+        return sorted(ARCHITECTURES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a class-folder dataset",
                        description="Train on ROOT/train (or ROOT itself) with a patient-grouped validation split.")
     p.add_argument("--data", required=True, help="dataset root with train/ (Kaggle layout) or class folders")
     p.add_argument("--out", default="model.pth", help="checkpoint to write (default: model.pth)")
-    p.add_argument("--arch", default="efficientnet_lite0", choices=sorted(ARCHITECTURES))
+    p.add_argument("--arch", default="efficientnet_lite0", choices=_ArchitectureNames(), metavar="ARCH",
+                   help="architecture from the model registry (default efficientnet_lite0; also efficientnet_b0)")
     p.add_argument("--weights", default=None, help="'imagenet' (default), a weights file, or 'none'")
     p.add_argument("--recipe", default="frozen", choices=sorted(RECIPES),
                    help="frozen: the design's head-only recipe; finetune: the accuracy recipe")

@@ -5,12 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 
 def positive_index(class_names: list[str], positive_class: str | None = "PNEUMONIA") -> int | None:
@@ -34,6 +28,9 @@ def compute_metrics(
     labels: np.ndarray, probs: np.ndarray, class_names: list[str], *, threshold: float | None,
     positive_class: str | None = "PNEUMONIA",
 ) -> dict[str, Any]:
+    # Imported here: `decide` serves every request, and the server should not load scikit-learn.
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)

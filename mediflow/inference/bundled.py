@@ -10,10 +10,15 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
 BUNDLED_MODEL = BUNDLED_DIR / "mediflow_lungs_best.pth"
 
 
+# Exports of the bundled model (`mediflow export`); the predictor serves them when they match it.
+BUNDLED_EXPORTS = (BUNDLED_MODEL.with_suffix(".int8.onnx"), BUNDLED_MODEL.with_suffix(".onnx"))
+
+
 def default_model_path(path: str | Path | None = None) -> Path:
-    """`path` when given, else the bundled model."""
+    """`path` when given, else the bundled model (its checkpoint, or an export shipped alone)."""
     if path:
         return Path(path)
-    if not BUNDLED_MODEL.is_file():
-        raise CheckpointError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
-    return BUNDLED_MODEL
+    for candidate in (BUNDLED_MODEL, *BUNDLED_EXPORTS):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")

@@ -1,58 +1,43 @@
-"""Load a checkpoint (single model or ensemble) and turn images into the API's response.
+"""Load a model (checkpoint or ONNX export) and turn images into the API's response.
 
 Probabilities are softmax(logits / temperature + bias), averaged over ensemble members; the decision is
 PNEUMONIA when its probability reaches the checkpoint's validation-chosen threshold.
+
+A backend (backends.py) runs the network: `onnx` (ONNX Runtime, the default when an export of the
+checkpoint is available) or `torch`. Nothing on the ONNX path imports torch, which alone would
+take ~500 MB of the server's memory.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from mediflow import DISCLAIMER
-from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint
-from mediflow.data.images import decode_image
-from mediflow.errors import CheckpointError
+from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
+from mediflow.data.images import decode_image, load_image
+from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.evaluation.metrics import decide, positive_index
+from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend
 from mediflow.inference.bundled import default_model_path
-from mediflow.models.registry import MediFlowNet, build_model
-from mediflow.preprocessing import PreprocessConfig, eval_transform
+from mediflow.preprocessing import PreprocessConfig, eval_array
 from mediflow.training.calibration import softmax
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_REVIEW_BELOW = 0.70
+BACKENDS = ("auto", "onnx", "torch")
+# An int8 export is used by default only when quantization cost less validation AUC than this.
+INT8_MAX_AUC_DROP = 0.002
 
-
-class TorchMember:
-    """One network of a checkpoint, run in eager PyTorch."""
-
-    def __init__(self, ckpt: dict[str, Any], device: torch.device):
-        try:
-            self.model: MediFlowNet = build_model(ckpt["architecture"], len(ckpt["class_names"]), weights=None)
-            self.model.load_state_dict(ckpt["state_dict"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint does not match its architecture ({str(exc).splitlines()[0][:200]})") from None
-        self.model.eval().to(device)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.device = device
-        self.prep = PreprocessConfig.from_dict(ckpt.get("preprocessing", {}))
-        self.temperature = float(ckpt.get("temperature") or 1.0)
-        self.logit_bias: list[float] | None = ckpt.get("logit_bias")
-        self.architecture = ckpt["architecture"]
-
-    def calibrate(self, logits: np.ndarray) -> np.ndarray:
-        """Logits -> calibrated probabilities, with the calibration fitted on validation."""
-        return softmax(logits, self.temperature, self.logit_bias)
-
-    @torch.inference_mode()
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
-        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().cpu().numpy()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,44 +48,129 @@ class ModelInfo:
     path: str
 
 
+def onnx_candidates(checkpoint: Path) -> list[Path]:
+    """Where `mediflow export` puts a checkpoint's exports, in order of preference."""
+    return [checkpoint.with_suffix(".int8.onnx"), checkpoint.with_suffix(".onnx")]
+
+
+def matching_export(checkpoint: Path, **backend_kwargs) -> OnnxBackend | None:
+    """An ONNX export next to `checkpoint` made from exactly this file (by SHA-256); int8 only when
+    its measured AUC change was acceptable. Stale exports are skipped with a warning."""
+    sha = None
+    for cand in onnx_candidates(checkpoint):
+        if not cand.is_file():
+            continue
+        sha = sha or file_sha256(checkpoint)
+        backend = OnnxBackend(cand, **backend_kwargs)
+        meta = backend.metadata
+        if (meta.get("source_checkpoint") or {}).get("sha256") != sha:
+            log.warning("ignoring %s: exported from a different checkpoint than %s", cand.name, checkpoint.name)
+            continue
+        quant = (meta.get("onnx") or {}).get("quantization")
+        if quant and not quant.get("accepted"):
+            log.info("not using %s: int8 changed validation AUC by %s", cand.name, quant.get("auc_change"))
+            continue
+        return backend
+    return None
+
+
 class Predictor:
-    def __init__(self, ckpt: dict[str, Any], *, device: str = "cpu", review_below: float = DEFAULT_REVIEW_BELOW,
-                 path: Path | None = None):
+    def __init__(self, ckpt: dict[str, Any], *, backend: Backend | None = None, device: str = "cpu",
+                 review_below: float = DEFAULT_REVIEW_BELOW, path: Path | None = None, sha256: str | None = None,
+                 fast_decode: bool = True):
+        """`ckpt`: a checkpoint, or an ONNX export's metadata (the checkpoint without its weights)."""
         self.ckpt = ckpt
-        self.device = torch.device(device)
-        members = ckpt["members"] if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]
-        self.members = [TorchMember(m, self.device) for m in members]
+        members = checkpoint_members(ckpt)
         self.class_names: list[str] = list(ckpt["class_names"])
         if any(list(m["class_names"]) != self.class_names for m in members):
             raise CheckpointError("ensemble members disagree on class names")
+        self.backend: Backend = backend or TorchBackend(ckpt, device=device)
+        self.n_members = len(members)
         self.pos = positive_index(self.class_names, ckpt.get("positive_class") or "PNEUMONIA")
         self.threshold: float | None = ckpt.get("threshold")
-        # An ensemble's own temperature applies on top of its members' averaged probabilities.
-        self.temperature = float(ckpt.get("temperature") or 1.0) if len(self.members) == 1 else 1.0
+        # An ensemble's graph already averages its members' calibrated probabilities.
+        self.temperature = float(ckpt.get("temperature") or 1.0) if self.n_members == 1 else 1.0
+        self.logit_bias: list[float] | None = ckpt.get("logit_bias") if self.n_members == 1 else None
         self.review_below = review_below
-        self.prep = self.members[0].prep
-        self._transforms = {id(m): eval_transform(m.prep) for m in self.members}
-        sha = file_sha256(path) if path else ""
-        arch = ckpt["architecture"] if len(self.members) == 1 else "ensemble(" + ",".join(m.architecture for m in self.members) + ")"
+        self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
+        # JPEG draft decoding straight to about the model's input size (see decode_image).
+        self.draft_size: int | None = self.prep.image_size if fast_decode else None
+        sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
+        arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
                               sha256=sha, path=str(path or ""))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **kwargs) -> "Predictor":
+    def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
+             threads: int | None = None, **kwargs) -> "Predictor":
+        """`path`: a .pth checkpoint, an .onnx export, or None for the bundled model. `backend`:
+        'auto' uses an ONNX export when one made from this checkpoint sits next to it."""
+        if backend not in BACKENDS:
+            raise MediFlowError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         p = default_model_path(path)
-        return cls(load_checkpoint(p), path=p, **kwargs)
+        if p.suffix.lower() == ".onnx":
+            if backend == "torch":
+                raise CheckpointError(f"{p}: the torch backend needs the .pth checkpoint, not its ONNX export")
+            return cls.from_onnx(OnnxBackend(p, threads=threads), **kwargs)
+        if backend in ("auto", "onnx"):
+            found = matching_export(p, threads=threads) if p.is_file() else None
+            if found is not None:
+                return cls.from_onnx(found, **kwargs)
+            if backend == "onnx":
+                onnx_path = p.with_suffix(".onnx")
+                raise CheckpointError(f"no ONNX export of {p} next to it; create one with: "
+                                      f"mediflow export --model {p} --onnx {onnx_path}")
+        return cls(load_checkpoint(p), device=device, path=p, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, backend: OnnxBackend, **kwargs) -> "Predictor":
+        meta = backend.metadata
+        # The checkpoint's hash, not the export's: both backends report the same model.
+        sha = (meta.get("source_checkpoint") or {}).get("sha256", "")
+        predictor = cls(meta, backend=backend, path=backend.path, sha256=sha, **kwargs)
+        if (meta.get("onnx") or {}).get("quantization"):
+            # Same checkpoint, but its own threshold and slightly different answers: say so.
+            predictor.info.architecture += " (int8)"
+        return predictor
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     # -- arrays ---------------------------------------------------------------------------------
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        return self._transforms[id(self.members[0])](img)
+    def preprocess_array(self, img: Image.Image) -> np.ndarray:
+        """RGB image -> float32 (3, S, S), the model's input."""
+        return eval_array(img, self.prep)
 
-    def probabilities_from_tensors(self, batch: torch.Tensor) -> np.ndarray:
+    def preprocess(self, img: Image.Image) -> "torch.Tensor":
+        """`preprocess_array` as a tensor, for torch DataLoaders (evaluation scores the serving path)."""
+        import torch
+
+        return torch.from_numpy(self.preprocess_array(img))
+
+    def load_image(self, path: str | Path) -> Image.Image:
+        """An image file, decoded the fast way the server decodes uploads."""
+        return load_image(path, draft_size=self.draft_size)
+
+    def probabilities_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits, self.temperature, self.logit_bias)
+
+    def probabilities_from_tensors(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
         """(N, 3, S, S) preprocessed batch -> (N, K) calibrated probabilities."""
-        probs = [m.calibrate(m.logits(batch)) for m in self.members]
-        return np.mean(probs, axis=0)
+        return self.probabilities_from_logits(self.backend.run(np.asarray(batch, dtype=np.float32))["logits"])
 
     def probabilities_from_images(self, images: list[Image.Image]) -> np.ndarray:
-        return self.probabilities_from_tensors(torch.stack([self.preprocess(im) for im in images]))
+        return self.probabilities_from_tensors(np.stack([self.preprocess_array(im) for im in images]))
+
+    def choose_class(self, logits_row: np.ndarray) -> int:
+        """The class the decision rule picks from one image's logits (the class a heatmap explains)."""
+        return int(self.decide(self.probabilities_from_logits(np.asarray(logits_row)[None, :]))[0])
+
+    def heatmaps_from_tensors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, K) and heatmaps (N, h, w) in [0, 1] for each image's predicted class,
+        from one pass: CAM from the graph's `cam` output (onnx) or Grad-CAM (torch)."""
+        logits, maps, _ = self.backend.heatmaps(np.asarray(batch, dtype=np.float32), self.choose_class)
+        return self.probabilities_from_logits(logits), maps
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return decide(probs, self.threshold, self.pos)
@@ -121,17 +191,38 @@ class Predictor:
             "inference_ms": round(inference_ms, 2),
         }
 
-    def predict_image(self, img: Image.Image) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        probs = self.probabilities_from_images([img])[0]
-        return self.response(probs, (time.perf_counter() - t0) * 1000)
+    def predict_with_map(self, img: Image.Image, *, heatmap: bool, t0: float | None = None
+                         ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The response, and the raw heatmap ((h, w) in [0, 1]) of the predicted class when asked for.
+        `t0`: when the request started, for `inference_ms`."""
+        t0 = time.perf_counter() if t0 is None else t0
+        x = self.preprocess_array(img)[None]
+        if heatmap:
+            probs, maps = self.heatmaps_from_tensors(x)
+            return self.response(probs[0], (time.perf_counter() - t0) * 1000), maps[0]
+        return self.response(self.probabilities_from_tensors(x)[0], (time.perf_counter() - t0) * 1000), None
 
-    def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None) -> dict[str, Any]:
+    def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None) -> dict[str, Any]:
+        """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
+        `t0`: when the request started (decoding included), for `inference_ms`."""
+        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
+        return self._with_heatmap(result, hmap)
+
+    def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
+                      heatmap: bool = False) -> dict[str, Any]:
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
-        img = decode_image(data, name=name, **kwargs)
-        probs = self.probabilities_from_images([img])[0]
-        return self.response(probs, (time.perf_counter() - t0) * 1000)
+        img = decode_image(data, name=name, draft_size=self.draft_size, **kwargs)
+        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
+        return self._with_heatmap(result, hmap)
+
+    def _with_heatmap(self, result: dict[str, Any], hmap: np.ndarray | None) -> dict[str, Any]:
+        if hmap is not None:
+            from mediflow.inference.heatmap import overlay_data_url
+
+            result["heatmap"] = overlay_data_url(hmap, self.prep.image_size)
+            result["heatmap_class"] = result["prediction"]
+        return result
 
     def model_card(self) -> dict[str, Any]:
         c = self.ckpt
@@ -152,7 +243,9 @@ class Predictor:
                                    if k in ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")},
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
-                         "members": len(self.members)},
+                         "members": self.n_members},
+            "backend": self.backend_name,
+            "export": c.get("onnx") if self.backend_name == "onnx" else None,
             "intended_use": "Screening aid for pediatric (ages 1-5) anterior-posterior chest X-rays like the "
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [

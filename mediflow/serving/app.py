@@ -74,17 +74,23 @@ def render_index(settings: Settings) -> str:
     return page
 
 
-def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, preview: bool) -> dict[str, Any]:
-    """Decode and predict one upload; the result also carries the decoder's notes (e.g. frames of a
-    multi-frame DICOM not analysed) and, on request, a PNG preview the browser can show."""
+def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, preview: bool,
+                   heatmap: bool = False) -> dict[str, Any]:
+    """Decode and predict one upload (with a heatmap from the same pass on request); the result
+    also carries the decoder's notes (e.g. frames of a multi-frame DICOM not analysed) and, on
+    request, a PNG preview the browser can show."""
     t0 = time.perf_counter()
-    img = decode_image(data, name="upload", max_pixels=max_pixels)
-    probs = predictor.probabilities_from_images([img])[0]
-    result = predictor.response(probs, (time.perf_counter() - t0) * 1000)
+    img = decode_image(data, name="upload", max_pixels=max_pixels, draft_size=predictor.draft_size)
+    result = predictor.predict_image(img, heatmap=heatmap, t0=t0)
     result["notes"] = image_notes(img)
     if preview:
         result["preview"] = preview_data_url(img)
     return result
+
+
+def load_predictor(settings: Settings) -> Predictor:
+    return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
+                          threads=settings.threads, review_below=settings.review_below)
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
@@ -93,8 +99,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if app.state.predictor is None:
-            app.state.predictor = Predictor.load(settings.model_path, device=settings.device,
-                                                 review_below=settings.review_below)
+            app.state.predictor = load_predictor(settings)
         ms = await asyncio.to_thread(warm_up, app.state.predictor)
         log.info("model %s warmed up in %.0f ms", app.state.predictor.info.architecture, ms)
         yield
@@ -131,7 +136,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                          413: {"model": ErrorResponse, "description": "upload larger than the size limit"}})
     async def analyze(request: Request,
                       preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
-                                                               "(at most 1024 px): browsers cannot show DICOM")
+                                                               "(at most 1024 px): browsers cannot show DICOM"),
+                      heatmap: bool = Query(False, description="add `heatmap`: where the model looked (PNG data URL)")
                       ) -> dict[str, Any]:
         """Multipart field `file`: a chest X-ray. Returns the finding; never a diagnosis."""
         predictor = get_predictor(request)
@@ -140,7 +146,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
                 result = await asyncio.to_thread(analyze_upload, predictor, data, max_pixels=settings.max_pixels,
-                                                 preview=preview)
+                                                 preview=preview, heatmap=heatmap)
             except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
                 raise HTTPException(400, detail=str(exc)) from None
         return await record_analysis(request, data, result)

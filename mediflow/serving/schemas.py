@@ -25,6 +25,9 @@ class AnalysisResponse(BaseModel):
     notes: list[str] = Field(default_factory=list, description="about the input, e.g. 'multi-frame DICOM: first "
                                                                 "frame of 3 analysed'")
     preview: str | None = Field(default=None, description="with ?preview=true: the decoded image as a PNG data URL")
+    heatmap: str | None = Field(default=None, description="with ?heatmap=true: PNG data URL, a square colour map "
+                                "of where the model looked, to be stretched over the uploaded image")
+    heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
     study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
 
 

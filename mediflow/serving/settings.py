@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,3 +49,6 @@ class Settings(BaseSettings):
             if not origin.startswith(("http://", "https://")):
                 raise ValueError(f"CORS origin {origin!r} must look like https://host[:port]")
         return origins
+    # onnx: ONNX Runtime (fast, small; the export next to the checkpoint); auto: onnx when available.
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads; default: all cores")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+# torch is imported inside the fitting functions: `softmax` is also used by the ONNX serving path,
+# which must not load torch.
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, list[float]]:
@@ -14,6 +16,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, list
     the rarer NORMAL class, which a temperature alone cannot undo; without it a PNEUMONIA call
     could carry a 'confidence' of 10%.
     """
+    import torch
+
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     k = z.shape[1]

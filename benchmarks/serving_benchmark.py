@@ -1,0 +1,330 @@
+"""Serving benchmark: the design's code path vs MediFlow's torch, onnx and onnx-int8 backends, in one run.
+
+For each configuration it measures, on the same full-resolution JPEGs:
+- model-only latency (one preprocessed 224x224 image, median),
+- end-to-end HTTP latency p50/p95 of `POST /api/vision/analyze` against a real uvicorn server on
+  127.0.0.1 in its own process (and with `?heatmap=true` for MediFlow),
+- batch throughput in images/s on 224x224 JPEGs (decode + preprocess + model; MediFlow through
+  `predict_files`, the `mediflow predict DIR` path),
+- each server's peak RSS and its RSS after 500 requests.
+Requests go to the servers in interleaved blocks so that all of them see the same background load
+(the machine may be shared); compare ratios from one run, not absolute numbers across runs.
+
+    PYTHONPATH=$PWD python benchmarks/serving_benchmark.py [--model M.pth] [--requests 500]
+
+Prints a markdown table (and writes it with the raw numbers to --out-json when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FULLRES = REPO.parent / "shared" / "data" / "fullres_samples"
+DEFAULT_224 = REPO.parent / "shared" / "data" / "chest_xray224"
+BLOCK = 10  # requests per server per round
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    heatmap: bool
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    plain_ms: list[float] = field(default_factory=list)
+    heatmap_ms: list[float] = field(default_factory=list)
+    rss_after: float = float("nan")
+    peak_rss: float = float("nan")
+    n_requests: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/vision/analyze"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start(server: Server, env: dict[str, str]) -> None:
+    server.port = free_port()
+    server.proc = subprocess.Popen(server.cmd + ["--port", str(server.port)], env=env, cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_ready(server: Server, client, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.name} server exited: {server.proc.stderr.read().decode()[-2000:]}")
+        try:
+            if client.get(f"http://127.0.0.1:{server.port}/health", timeout=2).status_code == 200:
+                return
+        except Exception:
+            time.sleep(0.5)
+    raise SystemExit(f"{server.name} server not ready after {timeout}s")
+
+
+def post(client, server: Server, name: str, data: bytes, heatmap: bool) -> float:
+    t = time.perf_counter()
+    r = client.post(server.url + ("?heatmap=true" if heatmap else ""), files={"file": (name, data, "image/jpeg")})
+    ms = (time.perf_counter() - t) * 1000
+    if r.status_code != 200 or "prediction" not in r.json() or (heatmap and not r.json().get("heatmap")):
+        raise SystemExit(f"{server.name}: bad answer {r.status_code} {r.text[:300]}")
+    server.n_requests += 1
+    return ms
+
+
+def ensure_exports(model: Path, work: Path, data224: Path) -> tuple[Path, Path, Path]:
+    """model.pth, model.onnx and model.int8.onnx in `work` (reusing exports next to `model` when they
+    were made from it)."""
+    from mediflow.checkpoint import file_sha256, load_checkpoint
+    from mediflow.inference.backends import OnnxBackend
+    from mediflow.inference.onnx_export import export_checkpoint
+    from mediflow.inference.quantize import calibration_batches, quantize_int8, training_split
+    from mediflow.preprocessing import PreprocessConfig
+
+    pth = work / "model.pth"
+    shutil.copy(model, pth)
+    sha = file_sha256(pth)
+    out = {}
+    for suffix in (".onnx", ".int8.onnx"):
+        src = model.with_suffix(suffix)
+        if src.is_file() and (OnnxBackend(src).metadata.get("source_checkpoint") or {}).get("sha256") == sha:
+            shutil.copy(src, work / f"model{suffix}")
+            out[suffix] = work / f"model{suffix}"
+    ckpt = load_checkpoint(pth)
+    if ".onnx" not in out:
+        print("exporting fp32 ONNX ...", file=sys.stderr)
+        export_checkpoint(ckpt, pth, work / "model.onnx")
+        out[".onnx"] = work / "model.onnx"
+    if ".int8.onnx" not in out:
+        print("quantizing int8 (200 training images; the AUC check is `mediflow export --int8`) ...", file=sys.stderr)
+        train, _ = training_split(ckpt, data224)
+        rng = np.random.default_rng(0)
+        pick = sorted(rng.choice(len(train), 200, replace=False))
+        prep = PreprocessConfig.from_dict(ckpt["preprocessing"])
+        quantize_int8(out[".onnx"], work / "model.int8.onnx", calibration_batches([train.paths[i] for i in pick], prep))
+        out[".int8.onnx"] = work / "model.int8.onnx"
+    return pth, out[".onnx"], out[".int8.onnx"]
+
+
+def median_ms(fn, n: int) -> float:
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return float(np.median(ts))
+
+
+def model_only(pth: Path, onnx: Path, int8: Path, n: int) -> dict[str, float]:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from design_server import build_model
+
+    from mediflow.inference.predictor import Predictor
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    design = build_model()
+
+    def run_design():
+        with torch.no_grad():
+            design(torch.from_numpy(x))
+
+    res = {"design": median_ms(run_design, n)}
+    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("onnx-int8", int8, "onnx")):
+        p = Predictor.load(path, backend=backend)
+        res[name] = median_ms(lambda: p.backend.run(x), n)
+    return res
+
+
+def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batch_size: int) -> dict[str, float]:
+    import torch
+
+    from design_server import TRANSFORM, build_model
+    from PIL import Image
+
+    from mediflow.inference.batch import predict_files
+    from mediflow.inference.predictor import Predictor
+
+    res = {}
+    design = build_model()
+
+    def design_batches():
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                xs = torch.stack([TRANSFORM(Image.open(p).convert("RGB")) for p in images[i:i + batch_size]])
+                design(xs)
+
+    t = time.perf_counter()
+    design_batches()
+    res["design"] = len(images) / (time.perf_counter() - t)
+    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("onnx-int8", int8, "onnx")):
+        p = Predictor.load(path, backend=backend)
+        list(predict_files(p, images[:batch_size], batch_size=batch_size))  # warm-up (arena, caches)
+        t = time.perf_counter()
+        n = sum(1 for r in predict_files(p, images, batch_size=batch_size) if r.error is None)
+        res[name] = n / (time.perf_counter() - t)
+    return res
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    isa = "AVX-512 + VNNI" if "avx512_vnni" in flags else ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {isa}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO / "mediflow" / "bundled" / "mediflow_lungs_best.pth")
+    ap.add_argument("--images", type=Path, default=DEFAULT_FULLRES, help="full-resolution JPEGs (class folders)")
+    ap.add_argument("--data224", type=Path, default=DEFAULT_224, help="224x224 dataset (batch throughput, calibration)")
+    ap.add_argument("--requests", type=int, default=500, help="plain requests per server (RSS is read after these)")
+    ap.add_argument("--heatmap-requests", type=int, default=100, help="heatmap requests per MediFlow server")
+    ap.add_argument("--batch-images", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--model-runs", type=int, default=30)
+    ap.add_argument("--out-json", type=Path)
+    args = ap.parse_args()
+
+    import httpx
+
+    from mediflow.inference.batch import list_images
+
+    images = list_images(args.images)
+    if not images:
+        raise SystemExit(f"no images under {args.images}")
+    uploads = [(p.name, p.read_bytes()) for p in images]
+    load_start = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="mediflow-bench-"))
+    try:
+        pth, onnx, int8 = ensure_exports(args.model, work, args.data224)
+        py = sys.executable
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        serve = [py, "-m", "mediflow", "serve", "--host", "127.0.0.1"]
+        servers = [
+            Server("design (torchvision B0, eager, full decode)", [py, str(REPO / "benchmarks" / "design_server.py")], False),
+            Server("MediFlow torch", serve + ["--model", str(pth), "--backend", "torch"], True),
+            Server("MediFlow onnx", serve + ["--model", str(onnx)], True),
+            Server("MediFlow onnx int8", serve + ["--model", str(int8)], True),
+        ]
+        for s in servers:
+            start(s, env)
+        with httpx.Client(timeout=120) as client:
+            for s in servers:
+                wait_ready(s, client)
+                for name, data in uploads[:3]:  # warm-up: first-call allocations, lazy imports
+                    post(client, s, name, data, False)
+                    if s.heatmap:
+                        post(client, s, name, data, True)
+            print(f"servers up; {args.requests} plain (+{args.heatmap_requests} heatmap) requests each, "
+                  f"interleaved in blocks of {BLOCK}", file=sys.stderr)
+            # Rounds: every server gets a block of plain requests (and MediFlow servers a block of
+            # heatmap requests while those last), so all configurations share the same moments.
+            for i in range(0, max(args.requests, args.heatmap_requests), BLOCK):
+                for s in servers:
+                    for k in range(i, min(i + BLOCK, args.requests)):
+                        name, data = uploads[k % len(uploads)]
+                        s.plain_ms.append(post(client, s, name, data, False))
+                    for k in range(i, min(i + BLOCK, args.heatmap_requests) if s.heatmap else i):
+                        name, data = uploads[k % len(uploads)]
+                        s.heatmap_ms.append(post(client, s, name, data, True))
+            for s in servers:  # read after all requests, heatmaps included
+                s.peak_rss = proc_status_mb(s.proc.pid, "VmHWM")
+                s.rss_after = proc_status_mb(s.proc.pid, "VmRSS")
+        for s in servers:
+            s.proc.terminate()
+            s.proc.wait(30)
+        print("model-only latency ...", file=sys.stderr)
+        mo = model_only(pth, onnx, int8, args.model_runs)
+        print("batch throughput ...", file=sys.stderr)
+        pool = list_images(args.data224)
+        rng = np.random.default_rng(0)
+        batch_imgs = [pool[i] for i in sorted(rng.choice(len(pool), min(args.batch_images, len(pool)), replace=False))]
+        bt = batch_throughput(pth, onnx, int8, batch_imgs, args.batch_size)
+    finally:
+        for s in locals().get("servers", []):
+            if s.proc and s.proc.poll() is None:
+                s.proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    keys = ["design", "torch", "onnx", "onnx-int8"]
+    base = pct(servers[0].plain_ms, 50)
+    rows = []
+    for key, s in zip(keys, servers):
+        p50, p95 = pct(s.plain_ms, 50), pct(s.plain_ms, 95)
+        h50, h95 = pct(s.heatmap_ms, 50), pct(s.heatmap_ms, 95)
+        rows.append({
+            "config": s.name, "model_ms": mo[key], "http_p50": p50, "http_p95": p95,
+            "speedup": base / p50, "heatmap_p50": h50, "heatmap_p95": h95,
+            "heatmap_speedup": base / h50 if s.heatmap_ms else float("nan"),
+            "batch_ips": bt[key], "peak_rss_mb": s.peak_rss, "rss_after_mb": s.rss_after,
+            "requests": s.n_requests,
+        })
+    load_end = os.getloadavg()
+    fmt = lambda v, d=1: "–" if v != v else f"{v:.{d}f}"  # noqa: E731 (NaN -> dash)
+    lines = [
+        f"Machine: {machine()}; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.",
+        f"{len(uploads)} full-resolution JPEGs from {args.images.name}/ (median "
+        f"{np.median([len(d) for _, d in uploads]) / 1e3:.0f} kB); {args.requests} plain + "
+        f"{args.heatmap_requests} heatmap requests per server, one at a time, servers interleaved in blocks of "
+        f"{BLOCK} (RSS read after all of them); "
+        f"batch: {len(batch_imgs)} "
+        f"224x224 JPEGs, batch size {args.batch_size}.",
+        "",
+        "| configuration | model only, ms | HTTP p50, ms | HTTP p95, ms | p50 speed-up | heatmap p50, ms "
+        "| heatmap p95, ms | heatmap speed-up | batch, images/s | peak RSS, MB | RSS at end, MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {fmt(r['model_ms'])} | {fmt(r['http_p50'])} | {fmt(r['http_p95'])} | "
+            f"{fmt(r['speedup'], 2)}x | {fmt(r['heatmap_p50'])} | {fmt(r['heatmap_p95'])} | "
+            f"{fmt(r['heatmap_speedup'], 2)}{'' if r['heatmap_speedup'] != r['heatmap_speedup'] else 'x'} | "
+            f"{fmt(r['batch_ips'], 0)} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['rss_after_mb'], 0)} |")
+    print("\n".join(lines))
+    if args.out_json:
+        args.out_json.write_text(json.dumps({"machine": machine(), "load": [load_start, load_end], "rows": rows},
+                                            indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Backends: what runs the inference graph (see graph.py) on a preprocessed batch.
+
+- `OnnxBackend`: ONNX Runtime on an exported graph; does not import torch (the server's memory).
+- `TorchBackend`: the same graph in eager PyTorch, built from a checkpoint; heatmaps by true
+  Grad-CAM through pytorch-grad-cam.
+
+Both take a float32 batch (N, 3, S, S) and return named outputs as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from mediflow.errors import CheckpointError
+
+METADATA_KEY = "mediflow"
+# Picks the class to explain from one image's logits (the predictor's decision rule).
+ClassChooser = Callable[[np.ndarray], int]
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
+        """Named graph outputs ('logits', 'features', 'cam') for a preprocessed batch."""
+        ...
+
+    def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Logits (N, K), one map per image (N, h, w) scaled to [0, 1], and the class each map explains,
+        from one pass."""
+        ...
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def scale_map(cam: np.ndarray) -> np.ndarray:
+    """ReLU, then min-max to [0, 1] (pytorch-grad-cam's scaling, so CAM and Grad-CAM compare)."""
+    cam = np.maximum(cam.astype(np.float32), 0)
+    cam = cam - cam.min()
+    return cam / (cam.max() + 1e-7)
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such model file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or available_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # protobuf/format errors: the user's file, not our bug
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
+        self.metadata = read_session_metadata(self.session, self.path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        values = self.session.run(list(outputs), {self.input_name: x})
+        return dict(zip(outputs, values))
+
+    def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        out = self.run(batch, ("logits", "cam"))
+        classes = [choose(row) for row in out["logits"]]
+        maps = np.stack([scale_map(out["cam"][i, c]) for i, c in enumerate(classes)])
+        return out["logits"], maps, classes
+
+
+def read_session_metadata(session: Any, path: Path) -> dict[str, Any]:
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path}: an ONNX model without MediFlow metadata; export it with `mediflow export`")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: MediFlow metadata in this ONNX model is not valid JSON") from None
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, ckpt: dict[str, Any], *, device: str = "cpu"):
+        import torch
+
+        from mediflow.inference.graph import build_graph
+
+        self.device = torch.device(device)
+        self.graph = build_graph(ckpt).to(self.device).to(memory_format=torch.channels_last)
+
+    def _tensor(self, batch: Any):
+        import torch
+
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
+        import torch
+
+        from mediflow.inference.graph import OUTPUT_NAMES
+
+        with torch.inference_mode():
+            values = dict(zip(OUTPUT_NAMES, self.graph(self._tensor(batch))))
+        return {k: values[k].float().cpu().numpy() for k in outputs}
+
+    def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """True Grad-CAM (pytorch-grad-cam) on the last feature map, for the class `choose` picks from
+        the same forward pass."""
+        from pytorch_grad_cam import GradCAM
+
+        classes: list[int] = []
+
+        def target(logits_row):
+            classes.append(choose(logits_row.detach().float().cpu().numpy()))
+            return logits_row[classes[-1]]
+
+        # A fresh GradCAM per call: its hooks stay on the model until released, and would otherwise
+        # keep every plain forward pass's activations.
+        with GradCAM(model=_LogitsOnly(self.graph), target_layers=self.graph.target_layers()) as cam:
+            maps = cam(input_tensor=self._tensor(batch), targets=[target] * len(batch))
+            logits = cam.outputs.detach().float().cpu().numpy()
+        return logits, np.asarray(maps, dtype=np.float32), classes
+
+
+def _LogitsOnly(graph):
+    """pytorch-grad-cam wants a module returning logits alone."""
+    from torch import nn
+
+    class LogitsOnly(nn.Module):
+        def __init__(self, g):
+            super().__init__()
+            self.g = g
+
+        def forward(self, x):
+            return self.g(x)[0]
+
+    return LogitsOnly(graph)

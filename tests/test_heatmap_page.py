@@ -1,0 +1,118 @@
+"""heatmap.js in a real browser (Debian's chromium via Playwright) against a live server."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import jpeg_bytes, xray_like
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+# The page's structure that heatmap.js relies on (see the comment at the top of heatmap.js).
+HARNESS = """<!doctype html><html><head><meta charset="utf-8"></head><body>
+<section><div id="preview-stage" style="position: relative; width: 420px; background: #000">
+  <img id="preview" alt="film" src="{src}" style="display: block; margin: 0 auto; max-width: 100%;
+       max-height: 260px; object-fit: contain">
+</div></section>
+<script type="module" src="/static/heatmap.js"></script>
+</body></html>"""
+
+# Upload the film the way the page does and hand the result to the page's event.
+ANALYZE_AND_EMIT = """async ([src, heatmap]) => {
+  const blob = await (await fetch(src)).blob();
+  const file = new File([blob], "film.jpeg", { type: "image/jpeg" });
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const url = "/api/vision/analyze" + (heatmap ? "?heatmap=true" : "");
+  const result = await (await fetch(url, { method: "POST", body: form })).json();
+  document.dispatchEvent(new CustomEvent("mediflow:result", { detail: { file, result } }));
+  return result;
+}"""
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model: Path):
+    import uvicorn
+
+    from mediflow.inference.predictor import Predictor
+    from mediflow.serving.app import create_app
+    from mediflow.serving.settings import Settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), Predictor.load(tiny_model)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def page(live_server: str):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 900, "height": 700})
+        pg.goto(live_server + "/health")  # same origin for the module script and the API
+        src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
+        pg.set_content(HARNESS.format(src=src))
+        pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
+        pg.film_src = src
+        yield pg
+        browser.close()
+
+
+def _box(page, selector: str) -> dict:
+    return page.locator(selector).bounding_box()
+
+
+def test_overlay_covers_the_image_with_opacity_control(page):
+    result = page.evaluate(ANALYZE_AND_EMIT, [page.film_src, True])
+    assert result["heatmap"].startswith("data:image/png;base64,")
+    overlay = page.locator("#heatmap-overlay")
+    overlay.wait_for()
+    film, over = _box(page, "#preview"), _box(page, "#heatmap-overlay")
+    assert all(abs(film[k] - over[k]) < 1.0 for k in ("x", "y", "width", "height")), (film, over)
+    assert page.evaluate("document.getElementById('heatmap-overlay').naturalWidth") > 0  # the PNG decoded
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == pytest.approx(0.45, abs=0.01)
+    page.get_by_label("Heatmap opacity").fill("80")
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == pytest.approx(0.8, abs=0.01)
+    page.get_by_label("Show heatmap").uncheck()
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == 0
+    page.get_by_label("Show heatmap").check()
+    assert result["heatmap_class"] in page.locator("#heatmap-controls").inner_text()
+    # Follows the image when the layout changes.
+    page.evaluate("document.getElementById('preview').style.maxHeight = '150px'")
+    page.wait_for_function("Math.abs(document.getElementById('heatmap-overlay').getBoundingClientRect().height"
+                           " - document.getElementById('preview').getBoundingClientRect().height) < 1")
+    # A new analysis clears the old overlay.
+    page.evaluate("document.dispatchEvent(new CustomEvent('mediflow:analyzing', {detail: {}}))")
+    assert page.locator("#heatmap-overlay").count() == 0 and page.locator("#heatmap-controls").count() == 0
+
+
+def test_without_heatmap_a_button_asks_for_one(page):
+    result = page.evaluate(ANALYZE_AND_EMIT, [page.film_src, False])
+    assert result.get("heatmap") is None
+    page.get_by_role("button", name="Show where the model looked").click()
+    page.locator("#heatmap-overlay").wait_for()
+    assert page.get_by_label("Heatmap opacity").is_visible()

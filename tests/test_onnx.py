@@ -1,0 +1,325 @@
+"""ONNX export, the onnx/torch backends, heatmaps (CAM vs Grad-CAM) and int8 selection."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import FULLRES, REPO, jpeg_bytes, xray_like
+from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint, save_checkpoint
+from mediflow.cli import main
+from mediflow.data.images import load_image
+from mediflow.errors import CheckpointError, MediFlowError
+from mediflow.inference.backends import OnnxBackend
+from mediflow.inference.bundled import BUNDLED_MODEL
+from mediflow.inference.graph import build_graph
+from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
+from mediflow.inference.predictor import Predictor
+from mediflow.serving.app import create_app
+from mediflow.serving.settings import Settings
+
+
+def _export(pth: Path, *extra: str) -> Path:
+    onnx = pth.with_suffix(".onnx")
+    assert main(["export", "--model", str(pth), "--onnx", str(onnx), *extra]) == 0
+    return onnx
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_model: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny checkpoint in its own folder with its fp32 export next to it."""
+    pth = tmp_path_factory.mktemp("tinyexport") / "model.pth"
+    shutil.copy(tiny_model, pth)
+    return pth, _export(pth)
+
+
+@pytest.fixture(scope="module")
+def bundled_export(tmp_path_factory) -> tuple[Path, Path]:
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip(f"bundled model {BUNDLED_MODEL} not present")
+    pth = tmp_path_factory.mktemp("bundledexport") / "model.pth"
+    shutil.copy(BUNDLED_MODEL, pth)
+    return pth, _export(pth)
+
+
+def _fullres_images(n: int) -> list[Path]:
+    files = sorted(FULLRES.glob("*/*.jpeg"))
+    if not files:
+        pytest.skip(f"full-resolution samples not present at {FULLRES}")
+    return files[:: max(1, len(files) // n)][:n]
+
+
+def _real_batch(predictor: Predictor, n: int = 6) -> np.ndarray:
+    return np.stack([predictor.preprocess_array(load_image(p)) for p in _fullres_images(n)])
+
+
+def _synthetic_batch(predictor: Predictor, n: int = 4) -> np.ndarray:
+    return np.stack([predictor.preprocess_array(xray_like(i % 2, 100 + i, 96).convert("RGB")) for i in range(n)])
+
+
+# -- export --------------------------------------------------------------------------------------
+
+def test_export_matches_torch_on_random_inputs_with_dynamic_batch(tiny_export):
+    pth, onnx = tiny_export
+    graph = build_graph(load_checkpoint(pth))
+    size = Predictor.load(onnx).prep.image_size
+    for n in (1, 5):
+        batch = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
+        diffs = max_abs_diffs(graph, onnx, batch)
+        assert diffs["logits"] < MAX_ABS_DIFF and diffs["features"] < MAX_ABS_DIFF, diffs
+
+
+@pytest.mark.realdata
+def test_export_matches_torch_on_real_xrays(tiny_export):
+    pth, onnx = tiny_export
+    batch = _real_batch(Predictor.load(onnx))
+    diffs = max_abs_diffs(build_graph(load_checkpoint(pth)), onnx, batch)
+    assert diffs["logits"] < MAX_ABS_DIFF and diffs["features"] < MAX_ABS_DIFF, diffs
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bundled_model_export_matches_torch(bundled_export):
+    pth, onnx = bundled_export
+    graph = build_graph(load_checkpoint(pth))
+    real = _real_batch(Predictor.load(onnx), 4)
+    rand = np.random.default_rng(0).standard_normal(real.shape).astype(np.float32)
+    for batch in (real, rand):
+        diffs = max_abs_diffs(graph, onnx, batch)
+        assert diffs["logits"] < MAX_ABS_DIFF and diffs["features"] < MAX_ABS_DIFF, diffs
+
+
+def test_onnx_file_is_self_describing(tiny_export, tmp_path: Path):
+    pth, onnx = tiny_export
+    alone = tmp_path / "elsewhere.onnx"
+    shutil.copy(onnx, alone)  # no .pth anywhere near it
+    ckpt = load_checkpoint(pth)
+    p = Predictor.load(alone)
+    meta = p.backend.metadata
+    assert p.backend_name == "onnx"
+    assert p.class_names == ckpt["class_names"] and p.threshold == ckpt["threshold"]
+    assert p.temperature == pytest.approx(ckpt["temperature"])
+    assert meta["preprocessing"] == ckpt["preprocessing"] and meta["architecture"] == ckpt["architecture"]
+    assert meta["positive_class"] == "PNEUMONIA" and meta["val_metrics"]["auc"] == ckpt["val_metrics"]["auc"]
+    assert meta["source_checkpoint"]["sha256"] == file_sha256(pth)
+    assert "state_dict" not in meta
+    card = p.model_card()
+    assert card["backend"] == "onnx" and card["validation_metrics"]["auc"] == ckpt["val_metrics"]["auc"]
+    # Both backends name the same model (the checkpoint's hash).
+    assert p.info.sha256 == Predictor.load(pth, backend="torch").info.sha256
+
+
+def test_ensemble_exports_as_one_graph_averaging_calibrated_members(tiny_model: Path, tmp_path: Path):
+    a = load_checkpoint(tiny_model)
+    b = load_checkpoint(tiny_model)
+    b["state_dict"] = {k: (v + 0.05 * torch.randn_like(v) if k.startswith("head.") else v)
+                       for k, v in b["state_dict"].items()}
+    a["temperature"], b["temperature"] = 0.7, 2.0
+    ens = {"format": ENSEMBLE_FORMAT, "members": [a, b], "class_names": a["class_names"],
+           "positive_class": "PNEUMONIA", "threshold": 0.5, "architecture": "ensemble"}
+    pth = save_checkpoint(ens, tmp_path / "ens.pth")
+    onnx = _export(pth)
+    torch_p, onnx_p = Predictor.load(pth, backend="torch"), Predictor.load(onnx)
+    assert onnx_p.n_members == 2 and onnx_p.info.architecture.startswith("ensemble(")
+    x = _synthetic_batch(torch_p)
+    # What an ensemble means: the average of each member's softmax(logits / T).
+    expected = []
+    for member in (a, b):
+        single = Predictor(member, backend=None)
+        z = single.backend.run(x)["logits"]
+        expected.append(torch.softmax(torch.from_numpy(z) / member["temperature"], 1).numpy())
+    expected = np.mean(expected, axis=0)
+    np.testing.assert_allclose(torch_p.probabilities_from_tensors(x), expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_p.probabilities_from_tensors(x), expected, atol=1e-4)
+
+
+def test_export_errors_are_one_line(tiny_model: Path, tmp_path: Path, capsys):
+    assert main(["export", "--model", str(tmp_path / "missing.pth")]) == 2
+    assert main(["export", "--model", str(tiny_model), "--onnx", str(tmp_path / "model.txt")]) == 2
+    assert main(["export", "--model", str(tiny_model), "--onnx", str(tmp_path / "m.onnx"), "--int8",
+                 "--data", str(tmp_path / "nodata")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("mediflow export: error:") for line in err)
+    assert "no such model file" in err[0] and ".onnx" in err[1] and "--data" in err[2]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# -- backends --------------------------------------------------------------------------------------
+
+def _same_answers(pth: Path, files: list[bytes]) -> None:
+    torch_p = Predictor.load(pth, backend="torch")
+    onnx_p = Predictor.load(pth, backend="onnx")
+    assert (torch_p.backend_name, onnx_p.backend_name) == ("torch", "onnx")
+    for data in files:
+        a, b = torch_p.predict_bytes(data), onnx_p.predict_bytes(data)
+        a.pop("inference_ms"), b.pop("inference_ms")
+        pa, pb = a.pop("probabilities"), b.pop("probabilities")
+        assert a == b  # prediction, confidence, threshold, model, disclaimer, needs_review
+        assert all(abs(pa[k] - pb[k]) <= 1e-4 for k in pa)
+
+
+def test_same_image_same_answer_on_both_backends(tiny_export):
+    pth, _ = tiny_export
+    files = [jpeg_bytes(xray_like(i % 2, 300 + i, 160)) for i in range(4)]
+    files += [p.read_bytes() for p in (_fullres_images(4) if FULLRES.is_dir() else [])]
+    _same_answers(pth, files)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bundled_model_same_answer_on_both_backends(bundled_export):
+    _same_answers(bundled_export[0], [p.read_bytes() for p in _fullres_images(8)])
+
+
+def test_backend_selection(tiny_export, tmp_path: Path):
+    pth, onnx = tiny_export
+    assert Predictor.load(pth).backend_name == "onnx"  # auto: the export next to it
+    assert Predictor.load(pth, backend="torch").backend_name == "torch"
+    lonely = tmp_path / "lonely.pth"
+    shutil.copy(pth, lonely)
+    assert Predictor.load(lonely).backend_name == "torch"
+    with pytest.raises(CheckpointError, match="mediflow export --model"):
+        Predictor.load(lonely, backend="onnx")
+    with pytest.raises(CheckpointError, match="torch backend needs the .pth"):
+        Predictor.load(onnx, backend="torch")
+    with pytest.raises(MediFlowError, match="unknown backend"):
+        Predictor.load(pth, backend="tensorrt")
+    # An export of a different checkpoint (stale) is never used for this one.
+    stale = tmp_path / "stale.pth"
+    ckpt = load_checkpoint(pth)
+    ckpt["threshold"] = 0.123
+    save_checkpoint(ckpt, stale)
+    shutil.copy(onnx, stale.with_suffix(".onnx"))
+    assert Predictor.load(stale).backend_name == "torch"
+    with pytest.raises(CheckpointError):
+        Predictor.load(stale, backend="onnx")
+
+
+def test_serve_with_onnx_backend_but_no_export_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys):
+    lonely = tmp_path / "m.pth"
+    shutil.copy(tiny_model, lonely)
+    assert main(["serve", "--model", str(lonely), "--backend", "onnx", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mediflow export" in err[0]
+
+
+def test_onnx_server_path_never_imports_torch(tiny_export):
+    """torch alone is ~500 MB resident; the ONNX server must stay far below the 400 MB target."""
+    _, onnx = tiny_export
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+from mediflow.cli import build_parser
+from mediflow.serving.app import create_app, load_predictor
+from mediflow.serving.settings import Settings
+build_parser()
+s = Settings(model_path={str(onnx)!r})
+with TestClient(create_app(s, load_predictor(s))) as c:
+    r = c.post("/api/vision/analyze?heatmap=true", files={{"file": ("x.jpeg", open(sys.argv[1], "rb").read())}})
+    assert r.status_code == 200 and r.json()["heatmap"], r.text
+print(sorted(m for m in ("torch", "torchvision", "sklearn", "scipy") if m in sys.modules))
+"""
+    img = onnx.parent / "probe.jpeg"
+    img.write_bytes(jpeg_bytes(xray_like(1, 7, 128)))
+    out = subprocess.run([sys.executable, "-c", code, str(img)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+# -- heatmaps ------------------------------------------------------------------------------------
+
+def _decode_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_api_heatmap_is_an_optional_png_overlay(tiny_export, backend: str):
+    pth, _ = tiny_export
+    predictor = Predictor.load(pth, backend=backend)
+    data = jpeg_bytes(xray_like(1, 11, 200))
+    with TestClient(create_app(Settings(), predictor)) as client:
+        plain = client.post("/api/vision/analyze", files={"file": ("x.jpeg", data, "image/jpeg")}).json()
+        r = client.post("/api/vision/analyze?heatmap=true", files={"file": ("x.jpeg", data, "image/jpeg")})
+        assert r.status_code == 200
+        body = r.json()
+        bad = client.post("/api/vision/analyze?heatmap=maybe", files={"file": ("x.jpeg", data, "image/jpeg")})
+    assert plain.get("heatmap") is None
+    assert body["prediction"] == plain["prediction"] and body["heatmap_class"] == body["prediction"]
+    img = _decode_data_url(body["heatmap"])
+    size = predictor.prep.image_size
+    assert img.format == "PNG" and img.size == (size, size) and img.mode == "RGBA"
+    assert np.asarray(img)[..., 3].std() > 0  # it actually varies across the image
+    assert bad.status_code == 422
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def _cam_vs_gradcam(pth: Path, batch: np.ndarray) -> list[float]:
+    """CAM from the ONNX graph's outputs vs true Grad-CAM (pytorch-grad-cam) on the torch model,
+    compared at input resolution, for the class each image is predicted as."""
+    from mediflow.inference.heatmap import upsample
+
+    onnx_p, torch_p = Predictor.load(pth, backend="onnx"), Predictor.load(pth, backend="torch")
+    _, cams, cam_classes = onnx_p.backend.heatmaps(batch, onnx_p.choose_class)
+    _, grads, grad_classes = torch_p.backend.heatmaps(batch, torch_p.choose_class)
+    assert cam_classes == grad_classes
+    size = batch.shape[-1]
+    assert grads.shape[1:] == (size, size)
+    return [_pearson(upsample(c, (size, size)), g) for c, g in zip(cams, grads)]
+
+
+def test_cam_agrees_with_gradcam_on_tiny_model(tiny_export):
+    pth, _ = tiny_export
+    batch = _synthetic_batch(Predictor.load(pth, backend="torch"), 6)
+    corr = _cam_vs_gradcam(pth, batch)
+    assert min(corr) >= 0.9, corr
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_cam_agrees_with_gradcam_on_bundled_model(bundled_export):
+    pth, _ = bundled_export
+    corr = _cam_vs_gradcam(pth, _real_batch(Predictor.load(pth, backend="torch"), 6))
+    assert min(corr) >= 0.9, corr
+
+
+# -- int8 -------------------------------------------------------------------------------------------
+
+def test_int8_export_reports_auc_change_and_is_default_only_when_accepted(tiny_model: Path, tmp_path: Path,
+                                                                          capsys):
+    from mediflow.inference.quantize import record_quantization
+
+    pth = tmp_path / "model.pth"
+    shutil.copy(tiny_model, pth)
+    data = load_checkpoint(pth)["train_config"]["data"]
+    onnx = _export(pth, "--int8", "--data", data)
+    out = capsys.readouterr().out
+    assert "AUC change" in out and "validation" in out
+    int8 = pth.with_suffix(".int8.onnx")
+    q = OnnxBackend(int8).metadata["onnx"]["quantization"]
+    assert q["auc_change"] == pytest.approx(q["int8"]["auc"] - q["fp32"]["auc"])
+    assert q["accepted"] == (q["auc_change"] > -0.002) and q["validation"]["same_files_as_training"]
+    assert os.path.getsize(int8) < 0.5 * os.path.getsize(onnx)
+    chosen = Predictor.load(pth)
+    assert chosen.backend.path == (int8 if q["accepted"] else onnx)
+    # A rejected int8 model is not served by default.
+    record_quantization(int8, {"auc_change": -0.01, "accepted": False}, {})
+    assert Predictor.load(pth).backend.path == onnx
+    # ... but can still be served on purpose.
+    assert Predictor.load(int8).backend.path == int8
