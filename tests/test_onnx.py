@@ -166,8 +166,11 @@ def _same_answers(pth: Path, files: list[bytes]) -> None:
         a, b = torch_p.predict_bytes(data), onnx_p.predict_bytes(data)
         a.pop("inference_ms"), b.pop("inference_ms")
         pa, pb = a.pop("probabilities"), b.pop("probabilities")
-        assert a == b  # prediction, confidence, threshold, model, disclaimer, needs_review
-        assert all(abs(pa[k] - pb[k]) <= 1e-4 for k in pa)
+        ca, cb = a.pop("confidence"), b.pop("confidence")
+        assert a == b  # prediction, threshold, model, disclaimer, needs_review, notes
+        # Both are rounded to 4 decimals, so float noise at a rounding boundary shows as 1e-4.
+        assert abs(ca - cb) <= 1.5e-4
+        assert all(abs(pa[k] - pb[k]) <= 1.5e-4 for k in pa)
 
 
 def test_same_image_same_answer_on_both_backends(tiny_export):
@@ -267,6 +270,10 @@ def test_api_heatmap_is_an_optional_png_overlay(tiny_export, backend: str):
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; two flat maps (no positive evidence anywhere: all zero after the ReLU)
+    agree perfectly when they are equal, and correlation is undefined for them."""
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return 1.0 if np.allclose(a, b, atol=1e-6) else 0.0
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
