@@ -6,15 +6,13 @@ import base64
 import socket
 import threading
 import time
+
 from pathlib import Path
 
 import pytest
 
 from conftest import jpeg_bytes, xray_like
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.browser
 
@@ -65,21 +63,15 @@ def live_server(tiny_model: Path):
 
 
 @pytest.fixture
-def page(live_server: str):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 900, "height": 700})
-        pg.goto(live_server + "/health")  # same origin for the module script and the API
-        src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
-        pg.set_content(HARNESS.format(src=src))
-        pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
-        pg.film_src = src
-        yield pg
-        browser.close()
+def page(browser, live_server: str):
+    pg = browser.new_page(viewport={"width": 900, "height": 700})
+    pg.goto(live_server + "/health")  # same origin for the module script and the API
+    src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
+    pg.set_content(HARNESS.format(src=src))
+    pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
+    pg.film_src = src
+    yield pg
+    pg.close()
 
 
 def _box(page, selector: str) -> dict:
