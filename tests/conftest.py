@@ -86,3 +86,95 @@ def tiny_model(tmp_path_factory) -> Path:
                "--val-fraction", "0.3", "--out", str(out), "--no-progress"])
     assert rc == 0 and out.is_file()
     return out
+
+
+# -- real servers for the API, page and load tests -----------------------------------------------
+
+ALLOWED_ORIGIN = "https://ris.example.org"  # the one cross-origin caller the live server trusts
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("server process exited during start-up")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} not healthy after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_model, tmp_path_factory):
+    """`mediflow serve` on the tiny model, in a subprocess on 127.0.0.1 (the real CLI, uvicorn and
+    sockets). Yields an object with .url, .process and .model."""
+    import os
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.startswith("MEDIFLOW_")}
+    # The default study store lives in the user's data folder; tests keep theirs in a temp folder.
+    env["MEDIFLOW_DATA_DIR"] = str(tmp_path_factory.mktemp("store"))
+    cmd = [sys.executable, "-m", "mediflow", "serve", "--model", str(tiny_model), "--host", "127.0.0.1",
+           "--port", str(port), "--cors-origin", ALLOWED_ORIGIN]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    server = SimpleNamespace(url=f"http://127.0.0.1:{port}", process=proc, model=tiny_model, log=log_path)
+    try:
+        wait_healthy(server.url, timeout=180, alive=lambda: proc.poll() is None)
+    except RuntimeError as exc:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{exc}; server log:\n{log_path.read_text()[-3000:]}")
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def thread_server():
+    """Start `create_app(...)` apps under uvicorn in a thread of this process (for per-test settings).
+    Call it with an app; returns the base URL. Servers stop when the test ends."""
+    import threading
+
+    import uvicorn
+
+    running = []
+
+    def start(app) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=60, alive=thread.is_alive)
+        return url
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=20)

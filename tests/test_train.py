@@ -144,7 +144,7 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path: Path, tiny_da
     outdir = tmp_path / "out"
     outdir.mkdir()
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "mediflow",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mediflow",
          "train", "--data", str(tiny_data), "--out", str(outdir / "ddp.pth"), "--epochs", "2", "--device", "cpu",
          "--workers", "0", *BASE],
         capture_output=True, text=True, cwd=REPO, timeout=600,

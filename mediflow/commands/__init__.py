@@ -3,8 +3,13 @@
 # Order is the order `mediflow --help` lists them.
 COMMAND_MODULES = [
     "train",
+    "ensemble",
+    "calibrate",
     "evaluate",
     "predict",
+    "analyze",
     "serve",
+    "db",
+    "feedback",
     "export",
 ]

@@ -48,7 +48,7 @@ def _heatmap_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
-    from mediflow.data.images import load_image
+    from mediflow.data.images import image_notes, load_image
     from mediflow.errors import ImageDecodeError
 
     heat_dir = _heatmap_dir(args)
@@ -59,6 +59,8 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
             img = load_image(path, draft_size=predictor.draft_size)
             response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None)
             result = {"file": str(path), **response}
+            if image_notes(img):
+                result["notes"] = image_notes(img)
         except ImageDecodeError as exc:
             result = {"file": str(path), "error": str(exc)}
             status = 1

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+
+from mediflow.commands import _clinical_options as clinical
+from mediflow.errors import MediFlowError
+
+log = logging.getLogger("mediflow.serve")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the API and the web page",
-                       description="Settings also come from MEDIFLOW_* environment variables; flags win.")
+                       description="Settings also come from MEDIFLOW_* environment variables "
+                                   "(MEDIFLOW_MODEL_PATH, MEDIFLOW_MAX_UPLOAD_BYTES, MEDIFLOW_CORS_ORIGINS, ...); "
+                                   "flags win.")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"],
                    help="onnx: ONNX Runtime on MODEL.onnx (or MODEL.int8.onnx) exported next to the checkpoint, or "
@@ -18,39 +26,48 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")
     p.add_argument("--review-below", type=float, help="confidence under which needs_review is set (default 0.70)")
-    p.add_argument("--cors-origin", action="append", help="allowed cross-origin caller (repeatable); default none")
+    p.add_argument("--cors-origin", action="append",
+                   help="allowed cross-origin caller, e.g. https://ris.example.org (repeatable); default none")
+    clinical.add_arguments(p)
     return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Environment settings with the given flags on top; invalid values -> one-line MediFlowError."""
+    from pydantic import ValidationError
+
+    from mediflow.serving.settings import MB, Settings
+
+    flags = {
+        "model_path": args.model,
+        "backend": args.backend,
+        "threads": args.threads,
+        "host": args.host,
+        "port": args.port,
+        "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * MB),
+        "review_below": args.review_below,
+        "cors_origins": args.cors_origin,
+        **clinical.overrides(args, os.environ.get("MEDIFLOW_DATABASE_URL")),
+    }
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None or k == "database_url"})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise MediFlowError(f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mediflow.serving.app import create_app
-    from mediflow.serving.settings import Settings
+    from mediflow.serving.app import create_app, load_predictor
 
-    overrides = {}
-    if args.model:
-        overrides["model_path"] = args.model
-    if args.backend:
-        overrides["backend"] = args.backend
-    if args.threads:
-        overrides["threads"] = args.threads
-    if args.host:
-        overrides["host"] = args.host
-    if args.port:
-        overrides["port"] = args.port
-    if args.max_upload_mb:
-        overrides["max_upload_bytes"] = int(args.max_upload_mb * 1024 * 1024)
-    if args.review_below is not None:
-        overrides["review_below"] = args.review_below
-    if args.cors_origin:
-        overrides["cors_origins"] = args.cors_origin
-    settings = Settings(**overrides)
+    settings = settings_from_args(args)
+    clinical.check_exposure(settings, insecure=args.insecure)
     # Load the model before binding the port, so a bad --model is a one-line error, not a crash loop.
-    from mediflow.serving.app import load_predictor
-
     predictor = load_predictor(settings)
-    logging.getLogger("mediflow.serve").info("model %s on the %s backend", predictor.info.path, predictor.backend_name)
     app = create_app(settings, predictor=predictor)
+    log.info("serving %s (sha256 %s, %s backend) on http://%s:%d/", predictor.info.architecture,
+             predictor.info.sha256[:12], predictor.backend_name, settings.host, settings.port)
+    # No access log: request lines carry nothing useful and uploads must leave no trace.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0

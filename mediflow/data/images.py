@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from mediflow.data.dicom import decode_dicom, image_notes, looks_like_dicom  # noqa: F401 (image_notes re-exported)
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 # Full-resolution chest films are at most ~4k x 4k; anything far beyond is a decompression bomb.
@@ -32,7 +33,7 @@ def sniff_format(data: bytes) -> str | None:
     for fmt, magics in _MAGIC.items():
         if any(data.startswith(m) for m in magics):
             return fmt
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if looks_like_dicom(data):
         return "dicom"
     return None
 
@@ -60,7 +61,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
 ) -> Image.Image:
-    """Decode JPEG/PNG bytes to an RGB image, or raise ImageDecodeError saying what is wrong.
+    """Decode JPEG/PNG/DICOM bytes to an RGB image, or raise ImageDecodeError saying what is wrong.
 
     `draft_size`: for JPEG, let the decoder downscale in the DCT domain (by 1/2, 1/4 or 1/8) while
     keeping both sides >= draft_size; far cheaper than decoding full resolution and resizing.
@@ -69,8 +70,6 @@ def decode_image(
         raise ImageDecodeError(f"{name}: file is empty")
     fmt = sniff_format(data)
     if fmt == "dicom":
-        from mediflow.data.dicom import decode_dicom  # optional dependency, imported on demand
-
         return decode_dicom(data, name=name, max_pixels=max_pixels)
     if fmt is None:
         raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (unrecognised file signature)")
@@ -83,7 +82,7 @@ def decode_image(
                 raise ImageDecodeError(f"{name}: image has no pixels")
             if w * h > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels"
+                    f"{name}: image too large: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels"
                 )
             if draft_size and fmt == "jpeg":
                 img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_size, draft_size))
@@ -91,7 +90,9 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{name}: image exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)") from None
+        raise ImageTooLargeError(
+            f"{name}: image too large: exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

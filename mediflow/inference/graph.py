@@ -2,7 +2,7 @@
 
 Outputs, for a preprocessed batch `image` (N, 3, S, S):
 - `logits` (N, K): a single model's raw logits (the predictor applies the checkpoint's
-  temperature); for an ensemble, log of the members' averaged softmax(logits / T_i), so that
+  temperature and bias); for an ensemble, log of the members' averaged softmax(logits / T_i + b_i), so that
   softmax(logits) is the ensemble's probability with no further temperature.
 - `features` (N, C, h, w): the last feature map (members' maps concatenated for an ensemble).
 - `cam` (N, K, h, w): class activation maps, the feature map weighted by the linear head's weights.
@@ -41,10 +41,12 @@ def class_activation_maps(model: MediFlowNet, fmap: torch.Tensor) -> torch.Tenso
 
 
 class InferenceGraph(nn.Module):
-    def __init__(self, members: list[MediFlowNet], temperatures: list[float]):
+    def __init__(self, members: list[MediFlowNet], temperatures: list[float], biases: list[list[float]]):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("inv_temperatures", torch.tensor([1.0 / t for t in temperatures]), persistent=False)
+        # Each member's calibration bias (bias-corrected temperature scaling, see calibration.py).
+        self.register_buffer("biases", torch.tensor(biases, dtype=torch.float32), persistent=False)
         self.eval()
 
     @property
@@ -59,7 +61,7 @@ class InferenceGraph(nn.Module):
         probs, fmaps, cams = [], [], []
         for i, model in enumerate(self.members):
             logits, fmap = model.forward_with_features(image)
-            probs.append(torch.softmax(logits * self.inv_temperatures[i], dim=1))
+            probs.append(torch.softmax(logits * self.inv_temperatures[i] + self.biases[i], dim=1))
             fmaps.append(fmap)
             # Each member's map in its calibrated logit units, so members weigh as they do in the average.
             cams.append(class_activation_maps(model, fmap) * self.inv_temperatures[i])
@@ -79,5 +81,10 @@ def build_graph(ckpt: dict[str, Any]) -> InferenceGraph:
     preps = {PreprocessConfig.from_dict(m.get("preprocessing") or {}) for m in members}
     if len(preps) > 1:
         raise CheckpointError("ensemble members preprocess differently; one graph needs one preprocessing")
-    temps = [float(m.get("temperature") or 1.0) for m in members] if len(members) > 1 else [1.0]
-    return InferenceGraph([load_member(m) for m in members], temps)
+    k = len(class_names)
+    if len(members) > 1:
+        temps = [float(m.get("temperature") or 1.0) for m in members]
+        biases = [list(m.get("logit_bias") or [0.0] * k) for m in members]
+    else:  # a single model's graph returns raw logits; the predictor calibrates them
+        temps, biases = [1.0], [[0.0] * k]
+    return InferenceGraph([load_member(m) for m in members], temps, biases)

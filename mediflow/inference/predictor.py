@@ -1,6 +1,6 @@
 """Load a model (checkpoint or ONNX export) and turn images into the API's response.
 
-Probabilities are softmax(logits / temperature), averaged over ensemble members; the decision is
+Probabilities are softmax(logits / temperature + bias), averaged over ensemble members; the decision is
 PNEUMONIA when its probability reaches the checkpoint's validation-chosen threshold.
 
 A backend (backends.py) runs the network: `onnx` (ONNX Runtime, the default when an export of the
@@ -90,6 +90,7 @@ class Predictor:
         self.threshold: float | None = ckpt.get("threshold")
         # An ensemble's graph already averages its members' calibrated probabilities.
         self.temperature = float(ckpt.get("temperature") or 1.0) if self.n_members == 1 else 1.0
+        self.logit_bias: list[float] | None = ckpt.get("logit_bias") if self.n_members == 1 else None
         self.review_below = review_below
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
@@ -152,7 +153,7 @@ class Predictor:
         return load_image(path, draft_size=self.draft_size)
 
     def probabilities_from_logits(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits, self.temperature)
+        return softmax(logits, self.temperature, self.logit_bias)
 
     def probabilities_from_tensors(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
         """(N, 3, S, S) preprocessed batch -> (N, K) calibrated probabilities."""
@@ -201,9 +202,10 @@ class Predictor:
             return self.response(probs[0], (time.perf_counter() - t0) * 1000), maps[0]
         return self.response(self.probabilities_from_tensors(x)[0], (time.perf_counter() - t0) * 1000), None
 
-    def predict_image(self, img: Image.Image, *, heatmap: bool = False) -> dict[str, Any]:
-        """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`."""
-        result, hmap = self.predict_with_map(img, heatmap=heatmap)
+    def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None) -> dict[str, Any]:
+        """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
+        `t0`: when the request started (decoding included), for `inference_ms`."""
+        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
         return self._with_heatmap(result, hmap)
 
     def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
@@ -231,8 +233,7 @@ class Predictor:
             "classes": self.class_names,
             "positive_class": self.class_names[self.pos] if self.pos is not None else None,
             "threshold": self.threshold,
-            "threshold_rule": c.get("threshold_rule", "highest threshold with validation PNEUMONIA sensitivity >= "
-                                    f"{c.get('train_config', {}).get('min_sensitivity', 0.97)}"),
+            "threshold_rule": c.get("threshold_rule"),
             "temperature": self.temperature,
             "review_below_confidence": self.review_below,
             "preprocessing": self.prep.to_dict(),

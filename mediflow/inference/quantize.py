@@ -129,7 +129,7 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     on the checkpoint's validation split by the training rule, and report its validation AUC against
     the fp32 model's. AUC ignores temperature and threshold, so the comparison stays fair."""
     from mediflow.evaluation.metrics import compute_metrics
-    from mediflow.training.calibration import choose_threshold, fit_temperature, softmax
+    from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 
     train, val = training_split(ckpt, data)
     prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})
@@ -140,8 +140,8 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     _, z8, _ = validation_logits(out, val, progress=progress)
     pos = p32.pos
     ensemble = p32.n_members > 1  # an ensemble graph's output is already calibrated (predictor.py)
-    temperature = 1.0 if ensemble or not ckpt.get("temperature") else fit_temperature(z8, labels)
-    probs8, probs32 = softmax(z8, temperature), p32.probabilities_from_logits(z32)
+    temperature, bias = (1.0, None) if ensemble or not ckpt.get("temperature") else fit_calibration(z8, labels)
+    probs8, probs32 = softmax(z8, temperature, bias), p32.probabilities_from_logits(z32)
     min_sens = float((ckpt.get("train_config") or {}).get("min_sensitivity", 0.97))
     threshold = None if pos is None else choose_threshold(probs8[:, pos], labels == pos, min_sens)
     posname = p32.class_names[pos] if pos is not None else None
@@ -163,5 +163,6 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     recalibrated = {"threshold": threshold, "val_metrics": m8}
     if not ensemble:
         recalibrated["temperature"] = temperature
+        recalibrated["logit_bias"] = bias
     record_quantization(out, report, recalibrated)
     return report

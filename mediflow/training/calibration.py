@@ -8,35 +8,42 @@ import numpy as np
 # which must not load torch.
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising validation NLL of softmax(logits / T) (Guo et al. 2017)."""
+def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, list[float]]:
+    """Bias-corrected temperature scaling: T and a per-class bias b minimising the validation NLL
+    of softmax(logits / T + b) (Alexandari et al. 2020).
+
+    The bias matters here: class-weighted training (and label smoothing) shift the logits towards
+    the rarer NORMAL class, which a temperature alone cannot undo; without it a PNEUMONIA call
+    could carry a 'confidence' of 10%.
+    """
     import torch
 
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
+    k = z.shape[1]
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    bias = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp() + bias, y)
         loss.backward()
         return loss
 
     opt.step(closure)
     t = float(log_t.exp().item())
-    return t if np.isfinite(t) and 0.05 < t < 20 else 1.0
+    b = (bias - bias.mean()).detach().numpy()  # only differences between classes matter
+    if not (np.isfinite(t) and 0.05 < t < 20 and np.all(np.isfinite(b))):
+        return 1.0, [0.0] * k
+    return t, [float(v) for v in b]
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    import torch
-
-    z = torch.as_tensor(logits, dtype=torch.float64) / temperature
-    return float(torch.nn.functional.cross_entropy(z, torch.as_tensor(labels, dtype=torch.long)))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias: list[float] | None = None) -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T + bias)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

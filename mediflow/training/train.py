@@ -1,7 +1,7 @@
 """`mediflow train`: the frozen-backbone recipe (features cached once) and full fine-tuning.
 
 Flow: class folders -> grouped train/val split -> model -> epochs (best epoch kept by validation
-AUC) -> temperature and threshold fitted on validation -> one checkpoint written by rank 0.
+AUC) -> calibration (temperature + bias) and threshold fitted on validation -> one checkpoint written by rank 0.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mediflow.evaluation.metrics import compute_metrics, positive_index
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
 from mediflow.preprocessing import AugmentConfig, PreprocessConfig, eval_transform, train_transform
 from mediflow.training import distributed as D
-from mediflow.training.calibration import choose_threshold, fit_temperature, softmax
+from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 from mediflow.training.config import TrainConfig
 
 log = logging.getLogger("mediflow.train")
@@ -171,15 +171,15 @@ class Trainer:
         criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(self.device),
                                         label_smoothing=cfg.label_smoothing)
         val_ds = ImageFolderDataset(val, eval_transform(self.prep))
-        if cfg.recipe == "frozen":
-            history, best = self._train_frozen(model, train, val_ds, criterion, start_epoch, resume)
+        if cfg.recipe in ("frozen", "partial"):
+            history, best = self._train_cached(model, train, val_ds, criterion, start_epoch, resume)
         else:
             history, best = self._train_finetune(model, train, val_ds, criterion, start_epoch, resume)
         model.load_state_dict(best["state_dict"])
         logits, y = best["val_logits"], best["val_labels"]
         pos = positive_index(class_names)
-        temperature = fit_temperature(logits, y) if cfg.calibrate else 1.0
-        probs = softmax(logits, temperature)
+        temperature, logit_bias = fit_calibration(logits, y) if cfg.calibrate else (1.0, [0.0] * len(class_names))
+        probs = softmax(logits, temperature, logit_bias)
         threshold = choose_threshold(probs[:, pos], y == pos, cfg.min_sensitivity) if pos is not None else None
         metrics = compute_metrics(y, probs, class_names, threshold=threshold)
         wall = time.perf_counter() - t0
@@ -196,6 +196,9 @@ class Trainer:
             "augmentation": self.aug.to_dict(),
             "threshold": threshold,
             "temperature": temperature,
+            "logit_bias": logit_bias,
+            "threshold_rule": f"highest threshold on calibrated P({class_names[pos] if pos is not None else '-'}) "
+                              f"keeping validation sensitivity >= {cfg.min_sensitivity}",
             "val_metrics": metrics,
             "val_split": {"n_train": len(train), "n_val": len(val), "val_fraction": cfg.val_fraction,
                           "grouped_by": "patient + identical bytes", "seed": cfg.seed},
@@ -232,33 +235,73 @@ class Trainer:
                     "state_dict": copy.deepcopy(model.state_dict())}
         return best
 
-    # -- frozen: cached backbone features, head only ------------------------------------------
-    def _train_frozen(self, model, train, val_ds, criterion, start_epoch, resume):
+    # -- cached: the frozen part of the network runs once per view, not once per epoch ----------
+    def _train_cached(self, model, train, val_ds, criterion, start_epoch, resume):
+        """Frozen recipe (n_trainable = 0: pooled features, head only) and partial fine-tuning
+        (`--unfreeze N` with the `partial` recipe: the last N stages train on cached activations of
+        the frozen stages). Either way the frozen stages cost `feature_views` passes in total,
+        however many epochs run."""
         cfg = self.cfg
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+        stages = model.stages
+        n_trainable = 0 if cfg.recipe == "frozen" else max(1, min(cfg.unfreeze or 3, len(stages)))
+        k = len(stages) - n_trainable
+        model.freeze_stages(k)
+        prefix = nn.Sequential(*stages[:k])
+        pooled = n_trainable == 0
+        # Spatial activations are large: keep them in bfloat16 (pooled features are tiny: float32).
+        store_dtype = torch.float32 if pooled else torch.bfloat16
+
+        @torch.no_grad()
+        def run_prefix(x: torch.Tensor) -> torch.Tensor:
+            f = prefix(x)
+            return (model.pool(f) if pooled else f).to(store_dtype)
+
+        def cache(ds, idx, desc):
+            loader = _loader(Subset(ds, idx), 64, shuffle=False, workers=cfg.workers, seed=cfg.seed)
+            outs, labels = [], []
+            prefix.eval()
+            for x, y in progress_bar(loader, desc=desc, enabled=self.progress):
+                x = x.to(self.device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(self.device, cfg.bf16):
+                    outs.append(run_prefix(x).cpu())
+                labels.append(y.numpy())
+            return torch.cat(outs), np.concatenate(labels)
+
         idx = D.shard(len(train), self.rank, self.world)
-        views = []
         tf = train_transform(self.prep, self.aug)
+        views = []
         for v in range(max(1, cfg.feature_views)):
             torch.manual_seed(cfg.seed * 1000 + v * 17 + self.rank)
-            loader = _loader(Subset(ImageFolderDataset(train, tf), idx), 64, shuffle=False,
-                             workers=cfg.workers, seed=cfg.seed)
-            feats, y_train = extract(model, loader, self.device, pooled=True, bf16=cfg.bf16,
-                                     channels_last=cfg.channels_last, desc=f"features view {v + 1}/{cfg.feature_views}",
-                                     progress=self.progress)
+            feats, y_train = cache(ImageFolderDataset(train, tf), idx, f"cache view {v + 1}/{cfg.feature_views}")
             views.append(feats)
-        # Validation features once; the head is the only thing that changes between epochs.
         vidx = D.shard(len(val_ds), self.rank, self.world)
-        vloader = _loader(Subset(val_ds, vidx), 64, shuffle=False, workers=cfg.workers, seed=0)
-        vfeats, vy = extract(model, vloader, self.device, pooled=True, bf16=cfg.bf16,
-                             channels_last=cfg.channels_last, desc="features val", progress=self.progress)
-        vfeats, vy = _gather_rows(vfeats, vy, vidx)
-        head = nn.Sequential(model.dropout, model.head)
-        trainable = head
-        if self.world > 1:
-            trainable = nn.parallel.DistributedDataParallel(head)
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        vfeats, vy_local = cache(val_ds, vidx, "cache val")
+
+        tail_stages = stages[k:]
+
+        class Tail(nn.Module):
+            """The trainable rest of the network, from cached activations to logits."""
+
+            def __init__(self):
+                super().__init__()
+                self.stages = nn.ModuleList(tail_stages)
+                self.dropout, self.head = model.dropout, model.head
+
+            def forward(self, f: torch.Tensor) -> torch.Tensor:
+                if not pooled:
+                    for st in self.stages:
+                        f = st(f)
+                    f = model.pool(f)
+                return self.head(self.dropout(f))
+
+        tail = Tail().to(self.device)
+        trainable = nn.parallel.DistributedDataParallel(tail) if self.world > 1 else tail
+        if pooled:
+            opt = torch.optim.Adam(tail.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.AdamW(self._param_groups(model, tail_stages), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if resume and "optimizer" in resume:
             with contextlib.suppress(ValueError):
                 opt.load_state_dict(resume["optimizer"])
@@ -269,40 +312,44 @@ class Trainer:
         # Every rank takes the same number of steps, or DDP's all-reduce would wait forever.
         n_local = len(y_t)
         steps = max(D.gather_objects(math.ceil(n_local / cfg.batch_size)))
+        schedule = self._schedule(steps, pooled)
+        step = start_epoch * steps
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             feats = views[(epoch - 1) % len(views)]
-            head.train()
+            tail.train()
             perm = torch.randperm(n_local, generator=g)
             total, count = 0.0, 0
             bar = progress_bar(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", enabled=self.progress)
             for s in bar:
+                for gr in opt.param_groups:
+                    gr["lr"] = gr.get("base_lr", cfg.lr) * schedule(step)
                 b = perm[(s * cfg.batch_size) % n_local:][: cfg.batch_size]
                 x, yb = feats[b].to(self.device), y_t[b].to(self.device)
-                loss = criterion(trainable(x), yb)
+                if cfg.channels_last and not pooled:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(self.device, cfg.bf16 and not pooled):
+                    logits = trainable(x if not pooled else x.float())
+                loss = criterion(logits.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                step += 1
                 total += loss.item() * len(b)
                 count += len(b)
-                bar.set_postfix(loss=f"{total / count:.4f}")
-            head.eval()
-            with torch.no_grad():
-                vlogits = head(vfeats.to(self.device)).float().cpu().numpy()
-            best = self._select(best, epoch, model, vlogits, vy, history, total / max(count, 1), train.class_names)
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            tail.eval()
+            with torch.no_grad(), _autocast(self.device, cfg.bf16 and not pooled):
+                vl = torch.cat([tail(vfeats[i:i + 128].to(self.device)).float().cpu()
+                                for i in range(0, len(vfeats), 128)])
+            vlogits, vy = _gather_rows(vl, vy_local, vidx)
+            best = self._select(best, epoch, model, vlogits.numpy(), vy, history, total / max(count, 1),
+                                train.class_names)
         return history, best
 
-    # -- finetune: the whole network (or its last N stages) -----------------------------------
-    def _train_finetune(self, model, train, val_ds, criterion, start_epoch, resume):
+    def _param_groups(self, model: MediFlowNet, trainable_stages: list[nn.Module]) -> list[dict]:
+        """Discriminative learning rates: the head at lr, later stages closer to it than early ones."""
         cfg = self.cfg
-        stages = model.stages
-        n_unfrozen = len(stages) if cfg.unfreeze is None else max(0, min(cfg.unfreeze, len(stages)))
-        frozen_stages = stages[: len(stages) - n_unfrozen]
-        for st in frozen_stages:
-            for p in st.parameters():
-                p.requires_grad_(False)
-        # Discriminative learning rates: the head at lr, later stages closer to it than early ones.
         groups = [{"params": list(model.head.parameters()), "lr": cfg.lr}]
-        trainable_stages = stages[len(stages) - n_unfrozen:]
         for i, st in enumerate(trainable_stages):
             depth = (i + 1) / max(1, len(trainable_stages))
             scale = cfg.backbone_lr_scale ** (1.5 - depth) if cfg.backbone_lr_scale > 0 else 0
@@ -311,6 +358,32 @@ class Trainer:
                 groups.append({"params": params, "lr": cfg.lr * min(1.0, scale)})
         for gr in groups:
             gr["base_lr"] = gr["lr"]
+        return groups
+
+    def _schedule(self, steps_per_epoch: int, constant: bool):
+        """Linear warm-up then cosine decay to zero; the design's frozen recipe keeps Adam's lr constant."""
+        cfg = self.cfg
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if constant:
+                return 1.0
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return factor
+
+    # -- finetune: the whole network (or its last N stages) -----------------------------------
+    def _train_finetune(self, model, train, val_ds, criterion, start_epoch, resume):
+        cfg = self.cfg
+        stages = model.stages
+        n_unfrozen = len(stages) if cfg.unfreeze is None else max(0, min(cfg.unfreeze, len(stages)))
+        model.freeze_stages(len(stages) - n_unfrozen)
+        trainable_stages = stages[len(stages) - n_unfrozen:]
+        groups = self._param_groups(model, trainable_stages)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         tf = train_transform(self.prep, self.aug)
         ds = ImageFolderDataset(train, tf)
@@ -325,14 +398,7 @@ class Trainer:
         if self.world > 1:
             net = nn.parallel.DistributedDataParallel(model)
         steps_per_epoch = len(loader)
-        total_steps = steps_per_epoch * cfg.epochs
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        lr_factor = self._schedule(steps_per_epoch, constant=False)
 
         if resume and "optimizer" in resume:
             with contextlib.suppress(ValueError):
@@ -344,8 +410,6 @@ class Trainer:
             if sampler is not None:
                 sampler.set_epoch(epoch)
             model.train()
-            for st in frozen_stages:
-                st.eval()  # frozen stages keep their ImageNet BatchNorm statistics
             total, count = 0.0, 0
             bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", enabled=self.progress)
             for x, y in bar:
@@ -363,7 +427,7 @@ class Trainer:
                 step += 1
                 total += loss.item() * len(y)
                 count += len(y)
-                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
             vlogits, vy = self._val_logits(model, val_ds)
             best = self._select(best, epoch, model, vlogits, vy, history, total / max(count, 1), train.class_names)
         return history, best

@@ -1,0 +1,310 @@
+"""DICOM bytes -> an RGB PIL image for the model, and the few header fields a study needs.
+
+Display pipeline, in the order the DICOM standard (PS3.4 N.2) applies it: stored values -> Modality
+LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max when the
+file has none) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a multi-frame object is
+decoded; the decoded image carries a note saying so (see `image_notes`).
+
+Header values can identify a patient: nothing here logs them, and pydicom's warnings and log
+records (which may quote element values) are kept out of MediFlow's logs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+import zlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mediflow.errors import ImageDecodeError, ImageTooLargeError
+
+NOTES_KEY = "mediflow_notes"
+
+# pydicom both warns and logs about malformed elements, quoting their values (a patient's name or
+# age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
+# handlers or levels are configured later, and a warnings filter (not catch_warnings, which is not
+# thread-safe; decoding runs in worker threads) silences its warnings.
+logging.getLogger("pydicom").addFilter(lambda record: False)
+warnings.filterwarnings("ignore", module=r"pydicom\b")
+
+# Header fields kept with a study. Patient age and sex are clinical context; names and IDs are not read.
+METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge", "PatientSex",
+                   "BodyPartExamined", "ViewPosition")
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# Deflated DICOM is inflated whole by pydicom; cap what a small upload may expand to.
+_INFLATE_OVERHEAD = 4 * 1024 * 1024
+
+
+def image_notes(img: Image.Image) -> list[str]:
+    """Notes a decoder attached to an image (e.g. 'first frame of 12 used'); empty for plain images."""
+    return list(img.info.get(NOTES_KEY, []))
+
+
+def _file_meta_transfer_syntax(data: bytes) -> tuple[str | None, int]:
+    """(Transfer Syntax UID, offset after the file meta group) read straight from the bytes.
+
+    The file meta group is always explicit-VR little endian; reading it by hand lets us look at the
+    transfer syntax before pydicom inflates a deflated dataset of unknown size.
+    """
+    pos = 132 if data[128:132] == b"DICM" else 0
+    ts = None
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            if pos + 12 > len(data):
+                break
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if elem == 0x0010:
+            ts = data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    return ts, pos
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """True for Part 10 files ('DICM' at 128) and for preamble-less DICOM whose first element is a
+    plausible file-meta (0002,xxxx) or identifying (0008,xxxx) element; random bytes fail this."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    if len(data) < 16:
+        return False
+    group, elem = struct.unpack_from("<HH", data, 0)
+    if group not in (0x0002, 0x0008) or elem > 0x0020:
+        return False
+    vr = data[4:6]
+    if vr.isalpha() and vr.isupper():  # explicit VR
+        return True
+    (length,) = struct.unpack_from("<I", data, 4)  # implicit VR: a 4-byte length that fits the file
+    return 0 < length < min(len(data), 1024)
+
+
+def _check_inflated_size(data: bytes, offset: int, limit: int, name: str) -> None:
+    """Stream-inflate a deflated dataset, discarding output, to bound its size before pydicom inflates it."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    tail = data[offset:]
+    try:
+        # Stop at the end of the deflate stream: writers pad it to an even length, and that pad byte
+        # stays in unconsumed_tail for ever.
+        while not inflater.eof:
+            out = inflater.decompress(tail, 1 << 18)
+            total += len(out)
+            if total > limit:
+                raise ImageTooLargeError(f"{name}: deflated DICOM expands beyond {limit:,} bytes")
+            if not out and len(inflater.unconsumed_tail) == len(tail):
+                break  # no progress: the stream is cut short; pydicom reports it when reading
+            tail = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise ImageDecodeError(f"{name}: corrupt deflated DICOM ({exc})") from None
+
+
+def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixels: int | None = None):
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageDecodeError(f"{name}: DICOM images are not supported by this installation "
+                               "(pydicom is not installed)") from None
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ts, meta_end = _file_meta_transfer_syntax(data)
+    if ts == _DEFLATED:
+        limit = (max_pixels or 50_000_000) * 8 + _INFLATE_OVERHEAD
+        _check_inflated_size(data, meta_end, limit, name)
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble, stop_before_pixels=stop_before_pixels)
+        _check_not_truncated(ds, name)
+        # Touch every top-level element now, so a truncated or garbled header fails here, once.
+        for _ in ds:
+            pass
+    except ImageDecodeError:
+        raise
+    except InvalidDicomError as exc:
+        raise ImageDecodeError(f"{name}: not a valid DICOM file ({exc})") from None
+    except Exception as exc:  # pydicom raises many types on malformed input; none is a server bug
+        raise ImageDecodeError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {_first_line(exc)})") from None
+    if len(ds) == 0 and has_preamble:
+        raise ImageDecodeError(f"{name}: DICOM file has no data elements (truncated?)")
+    if not any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality")):
+        raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (no DICOM elements found)")
+    meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    if meta is None or "TransferSyntaxUID" not in meta:
+        # A bare dataset without file meta: its encoding is what pydicom detected while reading.
+        implicit, little = ds.original_encoding
+        from pydicom.dataset import FileMetaDataset
+
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        if little is False:
+            meta.TransferSyntaxUID = ExplicitVRBigEndian
+        else:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def _check_not_truncated(ds, name: str) -> None:
+    """pydicom keeps a value cut short by the end of the file; its last element then has fewer bytes
+    than its declared length."""
+    from pydicom.dataelem import RawDataElement
+
+    if len(ds) == 0:
+        return
+    last = ds.get_item(list(ds.keys())[-1])
+    if (isinstance(last, RawDataElement) and isinstance(last.value, bytes)
+            and last.length != 0xFFFFFFFF and len(last.value) < last.length):
+        raise ImageDecodeError(f"{name}: DICOM file is truncated ({len(last.value):,} of {last.length:,} bytes "
+                               f"of its last element)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def dicom_metadata(data: bytes) -> dict[str, Any]:
+    """Study-level header fields (see METADATA_FIELDS; None when absent) plus NumberOfFrames if present.
+
+    Contains patient age and sex: store it with the study, never log it.
+    """
+    ds = _read_dataset(data, "DICOM", stop_before_pixels=True)
+    out: dict[str, Any] = {}
+    for key in METADATA_FIELDS:
+        value = ds.get(key)
+        out[key] = str(value).strip() if value not in (None, "") else None
+    if "NumberOfFrames" in ds and ds.NumberOfFrames not in (None, ""):
+        out["NumberOfFrames"] = int(ds.NumberOfFrames)
+    return out
+
+
+def _sop_class(ds) -> str:
+    uid = ds.get("SOPClassUID")
+    if not uid:
+        return "unknown"
+    label = uid.name if uid.name != str(uid) else ""
+    return f"{label}, {uid}" if label else str(uid)
+
+
+def _check_decoder(ds, name: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise ImageDecodeError(f"{name}: DICOM transfer syntax {ts.name} ({ts}) is not supported") from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise ImageDecodeError(
+            f"{name}: no decoder installed for DICOM transfer syntax {ts.name} ({ts}): {missing}")
+
+
+def _output_range(ds, windowed_with: str) -> tuple[float, float]:
+    """The range the VOI stage maps into, found by pushing extreme values through pydicom's own VOI
+    code (so window, sigmoid, LINEAR_EXACT and LUT sequences all get their exact output range)."""
+    from pydicom.pixels import apply_voi_lut
+
+    if windowed_with == "lut":
+        desc = ds.VOILUTSequence[0].LUTDescriptor
+        n, first = (desc[0] or 2**16), desc[1]
+        probe = np.arange(first, first + n, dtype=np.int64)
+    else:
+        probe = np.array([-1e12, 1e12])
+    out = np.asarray(apply_voi_lut(probe, ds, index=0), dtype=np.float64)
+    return float(out.min()), float(out.max())
+
+
+def _to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _grayscale(arr: np.ndarray, ds) -> np.ndarray:
+    """Monochrome stored values -> display values in [0, 1], white = dense (bone)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(arr, ds)
+    if ds.get("VOILUTSequence"):
+        if not np.issubdtype(arr.dtype, np.integer):
+            arr = np.rint(arr).astype(np.int64)  # a LUT is indexed by integers
+        lo, hi = _output_range(ds, "lut")
+        unit = _to_unit_range(apply_voi_lut(arr, ds, index=0), lo, hi)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        lo, hi = _output_range(ds, "window")
+        unit = _to_unit_range(apply_voi_lut(arr, ds, index=0, prefer_lut=False), lo, hi)
+    else:
+        unit = _to_unit_range(arr, float(arr.min()), float(arr.max()))
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1: the lowest value is white
+    return unit
+
+
+def _color(arr: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        bits = 16 if arr.dtype == np.uint16 else 8
+    else:
+        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    return _to_unit_range(arr, 0.0, float(2**bits - 1))
+
+
+def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
+    """Decode the first frame of a DICOM image to 8-bit RGB, or raise ImageDecodeError.
+
+    Rows x Columns is checked against `max_pixels` before any pixel data is decoded.
+    Notes (e.g. frames skipped) are in `image_notes(img)`.
+    """
+    from pydicom.pixels import pixel_array
+
+    ds = _read_dataset(data, name, stop_before_pixels=False, max_pixels=max_pixels)
+    if "PixelData" not in ds:
+        other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+        if other:
+            raise ImageDecodeError(f"{name}: DICOM with {other} is not supported (SOP class {_sop_class(ds)})")
+        sop = _sop_class(ds)
+        hint = "; truncated?" if "Image Storage" in sop else ""
+        raise ImageDecodeError(f"{name}: DICOM has no image (SOP class {sop}{hint})")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        photometric = str(ds.PhotometricInterpretation).strip()
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise ImageDecodeError(f"{name}: DICOM image lacks Rows, Columns or Photometric Interpretation") from None
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError(f"{name}: DICOM image has no pixels ({cols}x{rows})")
+    if rows * cols > max_pixels:
+        raise ImageTooLargeError(f"{name}: {cols}x{rows} pixels exceeds the limit of {max_pixels:,} pixels")
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        _check_decoder(ds, name)
+    try:
+        arr = pixel_array(ds, index=0)
+        if photometric.startswith("MONOCHROME"):
+            unit = _grayscale(arr, ds)
+        elif arr.ndim == 3 or photometric == "PALETTE COLOR":
+            unit = _color(arr, ds)
+        else:
+            raise ImageDecodeError(f"{name}: unsupported DICOM Photometric Interpretation {photometric!r}")
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # truncated pixel data, corrupt codestreams, inconsistent headers
+        raise ImageDecodeError(
+            f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+    img = Image.fromarray(np.rint(unit * 255.0).astype(np.uint8)).convert("RGB")
+    if frames > 1:
+        img.info[NOTES_KEY] = [f"multi-frame DICOM: first frame of {frames} analysed"]
+    return img

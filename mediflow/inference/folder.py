@@ -1,0 +1,158 @@
+"""Analyse every JPEG, PNG and DICOM file under a folder into a CSV, resumably.
+
+Rows are appended and flushed batch by batch, so an interrupted run loses at most the batch in
+flight, and a re-run skips every file the CSV already has (a row cut short by the interruption is
+dropped first). Unreadable files get a row with `error` and do not stop the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mediflow.data.dataset import IMAGE_SUFFIXES
+from mediflow.data.images import DEFAULT_MAX_PIXELS, image_notes, load_image, sniff_format
+from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
+from mediflow.inference.predictor import Predictor
+
+
+@dataclass
+class FolderSummary:
+    found: int  # image files under the folder
+    skipped: int  # already in the CSV from an earlier run
+    analysed: int  # analysed now, successfully
+    failed: int  # analysed now, with an error row
+    ok_in_csv: int  # successful rows in the CSV after this run, earlier runs included
+
+
+def csv_columns(class_names: list[str]) -> list[str]:
+    return ["file", "prediction", "confidence", *[f"p_{c}" for c in class_names], "needs_review", "notes", "error"]
+
+
+def _is_dicom_without_suffix(path: Path) -> bool:
+    """Accept a file without an image suffix by its 'DICM' preamble."""
+    if path.name.upper() == "DICOMDIR":  # a media directory index, not an image
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and sniff_format(head) == "dicom"
+
+
+def find_images(root: Path, *, exclude: Path | None = None) -> list[Path]:
+    """Image files under `root` (recursively, hidden files and folders skipped), sorted."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.startswith(".") or (exclude is not None and path == exclude):
+                continue
+            # DICOM names are often bare (IM000001) or UID-like (1.2.840.113619.2.55.3): sniff those.
+            maybe_dicom = not path.suffix or path.suffix[1:].isdigit()
+            if path.suffix.lower() in IMAGE_SUFFIXES or (maybe_dicom and _is_dicom_without_suffix(path)):
+                found.append(path)
+    return sorted(found)
+
+
+def _drop_partial_last_row(out: Path) -> None:
+    """A run killed while writing can leave the last row without its newline: cut it off."""
+    with open(out, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_previous(out: Path, columns: list[str]) -> dict[str, bool]:
+    """{file: analysed without error} for the rows an earlier run wrote to `out`."""
+    if not out.exists() or out.stat().st_size == 0:
+        return {}
+    if not out.is_file():
+        raise MediFlowError(f"{out}: exists and is not a file")
+    _drop_partial_last_row(out)
+    with open(out, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return {}
+        if header != columns:
+            raise MediFlowError(f"{out}: its columns ({', '.join(header[:8])}...) are not this model's; "
+                                f"use another --out (the file is left as it is)")
+        error_col = columns.index("error")
+        return {row[0]: not row[error_col] for row in reader if len(row) == len(columns)}
+
+
+def _load(path: Path, name: str, predictor: Predictor, max_pixels: int):
+    """-> (preprocessed tensor, notes, None) or (None, [], error message)."""
+    try:
+        img = load_image(path, max_pixels=max_pixels)
+        return predictor.preprocess(img), image_notes(img), None
+    except ImageDecodeError as exc:
+        # load_image names the absolute path; the CSV names files relative to the folder.
+        return None, [], str(exc).replace(str(path), name, 1)
+
+
+def check_folder(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    return root
+
+
+def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, batch_size: int = 16,
+                   workers: int = 2, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> FolderSummary:
+    root, out = check_folder(root), Path(out)
+    if batch_size < 1:
+        raise MediFlowError("--batch-size must be at least 1")
+    columns = csv_columns(predictor.class_names)
+    previous = read_previous(out, columns)
+    paths = find_images(root, exclude=out.resolve() if out.exists() else None)
+    if not paths:
+        raise DatasetError(f"{root}: no JPEG, PNG or DICOM files found")
+    names = [p.relative_to(root).as_posix() for p in paths]
+    todo = [(p, n) for p, n in zip(paths, names) if n not in previous]
+    summary = FolderSummary(found=len(paths), skipped=len(paths) - len(todo), analysed=0, failed=0,
+                            ok_in_csv=sum(previous.values()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(out, "a", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise MediFlowError(f"{out}: cannot write ({exc.strerror})") from None
+    with f, ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=len(paths), initial=summary.skipped, desc="analyze", unit="file", disable=not progress,
+                 mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
+        writer = csv.writer(f, lineterminator="\n")
+        if f.tell() == 0:
+            writer.writerow(columns)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            loaded = list(pool.map(lambda pn: _load(pn[0], pn[1], predictor, max_pixels), batch))
+            good = [i for i, (x, _, _) in enumerate(loaded) if x is not None]
+            probs = predictor.probabilities_from_tensors(torch.stack([loaded[i][0] for i in good])) if good else []
+            results = {i: predictor.response(p, 0.0) for i, p in zip(good, probs)}
+            for i, ((_, name), (_, notes, error)) in enumerate(zip(batch, loaded)):
+                if error is not None:
+                    writer.writerow([name, "", "", *[""] * len(predictor.class_names), "", "", error])
+                    summary.failed += 1
+                    continue
+                r = results[i]
+                writer.writerow([name, r["prediction"], r["confidence"],
+                                 *[r["probabilities"][c] for c in predictor.class_names],
+                                 r["needs_review"], "; ".join(notes), ""])
+                summary.analysed += 1
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+    summary.ok_in_csv += summary.analysed
+    return summary

@@ -1,0 +1,186 @@
+"""API keys with names, the loopback rule for `mediflow serve`, and the access/audit middleware.
+
+Keys come from MEDIFLOW_API_KEYS ("name1:key1,name2:key2") and/or a file (MEDIFLOW_API_KEYS_FILE,
+one `name:key` per line, `#` comments). When any key is set, every /api/* request must carry
+`Authorization: Bearer <key>`; the key's name is who the audit log and the reviews record.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import re
+import uuid
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mediflow.errors import MediFlowError
+
+log = logging.getLogger("mediflow.serve")
+
+ANONYMOUS = "anonymous"
+MIN_KEY_LENGTH = 16
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,99}$")
+
+
+class ApiKeyError(MediFlowError):
+    """Malformed API key configuration."""
+
+
+class ApiKeys:
+    def __init__(self, keys: dict[str, str]):
+        self._keys = dict(keys)  # name -> key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._keys)
+
+    def identify(self, token: str) -> str | None:
+        """The name owning `token`, or None. Every key is compared, each in constant time."""
+        found = None
+        presented = token.encode()
+        for name, key in self._keys.items():
+            if hmac.compare_digest(presented, key.encode()):
+                found = name
+        return found
+
+
+def parse_keys(text: str, source: str, *, separator: str = ",") -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for n, raw in enumerate(text.split(separator), 1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        where = f"{source} entry {n}" if separator == "," else f"{source} line {n}"
+        name, sep, key = entry.partition(":")
+        name, key = name.strip(), key.strip()
+        if not sep or not name or not key:
+            raise ApiKeyError(f"{where}: expected 'name:key'")
+        if not _NAME.match(name):
+            raise ApiKeyError(f"{where}: key name {name!r} may hold only letters, digits, space and . _ @ -")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ApiKeyError(f"{where}: the key for {name!r} is shorter than {MIN_KEY_LENGTH} characters")
+        if name in keys:
+            raise ApiKeyError(f"{where}: key name {name!r} appears twice")
+        if key in keys.values():
+            raise ApiKeyError(f"{where}: the key for {name!r} is also another name's key")
+        keys[name] = key
+    return keys
+
+
+def load_api_keys(inline: str | None, path: str | None) -> ApiKeys | None:
+    """Keys from the setting and the file together; None when neither is set (auth off)."""
+    keys: dict[str, str] = {}
+    if inline:
+        keys.update(parse_keys(inline, "MEDIFLOW_API_KEYS"))
+    if path:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ApiKeyError(f"API keys file {p}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiKeyError(f"API keys file {p}: cannot read ({exc})") from None
+        for name, key in parse_keys(text, str(p), separator="\n").items():
+            if name in keys or key in keys.values():
+                raise ApiKeyError(f"API keys file {p}: {name!r} clashes with MEDIFLOW_API_KEYS")
+            keys[name] = key
+        if not keys:
+            raise ApiKeyError(f"API keys file {p}: holds no 'name:key' line")
+    return ApiKeys(keys) if keys else None
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def check_exposure(host: str, keys: ApiKeys | None, *, insecure: bool) -> None:
+    """Refuse to serve a network address without API keys unless the operator insists."""
+    if keys is None and not is_loopback(host) and not insecure:
+        raise MediFlowError(f"refusing to listen on {host} without API keys: set MEDIFLOW_API_KEYS or "
+                            "MEDIFLOW_API_KEYS_FILE, or pass --insecure")
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _unauthorized(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+class AccessMiddleware(BaseHTTPMiddleware):
+    """Authenticates /api/* (when keys are set) and writes one audit row per /api call.
+
+    The audit row holds the caller's key name, the method, the route template (e.g.
+    /api/studies/{study_id}, never a query string), the status code and the study id: nothing
+    from the request body.
+    """
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if not is_api_path(request.url.path) or request.method == "OPTIONS":
+            return await call_next(request)
+        keys: ApiKeys | None = request.app.state.api_keys
+        denied: str | None = None
+        if keys is None:
+            actor = ANONYMOUS
+        elif (token := _bearer(request)) is None:
+            actor, denied = "(no key)", "missing API key: send the header 'Authorization: Bearer <key>'"
+        elif (name := keys.identify(token)) is None:
+            actor, denied = "(invalid key)", "invalid API key"
+        else:
+            actor = name
+        request.state.actor = actor
+        try:
+            response = _unauthorized(denied) if denied else await call_next(request)
+        except Exception:
+            await self._audit(request, actor, 500)
+            raise
+        # Study data must not linger in browser or proxy caches.
+        response.headers.setdefault("Cache-Control", "no-store")
+        await self._audit(request, actor, response.status_code)
+        return response
+
+    async def _audit(self, request: Request, actor: str, status_code: int) -> None:
+        store = request.app.state.store
+        if store is None:
+            return
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or request.url.path
+        study_id = getattr(request.state, "study_id", None) or _path_uuid(request.scope.get("path_params", {}))
+        from mediflow.store import repository
+
+        def write() -> None:
+            with store.session() as s:
+                repository.add_audit(s, actor=actor, method=request.method, route=template,
+                                     status_code=status_code, study_id=study_id)
+
+        try:
+            await run_in_threadpool(write)
+        except Exception as exc:  # the response stands; the operator must see the gap
+            log.error("audit write failed (%s) for %s %s", type(exc).__name__, request.method, template)
+
+
+def _path_uuid(params: dict) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(params["study_id"]))
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,219 @@
+"""The clinical workflow on the API: each analysis saved as a study, the worklist, reviews, the page.
+
+`install(app, settings)` is the one call create_app makes: it opens (and migrates) the store when
+a database URL is set, loads API keys, adds the access/audit middleware and these routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from mediflow import DISCLAIMER
+from mediflow.data.images import decode_image, sniff_format
+from mediflow.data.preview import preview_png
+from mediflow.errors import ImageDecodeError
+from mediflow.serving.auth import AccessMiddleware, load_api_keys
+from mediflow.serving.settings import Settings
+from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyList, StudySummary
+from mediflow.store import repository
+from mediflow.store.db import Store, describe_url
+from mediflow.store.models import Study
+
+log = logging.getLogger("mediflow.serve")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    app.state.api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    url = configured_database_url(settings.database_url)
+    app.state.store = Store.open(url, store_images=settings.store_images) if url else None
+    if url:
+        log.info("study store %s; uploaded images %s", describe_url(url),
+                 "kept (--store-images)" if settings.store_images else "not kept")
+    app.add_middleware(AccessMiddleware)
+    app.include_router(router)
+    app.add_api_route("/worklist", worklist_page, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(SQLAlchemyError, database_unavailable)
+
+
+def configured_database_url(value: str | None) -> str | None:
+    """The setting, with '' and 'none' meaning no store."""
+    return None if value is None or value.strip().lower() in ("", "none") else value.strip()
+
+
+async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": f"study database unavailable ({type(exc).__name__}); "
+                                                            "nothing was saved by this request"})
+
+
+def worklist_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "worklist.html")
+
+
+# -- saving analyses -------------------------------------------------------------------------------
+def source_info(data: bytes) -> repository.SourceInfo:
+    """Hash and format of an upload, plus DICOM identifiers and demographics when present."""
+    fmt = sniff_format(data) or "unknown"
+    info = repository.SourceInfo(image_sha256=hashlib.sha256(data).hexdigest(), source_format=fmt)
+    if fmt == "dicom":
+        try:
+            from mediflow.data.dicom import dicom_metadata  # optional: pydicom
+        except ImportError:
+            return info
+        try:
+            meta = dicom_metadata(data) or {}
+        except ImageDecodeError:
+            return info  # the pixels decoded; a header we cannot read just leaves the identifiers empty
+
+        def text(key: str, limit: int) -> str | None:
+            value = meta.get(key)
+            return str(value)[:limit] if value not in (None, "") else None
+
+        info.study_instance_uid = text("StudyInstanceUID", 64)
+        info.sop_instance_uid = text("SOPInstanceUID", 64)
+        info.patient_age = text("PatientAge", 16)
+        info.patient_sex = text("PatientSex", 16)
+    return info
+
+
+async def record_analysis(request: Request, data: bytes, result: dict[str, Any]) -> dict[str, Any]:
+    """Save an analysis as a study when a store is configured; the result gains `study_id`."""
+    store: Store | None = request.app.state.store
+    if store is None:
+        return result
+    predictor = request.app.state.predictor
+    positive = predictor.class_names[predictor.pos] if predictor.pos is not None else None
+
+    def save() -> uuid.UUID:
+        source = source_info(data)
+        with store.session() as s:
+            study = repository.add_study(
+                s, source, result, positive_class=positive,
+                image=data if store.store_images else None,
+                media_type=MEDIA_TYPES.get(source.source_format, "application/octet-stream"))
+            return study.id
+
+    study_id = await run_in_threadpool(save)
+    request.state.study_id = study_id
+    return {**result, "study_id": str(study_id)}
+
+
+# -- the worklist API ------------------------------------------------------------------------------
+def _store(request: Request) -> Store:
+    store = request.app.state.store
+    if store is None:
+        raise HTTPException(503, detail="this server keeps no studies: start it with a database "
+                                        "(--database-url or MEDIFLOW_DATABASE_URL)")
+    return store
+
+
+def _summary(study: Study, has_image: bool) -> dict[str, Any]:
+    return {
+        "id": study.id, "received_at": study.received_at, "source_format": study.source_format,
+        "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
+        "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
+        "reviewer": study.reviewer, "reviewed_at": study.reviewed_at, "has_image": has_image,
+    }
+
+
+def _detail(session, study: Study) -> dict[str, Any]:
+    return {
+        **_summary(study, repository.has_image(session, study.id)),
+        "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
+        "margin": study.margin,
+        "model": {"architecture": study.model_architecture, "version": study.model_version,
+                  "sha256": study.model_sha256},
+        "study_instance_uid": study.study_instance_uid, "sop_instance_uid": study.sop_instance_uid,
+        "patient_age": study.patient_age, "patient_sex": study.patient_sex, "review_note": study.review_note,
+        "reviews": [{"id": r.id, "label": r.label, "state": r.state, "note": r.note, "reviewer": r.reviewer,
+                     "reviewed_at": r.reviewed_at, "model_prediction": r.model_prediction}
+                    for r in repository.reviews_of(session, study.id)],
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _not_found(study_id: uuid.UUID) -> HTTPException:
+    return HTTPException(404, detail=f"no study with id {study_id}")
+
+
+@router.get("", response_model=StudyList, summary="the worklist")
+def list_studies(
+    request: Request,
+    status: repository.StatusFilter = Query("unreviewed", description="review state to list"),
+    sort: repository.SortKey = Query("priority", description="priority: most suspicious first; "
+                                     "uncertainty: closest to the threshold first; received: newest first"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    with _store(request).session() as s:
+        total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset,
+                "items": [StudySummary(**_summary(st, has)) for st, has in rows]}
+
+
+@router.get("/{study_id}", response_model=StudyDetail, responses={404: {"description": "no such study"}})
+def get_study(request: Request, study_id: uuid.UUID) -> dict[str, Any]:
+    with _store(request).session() as s:
+        study = repository.get_study(s, study_id)
+        if study is None:
+            raise _not_found(study_id)
+        return _detail(s, study)
+
+
+@router.get("/{study_id}/image", responses={404: {"description": "no such study, or no image stored"}},
+            response_class=Response)
+async def get_image(request: Request, study_id: uuid.UUID,
+                    preview: bool = Query(False, description="a PNG rendering (at most 1024 px) instead of "
+                                                             "the original bytes; works for DICOM too")) -> Response:
+    store = _store(request)
+
+    def load():
+        with store.session() as s:
+            if repository.get_study(s, study_id) is None:
+                raise _not_found(study_id)
+            image = repository.get_image(s, study_id)
+            if image is None:
+                raise HTTPException(404, detail=f"no image stored for study {study_id} "
+                                                "(the server stores images only with --store-images)")
+            return image.data, image.media_type
+
+    data, media_type = await run_in_threadpool(load)
+    if not preview:
+        return Response(data, media_type=media_type)
+    try:
+        png = await run_in_threadpool(_render_preview, data, request.app.state.settings.max_pixels)
+    except (ImageDecodeError, ImportError) as exc:
+        raise HTTPException(422, detail=f"stored image cannot be rendered ({exc})") from None
+    return Response(png, media_type="image/png")
+
+
+def _render_preview(data: bytes, max_pixels: int) -> bytes:
+    return preview_png(decode_image(data, name="stored image", max_pixels=max_pixels))
+
+
+@router.post("/{study_id}/review", response_model=StudyDetail,
+             responses={404: {"description": "no such study"}, 422: {"description": "label not a class name"}})
+def review_study(request: Request, study_id: uuid.UUID, body: ReviewRequest) -> dict[str, Any]:
+    classes = list(request.app.state.predictor.class_names)
+    label = body.label.strip()
+    if label not in classes:
+        raise HTTPException(422, detail=f"label {body.label!r} is not one of the model's classes: {', '.join(classes)}")
+    note = (body.note or "").strip() or None
+    with _store(request).session() as s:
+        review = repository.add_review(s, study_id, label=label, note=note, reviewer=request.state.actor)
+        if review is None:
+            raise _not_found(study_id)
+    with _store(request).session() as s:
+        return _detail(s, repository.get_study(s, study_id))

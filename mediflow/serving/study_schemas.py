@@ -1,0 +1,62 @@
+"""Request/response models of the study (worklist and review) API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from mediflow.serving.schemas import ModelRef
+
+
+class ReviewRequest(BaseModel):
+    label: str = Field(description="the radiologist's read: one of the model's class names, e.g. NORMAL")
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class ReviewOut(BaseModel):
+    id: int
+    label: str
+    state: str = Field(description="confirmed (agrees with the model) or corrected")
+    note: str | None
+    reviewer: str
+    reviewed_at: datetime
+    model_prediction: str
+
+
+class StudySummary(BaseModel):
+    id: uuid.UUID
+    received_at: datetime
+    source_format: str
+    prediction: str
+    confidence: float
+    probability: float = Field(description="worklist priority: probability of the positive class (PNEUMONIA)")
+    uncertain: bool = Field(description="the model's confidence was below the review cut-off")
+    review_state: str = Field(description="unreviewed, confirmed or corrected")
+    review_label: str | None
+    reviewer: str | None
+    reviewed_at: datetime | None
+    has_image: bool
+
+
+class StudyList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[StudySummary]
+
+
+class StudyDetail(StudySummary):
+    image_sha256: str
+    probabilities: dict[str, float]
+    threshold: float | None
+    margin: float = Field(description="distance of the positive-class probability from the threshold")
+    model: ModelRef
+    study_instance_uid: str | None
+    sop_instance_uid: str | None
+    patient_age: str | None
+    patient_sex: str | None
+    review_note: str | None
+    reviews: list[ReviewOut] = Field(description="every review of this study, oldest first")
+    disclaimer: str

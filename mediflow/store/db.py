@@ -1,0 +1,197 @@
+"""Open the study database from a URL and keep its schema at the newest Alembic revision.
+
+SQLite (a file) is the embedded default; PostgreSQL is used by URL (`postgresql+psycopg://...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mediflow.errors import MediFlowError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+ENV_URL = "MEDIFLOW_DATABASE_URL"
+
+log = logging.getLogger(__name__)
+# Alembic narrates every plugin it loads at INFO; MediFlow logs the one line that matters itself.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class StoreError(MediFlowError):
+    """The study database cannot be opened, or its schema is not the one this version expects."""
+
+
+def default_database_path() -> Path:
+    """`$MEDIFLOW_DATA_DIR/mediflow.db`, else the XDG data dir: a place that outlives the working directory."""
+    base = os.environ.get("MEDIFLOW_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share"), "mediflow")
+    return Path(base) / "mediflow.db"
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_database_path()}"
+
+
+def resolve_database_url(explicit: str | None = None) -> str:
+    """--database-url, else MEDIFLOW_DATABASE_URL, else the default SQLite file."""
+    return explicit or os.environ.get(ENV_URL) or default_database_url()
+
+
+def describe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """Foreign keys on, WAL for concurrent readers, and writers that queue instead of failing.
+
+    pysqlite's own transaction handling is switched off so that every transaction starts with
+    BEGIN IMMEDIATE: a deferred transaction that reads and then writes can fail at once with
+    'database is locked' when another writer got there first; an immediate one waits its turn.
+    """
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"database URL {url!r} is not a URL (e.g. sqlite:///path/mediflow.db "
+                         "or postgresql+psycopg://user:pass@host/db)") from None
+    kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            folder = Path(db).expanduser().resolve().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the database folder {folder} ({exc.strerror})") from None
+        # FastAPI runs handlers in a thread pool; each request uses its own pooled connection.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"no driver for {parsed.drivername} ({exc}); use sqlite:/// or postgresql+psycopg://") from None
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_setup(engine)
+    return engine
+
+
+def _alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """`alembic upgrade head` on this engine, with the migrations shipped in the package."""
+    from alembic import command
+
+    try:
+        before = current_revision(engine)
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+        after = current_revision(engine)
+    except OperationalError as exc:
+        raise StoreError(f"cannot open the database {describe_url(str(engine.url))}: "
+                         f"{str(exc.orig).strip().splitlines()[0]}") from None
+    if after != before:
+        log.info("database %s migrated from revision %s to %s", describe_url(str(engine.url)), before or "none", after)
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # make_engine reports it
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).expanduser()
+    return None if path.exists() else path
+
+
+class Store:
+    """An engine plus sessions. `session()` commits on success and rolls back on error."""
+
+    def __init__(self, url: str, *, store_images: bool = False):
+        self.url = url
+        self.engine = make_engine(url)
+        self.store_images = store_images
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True, store_images: bool = False) -> "Store":
+        """Open and (by default) migrate to head; with migrate=False, refuse an out-of-date schema."""
+        if not migrate and (missing := _missing_sqlite_file(url)) is not None:
+            raise StoreError(f"no database file {missing} (give --database-url, or run `mediflow db upgrade`)")
+        store = cls(url, store_images=store_images)
+        if migrate:
+            upgrade(store.engine)
+        else:
+            store.require_current()
+        return store
+
+    def require_current(self) -> None:
+        try:
+            have = current_revision(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database {describe_url(self.url)}: "
+                             f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+        if have != head_revision():
+            raise StoreError(f"database {describe_url(self.url)} is at schema revision {have or 'none'}, "
+                             f"this MediFlow needs {head_revision()}: run `mediflow db upgrade`")
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()

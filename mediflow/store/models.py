@@ -1,0 +1,129 @@
+"""The schema: studies (one per analysis), their reviews (append-only), stored images and an audit log.
+
+No column holds a file name or a patient name: uploads are identified by a random UUID and the
+SHA-256 of their bytes. Patient age and sex (from DICOM, when present) are kept for the reading
+radiologist and are never logged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+REVIEW_STATES = ("unreviewed", "confirmed", "corrected")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # 'jpeg', 'png' or 'dicom' (by content); never the uploaded file name, which may name the patient.
+    source_format: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    patient_age: Mapped[str | None] = mapped_column(String(16))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+
+    # The model's result, as returned to the caller.
+    prediction: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    model_architecture: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    # Worklist orderings, computed once at analysis time so they can be sorted in SQL (see triage.py).
+    priority: Mapped[float] = mapped_column(Float, index=True)
+    margin: Mapped[float] = mapped_column(Float, index=True)
+
+    # The current read: a copy of the latest row in `reviews`.
+    review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
+    review_label: Mapped[str | None] = mapped_column(String(64))
+    review_note: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str | None] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    current_review_id: Mapped[int | None] = mapped_column(Integer)
+
+    reviews: Mapped[list["Review"]] = relationship(back_populates="study", order_by="Review.id",
+                                                   cascade="all, delete-orphan")
+    image: Mapped["StudyImage | None"] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class Review(Base):
+    """Every read ever recorded; rows are only inserted, never updated."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    model_prediction: Mapped[str] = mapped_column(String(64))
+
+    study: Mapped[Study] = relationship(back_populates="reviews")
+
+
+class StudyImage(Base):
+    """The uploaded bytes, kept only when the server runs with --store-images."""
+
+    __tablename__ = "study_images"
+
+    study_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    study: Mapped[Study] = relationship(back_populates="image")
+
+
+class AuditEntry(Base):
+    """Who called which API route, when, and with what outcome. No request bodies, no pixel data."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    method: Mapped[str] = mapped_column(String(10))
+    route: Mapped[str] = mapped_column(String(200))
+    status_code: Mapped[int] = mapped_column(Integer)
+    study_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+
+

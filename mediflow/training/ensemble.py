@@ -1,0 +1,111 @@
+"""Combine trained checkpoints into one ensemble checkpoint (averaged calibrated probabilities).
+
+Members must have been trained with the same validation split (same data, seed and fraction):
+the ensemble's threshold is chosen on that split's averaged probabilities, never on data any
+member trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
+from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_split_dir, scan_class_folders
+from mediflow.errors import MediFlowError
+from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.inference.backends import TorchBackend
+from mediflow.preprocessing import PreprocessConfig, eval_transform
+from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
+
+log = logging.getLogger("mediflow.ensemble")
+
+
+def member_val_probs(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A member's calibrated validation probabilities, on the split it was trained against."""
+    logits, labels = val_logits(ckpt, data)
+    return softmax(logits, float(ckpt.get("temperature") or 1.0), ckpt.get("logit_bias")), labels
+
+
+def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A model's raw validation logits, on the split it was selected on (checked by fingerprint)."""
+    split = ckpt.get("val_split", {})
+    samples = scan_class_folders(resolve_split_dir(data, "train"))
+    _, val = grouped_split(samples, val_fraction=split.get("val_fraction", 0.2), seed=split.get("seed", 0))
+    if val.file_list_sha256() != ckpt.get("val_file_list_sha256"):
+        raise MediFlowError(f"{data}: this validation split is not the one the {ckpt['architecture']} model "
+                            "was selected on (different data, seed or --val-dir)")
+    backend = TorchBackend(ckpt)
+    prep = PreprocessConfig.from_dict(ckpt.get("preprocessing") or {})
+    loader = DataLoader(ImageFolderDataset(val, eval_transform(prep)), batch_size=64, num_workers=1)
+    return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader]), np.asarray(val.labels)
+
+
+def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97) -> dict:
+    """Refit calibration and threshold of a trained model on its own validation split (e.g. for
+    another sensitivity floor) without retraining."""
+    ckpt = load_checkpoint(path)
+    names = ckpt["class_names"]
+    logits, labels = val_logits(ckpt, data)
+    temperature, bias = fit_calibration(logits, labels)
+    probs = softmax(logits, temperature, bias)
+    pos = positive_index(names)
+    threshold = choose_threshold(probs[:, pos], labels == pos, min_sensitivity) if pos is not None else None
+    metrics = compute_metrics(labels, probs, names, threshold=threshold)
+    ckpt.update(temperature=temperature, logit_bias=bias, threshold=threshold, val_metrics=metrics,
+                best_val_acc=metrics["balanced_accuracy"],
+                threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
+                               f"validation sensitivity >= {min_sensitivity}")
+    ckpt.setdefault("train_config", {})["min_sensitivity"] = min_sensitivity
+    save_checkpoint(ckpt, out)
+    log.info("recalibrated %s: T %.3f bias %s thr %.4f | val AUC %.4f bal acc %.4f sens %.4f spec %.4f -> %s",
+             path, temperature, [round(b, 3) for b in bias], threshold or float("nan"), metrics["auc"],
+             metrics["balanced_accuracy"], metrics.get("sensitivity", float("nan")),
+             metrics.get("specificity", float("nan")), out)
+    return ckpt
+
+
+def build_ensemble(paths: list[str | Path], data: str | Path, out: str | Path, *,
+                   min_sensitivity: float = 0.97) -> dict[str, Any]:
+    if len(paths) < 2:
+        raise MediFlowError("an ensemble needs at least two models")
+    members = [load_checkpoint(p) for p in paths]
+    names = members[0]["class_names"]
+    if any(m["class_names"] != names for m in members):
+        raise MediFlowError("members have different class names")
+    per_member, labels = [], None
+    for p, m in zip(paths, members):
+        probs, y = member_val_probs(m, data)
+        labels = y
+        per_member.append(probs)
+        log.info("member %s: val AUC %.4f", Path(p).name, compute_metrics(y, probs, names, threshold=None)["auc"])
+    avg = np.mean(per_member, axis=0)
+    pos = positive_index(names)
+    threshold = choose_threshold(avg[:, pos], labels == pos, min_sensitivity) if pos is not None else None
+    metrics = compute_metrics(labels, avg, names, threshold=threshold)
+    ckpt = {
+        "format": ENSEMBLE_FORMAT,
+        "members": members,
+        "class_names": names,
+        "architecture": "ensemble",
+        "positive_class": names[pos] if pos is not None else None,
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold on the members' mean calibrated probability keeping validation "
+                          f"sensitivity >= {min_sensitivity}",
+        "temperature": 1.0,
+        "val_metrics": metrics,
+        "best_val_acc": metrics["balanced_accuracy"],
+        "epoch": max(int(m.get("epoch", 0)) for m in members),
+        "seed": members[0].get("seed"),
+        "train_config": {"recipe": "ensemble", "members": [str(p) for p in paths], "min_sensitivity": min_sensitivity},
+        "preprocessing": members[0].get("preprocessing", {}),
+    }
+    save_checkpoint(ckpt, out)
+    log.info("ensemble of %d: val AUC %.4f balanced acc %.4f sens %.4f spec %.4f thr %.4f -> %s", len(members),
+             metrics["auc"], metrics["balanced_accuracy"], metrics["sensitivity"], metrics["specificity"],
+             threshold, out)
+    return ckpt
