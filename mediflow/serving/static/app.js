@@ -9,7 +9,8 @@
 //   "mediflow:analyzing" {file}, "mediflow:result" {file, result, previewUrl}, "mediflow:error" {file, message}
 // and draw into #preview-stage, without editing this file.
 
-const ANALYZE_URL = "/api/vision/analyze";
+// heatmap=true: the overlay of where the model looked comes from the same pass (heatmap.js draws it).
+const ANALYZE_URL = "/api/vision/analyze?heatmap=true";
 const MODEL_URL = "/api/model";
 
 // ---------------------------------------------------------------------------------------------- api
