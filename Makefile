@@ -1,12 +1,16 @@
 # `make run`: set up .venv and serve the bundled model on http://127.0.0.1:8000
 # `make test`: set up .venv and run the test suite
+# `make onnx`: export the bundled model to ONNX (+ int8 with its validation AUC check when DATA exists)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup clean
+BUNDLED := mediflow/bundled/mediflow_lungs_best
+DATA ?= ../shared/data/chest_xray224
+
+.PHONY: run test setup clean onnx
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +24,9 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+onnx: $(VENV)/.installed
+	$(VENV)/bin/mediflow export --model $(BUNDLED).pth --onnx $(BUNDLED).onnx $(if $(wildcard $(DATA)),--int8 --data $(DATA))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

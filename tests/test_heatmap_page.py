@@ -1,12 +1,9 @@
-"""heatmap.js in a real browser (Debian's chromium via Playwright) against a live server."""
+"""heatmap.js in a real browser (Debian's chromium via Playwright) against a live server: the
+component on a minimal harness, and on the real page (with its Content-Security-Policy)."""
 
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
-
 from pathlib import Path
 
 import pytest
@@ -38,40 +35,19 @@ ANALYZE_AND_EMIT = """async ([src, heatmap]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def live_server(tiny_model: Path):
-    import uvicorn
-
-    from mediflow.inference.predictor import Predictor
-    from mediflow.serving.app import create_app
-    from mediflow.serving.settings import Settings
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), Predictor.load(tiny_model)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
 @pytest.fixture
-def page(browser, live_server: str):
+def page(browser, live_server):
     pg = browser.new_page(viewport={"width": 900, "height": 700})
-    pg.goto(live_server + "/health")  # same origin for the module script and the API
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(live_server.url + "/health")  # same origin for the module script and the API
     src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
     pg.set_content(HARNESS.format(src=src))
     pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
     pg.film_src = src
     yield pg
     pg.close()
+    assert not errors, f"JavaScript errors: {errors}"
 
 
 def _box(page, selector: str) -> dict:
@@ -108,3 +84,28 @@ def test_without_heatmap_a_button_asks_for_one(page):
     page.get_by_role("button", name="Show where the model looked").click()
     page.locator("#heatmap-overlay").wait_for()
     assert page.get_by_label("Heatmap opacity").is_visible()
+
+
+def test_real_page_shows_the_overlay_after_an_upload(browser, live_server, tmp_path: Path):
+    film = tmp_path / "child_ap_chest.jpeg"
+    film.write_bytes(jpeg_bytes(xray_like(1, 9, 320).resize((320, 260))))
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(live_server.url + "/")
+    with page.expect_response("**/api/vision/analyze?heatmap=true") as response:
+        page.set_input_files("#file-input", str(film))
+    body = response.value.json()
+    assert body["heatmap"].startswith("data:image/png;base64,")
+    page.locator("#result").wait_for(state="visible")
+    overlay = page.locator("#heatmap-overlay")
+    overlay.wait_for()
+    # Styled by heatmap.css (a <style> element would be refused by the page's CSP) and over the film.
+    assert overlay.evaluate("e => getComputedStyle(e).position") == "absolute"
+    film_box, over_box = _box(page, "#preview"), _box(page, "#heatmap-overlay")
+    assert all(abs(film_box[k] - over_box[k]) < 1.0 for k in ("x", "y", "width", "height")), (film_box, over_box)
+    page.get_by_label("Heatmap opacity").fill("20")
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == pytest.approx(0.2, abs=0.01)
+    page.close()
+    assert not errors, f"JavaScript or CSP errors: {errors}"

@@ -9,7 +9,8 @@
 //   "mediflow:analyzing" {file}, "mediflow:result" {file, result, previewUrl}, "mediflow:error" {file, message}
 // and draw into #preview-stage, without editing this file.
 
-const ANALYZE_URL = "/api/vision/analyze";
+// heatmap=true: the overlay of where the model looked comes from the same pass (heatmap.js draws it).
+const ANALYZE_URL = "/api/vision/analyze?heatmap=true";
 const MODEL_URL = "/api/model";
 
 // ---------------------------------------------------------------------------------------------- api
@@ -48,7 +49,7 @@ export const api = {
     const form = new FormData();
     form.append("file", file, file.name);
     // Browsers cannot draw DICOM: ask the server for a PNG rendering of what it analysed.
-    const url = isDicom(file) ? `${ANALYZE_URL}?preview=true` : ANALYZE_URL;
+    const url = isDicom(file) ? `${ANALYZE_URL}&preview=true` : ANALYZE_URL;
     let response;
     try {
       response = await fetch(url, { method: "POST", body: form });

@@ -1,5 +1,5 @@
 // MediFlow heatmap overlay: shows where the model looked, over the X-ray preview, with an opacity
-// control. Self-contained ES module; the page includes it with
+// control. Self-contained ES module (styles in heatmap.css, which it links); the page includes it with
 //   <script type="module" src="/static/heatmap.js"></script>
 // It needs #preview-stage (position: relative) holding the <img id="preview">, and listens on
 // `document` for the page's events:
@@ -12,13 +12,6 @@
 const ANALYZE_HEATMAP_URL = "/api/vision/analyze?heatmap=true";
 const DEFAULT_OPACITY = 45; // percent
 
-const STYLE = `
-.mf-heatmap { position: absolute; pointer-events: none; image-rendering: auto; }
-.mf-heatmap-controls { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1rem; margin: .75rem 0 0; }
-.mf-heatmap-controls label { display: inline-flex; align-items: center; gap: .4rem; }
-.mf-heatmap-controls input[type="range"] { width: 10rem; }
-.mf-heatmap-note { flex-basis: 100%; margin: 0; font-size: .9em; color: var(--muted, #555); }
-`;
 
 const $ = (id) => document.getElementById(id);
 
@@ -146,9 +139,13 @@ export const heatmap = {
 };
 
 function init() {
-  const style = document.createElement("style");
-  style.textContent = STYLE;
-  document.head.append(style);
+  // A stylesheet file, not a <style> element: the page's Content-Security-Policy allows only 'self'.
+  if (!document.querySelector('link[href="/static/heatmap.css"]')) {
+    const link = document.createElement("link");
+    link.rel = "stylesheet";
+    link.href = "/static/heatmap.css";
+    document.head.append(link);
+  }
   document.addEventListener("mediflow:analyzing", () => heatmap.clear());
   document.addEventListener("mediflow:error", () => heatmap.clear());
   document.addEventListener("mediflow:result", (e) => heatmap.onResult(e.detail.file, e.detail.result));
