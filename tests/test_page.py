@@ -200,3 +200,21 @@ def test_a_file_over_the_limit_is_refused_with_the_limit_named(browser, thread_s
         assert uploads == []  # refused in the browser; the server would answer 413 anyway
     finally:
         context.close()
+
+
+def test_dicom_upload_shows_the_finding_and_a_server_rendered_preview(page, live_server, tmp_path):
+    """Browsers cannot draw DICOM: the page asks for ?preview=true and shows the server's PNG."""
+    from dicom_factory import dicom_bytes, gradient
+
+    film = tmp_path / "study.dcm"
+    film.write_bytes(dicom_bytes(gradient(64, 64), photometric="MONOCHROME1", bits_stored=12))
+    page.goto(live_server.url + "/")
+    with page.expect_response("**/api/vision/analyze*preview=true*") as response:
+        page.set_input_files("#file-input", str(film))
+    api = response.value.json()
+    assert response.value.status == 200 and api["preview"].startswith("data:image/png;base64,")
+    page.locator("#result").wait_for(state="visible")
+    assert page.locator("#finding").inner_text() in FINDINGS
+    page.wait_for_function("document.getElementById('preview').src.startsWith('data:image/png')")
+    assert page.locator("#preview").is_visible()
+    assert page.locator("#preview-unavailable").is_hidden()
