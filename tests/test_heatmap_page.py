@@ -10,9 +10,6 @@ import pytest
 
 from conftest import jpeg_bytes, xray_like
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.browser
 
@@ -39,24 +36,18 @@ ANALYZE_AND_EMIT = """async ([src, heatmap]) => {
 
 
 @pytest.fixture
-def page(live_server):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 900, "height": 700})
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(live_server.url + "/health")  # same origin for the module script and the API
-        src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
-        pg.set_content(HARNESS.format(src=src))
-        pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
-        pg.film_src = src
-        yield pg
-        browser.close()
-        assert not errors, f"JavaScript errors: {errors}"
+def page(browser, live_server):
+    pg = browser.new_page(viewport={"width": 900, "height": 700})
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(live_server.url + "/health")  # same origin for the module script and the API
+    src = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(xray_like(1, 5, 300).resize((300, 220)))).decode()
+    pg.set_content(HARNESS.format(src=src))
+    pg.wait_for_function("document.getElementById('preview').complete && document.styleSheets.length > 0")
+    pg.film_src = src
+    yield pg
+    pg.close()
+    assert not errors, f"JavaScript errors: {errors}"
 
 
 def _box(page, selector: str) -> dict:
@@ -95,32 +86,26 @@ def test_without_heatmap_a_button_asks_for_one(page):
     assert page.get_by_label("Heatmap opacity").is_visible()
 
 
-def test_real_page_shows_the_overlay_after_an_upload(live_server, tmp_path: Path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+def test_real_page_shows_the_overlay_after_an_upload(browser, live_server, tmp_path: Path):
     film = tmp_path / "child_ap_chest.jpeg"
     film.write_bytes(jpeg_bytes(xray_like(1, 9, 320).resize((320, 260))))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.goto(live_server.url + "/")
-        with page.expect_response("**/api/vision/analyze?heatmap=true") as response:
-            page.set_input_files("#file-input", str(film))
-        body = response.value.json()
-        assert body["heatmap"].startswith("data:image/png;base64,")
-        page.locator("#result").wait_for(state="visible")
-        overlay = page.locator("#heatmap-overlay")
-        overlay.wait_for()
-        # Styled by heatmap.css (a <style> element would be refused by the page's CSP) and over the film.
-        assert overlay.evaluate("e => getComputedStyle(e).position") == "absolute"
-        film_box, over_box = _box(page, "#preview"), _box(page, "#heatmap-overlay")
-        assert all(abs(film_box[k] - over_box[k]) < 1.0 for k in ("x", "y", "width", "height")), (film_box, over_box)
-        page.get_by_label("Heatmap opacity").fill("20")
-        assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == pytest.approx(0.2, abs=0.01)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(live_server.url + "/")
+    with page.expect_response("**/api/vision/analyze?heatmap=true") as response:
+        page.set_input_files("#file-input", str(film))
+    body = response.value.json()
+    assert body["heatmap"].startswith("data:image/png;base64,")
+    page.locator("#result").wait_for(state="visible")
+    overlay = page.locator("#heatmap-overlay")
+    overlay.wait_for()
+    # Styled by heatmap.css (a <style> element would be refused by the page's CSP) and over the film.
+    assert overlay.evaluate("e => getComputedStyle(e).position") == "absolute"
+    film_box, over_box = _box(page, "#preview"), _box(page, "#heatmap-overlay")
+    assert all(abs(film_box[k] - over_box[k]) < 1.0 for k in ("x", "y", "width", "height")), (film_box, over_box)
+    page.get_by_label("Heatmap opacity").fill("20")
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == pytest.approx(0.2, abs=0.01)
+    page.close()
     assert not errors, f"JavaScript or CSP errors: {errors}"

@@ -3,7 +3,6 @@ review one with a key press, restart the server, and find everything still there
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import pytest
@@ -11,21 +10,7 @@ import pytest
 from conftest import jpeg_bytes, xray_like
 from server_process import ServerProcess
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KEY = "browser-test-key-0123456789"
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def rows(page) -> list[dict]:

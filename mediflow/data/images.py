@@ -89,7 +89,7 @@ def decode_image(
             img.load()
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(
             f"{name}: image too large: exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)"
         ) from None

@@ -40,13 +40,19 @@ async function errorFrom(response) {
                       response.status);
 }
 
+export function isDicom(file) {
+  return file.type === "application/dicom" || /\.(dcm|dicom)$/i.test(file.name || "");
+}
+
 export const api = {
   async analyze(file) {
     const form = new FormData();
     form.append("file", file, file.name);
+    // Browsers cannot draw DICOM: ask the server for a PNG rendering of what it analysed.
+    const url = isDicom(file) ? `${ANALYZE_URL}&preview=true` : ANALYZE_URL;
     let response;
     try {
-      response = await fetch(ANALYZE_URL, { method: "POST", body: form });
+      response = await fetch(url, { method: "POST", body: form });
     } catch {
       throw new ApiError("could not reach the MediFlow service; check the connection and try again", 0);
     }
@@ -147,6 +153,20 @@ export const view = {
       const dd = document.createElement("dd");
       dd.textContent = percent(p);
       list.append(dt, dd);
+    }
+    const notes = $("result-notes");
+    notes.replaceChildren(...(result.notes || []).map((n) => {
+      const li = document.createElement("li");
+      li.textContent = n;
+      return li;
+    }));
+    notes.hidden = !(result.notes || []).length;
+    if (result.preview) {
+      const img = $("preview");
+      img.src = result.preview;
+      img.hidden = false;
+      $("preview-stage").hidden = false;
+      $("preview-unavailable").hidden = true;
     }
     $("result-disclaimer").textContent = result.disclaimer;
     const m = result.model || {};
