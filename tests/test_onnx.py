@@ -25,6 +25,7 @@ from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.inference.backends import OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
 from mediflow.inference.graph import build_graph
+from mediflow.inference.heatmap import OVERLAY_SIZE
 from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.app import create_app
@@ -263,8 +264,7 @@ def test_api_heatmap_is_an_optional_png_overlay(tiny_export, backend: str):
     assert plain.get("heatmap") is None
     assert body["prediction"] == plain["prediction"] and body["heatmap_class"] == body["prediction"]
     img = _decode_data_url(body["heatmap"])
-    size = predictor.prep.image_size
-    assert img.format == "PNG" and img.size == (size, size) and img.mode == "RGBA"
+    assert img.format == "PNG" and img.size == (OVERLAY_SIZE, OVERLAY_SIZE) and img.mode == "RGBA"
     assert np.asarray(img)[..., 3].std() > 0  # it actually varies across the image
     assert bad.status_code == 422
 

@@ -221,7 +221,7 @@ class Predictor:
         if hmap is not None:
             from mediflow.inference.heatmap import overlay_data_url
 
-            result["heatmap"] = overlay_data_url(hmap, self.prep.image_size)
+            result["heatmap"] = overlay_data_url(hmap)
             result["heatmap_class"] = result["prediction"]
         return result
 
