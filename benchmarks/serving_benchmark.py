@@ -5,7 +5,7 @@ For each configuration it measures, on the same full-resolution JPEGs:
 - end-to-end HTTP latency p50/p95 of `POST /api/vision/analyze` against a real uvicorn server on
   127.0.0.1 in its own process (and with `?heatmap=true` for MediFlow),
 - batch throughput in images/s on 224x224 JPEGs (decode + preprocess + model; MediFlow through
-  `predict_files`, the `mediflow predict DIR` path),
+  `analyze_folder`, the `mediflow predict DIR --out CSV` path, CSV included),
 - each server's peak RSS and its RSS after 500 requests.
 Requests go to the servers in interleaved blocks so that all of them see the same background load
 (the machine may be shared); compare ratios from one run, not absolute numbers across runs.
@@ -164,13 +164,14 @@ def model_only(pth: Path, onnx: Path, int8: Path, n: int) -> dict[str, float]:
     return res
 
 
-def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batch_size: int) -> dict[str, float]:
+def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batch_size: int,
+                     work: Path) -> dict[str, float]:
     import torch
 
     from design_server import TRANSFORM, build_model
     from PIL import Image
 
-    from mediflow.inference.batch import predict_files
+    from mediflow.inference.folder import analyze_folder
     from mediflow.inference.predictor import Predictor
 
     res = {}
@@ -185,12 +186,16 @@ def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batc
     t = time.perf_counter()
     design_batches()
     res["design"] = len(images) / (time.perf_counter() - t)
+    folder = work / "batch"
+    for i, p in enumerate(images):  # the sample as one folder, for `mediflow predict DIR`
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / p.parent.name / f"{i:05d}{p.suffix}").symlink_to(p.resolve())
     for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("onnx-int8", int8, "onnx")):
         p = Predictor.load(path, backend=backend)
-        list(predict_files(p, images[:batch_size], batch_size=batch_size))  # warm-up (arena, caches)
+        p.probabilities_from_tensors(np.zeros((batch_size, 3, 224, 224), np.float32))  # warm-up (arena)
         t = time.perf_counter()
-        n = sum(1 for r in predict_files(p, images, batch_size=batch_size) if r.error is None)
-        res[name] = n / (time.perf_counter() - t)
+        s = analyze_folder(p, folder, work / f"{name}.csv", batch_size=batch_size, progress=False)
+        res[name] = s.analysed / (time.perf_counter() - t)
     return res
 
 
@@ -226,9 +231,9 @@ def main() -> int:
 
     import httpx
 
-    from mediflow.inference.batch import list_images
+    from mediflow.inference.folder import find_images
 
-    images = list_images(args.images)
+    images = find_images(args.images)
     if not images:
         raise SystemExit(f"no images under {args.images}")
     uploads = [(p.name, p.read_bytes()) for p in images]
@@ -238,12 +243,16 @@ def main() -> int:
         pth, onnx, int8 = ensure_exports(args.model, work, args.data224)
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # --no-store: like the design, keep no studies (and never write to the user's default store);
+        # the last row adds serve's default study store (SQLite, in the temporary folder) to show its cost.
         serve = [py, "-m", "mediflow", "serve", "--host", "127.0.0.1"]
         servers = [
             Server("design (torchvision B0, eager, full decode)", [py, str(REPO / "benchmarks" / "design_server.py")], False),
-            Server("MediFlow torch", serve + ["--model", str(pth), "--backend", "torch"], True),
-            Server("MediFlow onnx", serve + ["--model", str(onnx)], True),
-            Server("MediFlow onnx int8", serve + ["--model", str(int8)], True),
+            Server("MediFlow torch", serve + ["--no-store", "--model", str(pth), "--backend", "torch"], True),
+            Server("MediFlow onnx", serve + ["--no-store", "--model", str(onnx)], True),
+            Server("MediFlow onnx int8", serve + ["--no-store", "--model", str(int8)], True),
+            Server("MediFlow onnx int8 + study store", serve + ["--database-url", f"sqlite:///{work / 'studies.db'}",
+                                                                "--model", str(int8)], True),
         ]
         for s in servers:
             start(s, env)
@@ -275,27 +284,29 @@ def main() -> int:
         print("model-only latency ...", file=sys.stderr)
         mo = model_only(pth, onnx, int8, args.model_runs)
         print("batch throughput ...", file=sys.stderr)
-        pool = list_images(args.data224)
+        pool = find_images(args.data224)
         rng = np.random.default_rng(0)
         batch_imgs = [pool[i] for i in sorted(rng.choice(len(pool), min(args.batch_images, len(pool)), replace=False))]
-        bt = batch_throughput(pth, onnx, int8, batch_imgs, args.batch_size)
+        bt = batch_throughput(pth, onnx, int8, batch_imgs, args.batch_size, work)
     finally:
         for s in locals().get("servers", []):
             if s.proc and s.proc.poll() is None:
                 s.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    keys = ["design", "torch", "onnx", "onnx-int8"]
+    keys = ["design", "torch", "onnx", "onnx-int8", "onnx-int8"]
     base = pct(servers[0].plain_ms, 50)
     rows = []
     for key, s in zip(keys, servers):
         p50, p95 = pct(s.plain_ms, 50), pct(s.plain_ms, 95)
         h50, h95 = pct(s.heatmap_ms, 50), pct(s.heatmap_ms, 95)
         rows.append({
-            "config": s.name, "model_ms": mo[key], "http_p50": p50, "http_p95": p95,
+            "config": s.name, "model_ms": mo[key] if s is not servers[-1] else float("nan"),
+            "http_p50": p50, "http_p95": p95,
             "speedup": base / p50, "heatmap_p50": h50, "heatmap_p95": h95,
             "heatmap_speedup": base / h50 if s.heatmap_ms else float("nan"),
-            "batch_ips": bt[key], "peak_rss_mb": s.peak_rss, "rss_after_mb": s.rss_after,
+            "batch_ips": bt[key] if s is not servers[-1] else float("nan"),
+            "peak_rss_mb": s.peak_rss, "rss_after_mb": s.rss_after,
             "requests": s.n_requests,
         })
     load_end = os.getloadavg()

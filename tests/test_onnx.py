@@ -25,6 +25,7 @@ from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.inference.backends import OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
 from mediflow.inference.graph import build_graph
+from mediflow.inference.heatmap import OVERLAY_SIZE
 from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.app import create_app
@@ -263,10 +264,20 @@ def test_api_heatmap_is_an_optional_png_overlay(tiny_export, backend: str):
     assert plain.get("heatmap") is None
     assert body["prediction"] == plain["prediction"] and body["heatmap_class"] == body["prediction"]
     img = _decode_data_url(body["heatmap"])
-    size = predictor.prep.image_size
-    assert img.format == "PNG" and img.size == (size, size) and img.mode == "RGBA"
+    assert img.format == "PNG" and img.size == (OVERLAY_SIZE, OVERLAY_SIZE) and img.mode == "RGBA"
     assert np.asarray(img)[..., 3].std() > 0  # it actually varies across the image
     assert bad.status_code == 422
+
+
+def test_overlay_colours_and_transparency_follow_the_map():
+    from mediflow.inference.heatmap import MIN_ALPHA, overlay_data_url
+
+    cam = np.zeros((7, 7), np.float32)
+    cam[1, 5] = 1.0  # one hot spot, top right
+    img = np.asarray(_decode_data_url(overlay_data_url(cam, 224)))
+    hot, cold = img[1 * 32 + 16, 5 * 32 + 16], img[200, 20]
+    assert hot[3] > 240 and cold[3] == round(MIN_ALPHA * 255)  # opaque where it looked, faint elsewhere
+    assert hot[0] > 100 > hot[2] and cold[2] > 100 > cold[0]  # jet: red hot spot, blue background
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

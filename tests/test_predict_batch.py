@@ -1,4 +1,4 @@
-"""`mediflow predict`: JSON lines for files, CSV for folders, heatmap overlays, parallel decoding."""
+"""`mediflow predict`: JSON lines for files, a CSV for a folder, heatmap overlays, parallel decoding."""
 
 from __future__ import annotations
 
@@ -37,57 +37,65 @@ def test_folder_to_csv_with_bad_file(tiny_model: Path, folder: Path, tmp_path: P
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 11 and [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     bad = [r for r in rows if r["error"]]
-    assert len(bad) == 1 and bad[0]["file"].endswith("broken.jpeg") and "corrupt or truncated" in bad[0]["error"]
-    good = [r for r in rows if not r["error"]]
-    assert all(r["prediction"] in ("NORMAL", "PNEUMONIA") for r in good)
-    for r in good:
+    assert len(bad) == 1 and bad[0]["file"] == "b/broken.jpeg" and "corrupt or truncated" in bad[0]["error"]
+    for r in (r for r in rows if not r["error"]):
+        assert r["prediction"] in ("NORMAL", "PNEUMONIA")
         assert float(r["p_NORMAL"]) + float(r["p_PNEUMONIA"]) == pytest.approx(1, abs=2e-4)
         assert float(r["confidence"]) == pytest.approx(float(r[f"p_{r['prediction']}"]), abs=1e-4)
     err = capsys.readouterr().err
-    assert "10 of 11 images predicted" in err and "1 image(s) could not be read" in err
+    assert "11 image files: 10 predicted, 1 unreadable" in err and "1 image(s) could not be read" in err
 
 
 def test_csv_matches_single_image_answers(tiny_model: Path, folder: Path, tmp_path: Path, capsys):
     out = tmp_path / "p.csv"
     main(["predict", "--model", str(tiny_model), str(folder / "a"), "--batch-size", "2", "--out", str(out)])
     rows = {r["file"]: r for r in csv.DictReader(out.open())}
-    files = sorted(rows)[:3]
+    files = [str(folder / "a" / name) for name in sorted(rows)[:3]]
     capsys.readouterr()
     assert main(["predict", "--model", str(tiny_model), *files]) == 0
     for line in capsys.readouterr().out.strip().splitlines():
         single = json.loads(line)  # the JSON-lines behaviour for files is unchanged
         assert set(single) >= {"file", "prediction", "confidence", "disclaimer", "probabilities"}
-        row = rows[single["file"]]
+        row = rows[Path(single["file"]).name]
         assert row["prediction"] == single["prediction"]
         assert float(row["p_PNEUMONIA"]) == pytest.approx(single["probabilities"]["PNEUMONIA"], abs=1e-4)
 
 
 def test_heatmap_overlays_written(tiny_model: Path, folder: Path, tmp_path: Path, capsys):
     heat = tmp_path / "heat"
-    rc = main(["predict", "--model", str(tiny_model), str(folder / "a"), str(folder / "b"),
-               "--heatmap", str(heat), "--out", str(tmp_path / "p.csv")])
+    rc = main(["predict", "--model", str(tiny_model), str(folder), "--heatmap", str(heat),
+               "--out", str(tmp_path / "p.csv")])
     assert rc == 1
     pngs = sorted(p.name for p in heat.iterdir())
-    # Named by the path under the folder's parent, so a/img0 and b/img0 do not collide.
+    # Named by the path under the folder, so a/img0 and b/img0 do not collide.
     assert len(pngs) == 10 and "a__img0.png" in pngs and "b__img0.png" in pngs and "b__broken.png" not in pngs
     img = Image.open(heat / "a__img0.png")
     assert img.format == "PNG" and img.size == (120, 120)
     # An overlay, not the plain film: the grey film gained colour (the tiny model's 2x2 map may be flat).
     arr = np.asarray(img.convert("RGB")).astype(int)
     assert np.abs(arr[..., 0] - arr[..., 2]).max() > 5
-    # Single files: JSON lines name the overlay they wrote.
+    # Single files: JSON lines name the overlay they wrote; same-named files do not overwrite each other.
     capsys.readouterr()
-    assert main(["predict", "--model", str(tiny_model), str(folder / "a" / "img1.jpeg"), "--heatmap", str(heat)]) == 0
-    line = json.loads(capsys.readouterr().out)
-    assert Path(line["heatmap_file"]).is_file() and "heatmap" not in line
+    assert main(["predict", "--model", str(tiny_model), str(folder / "a" / "img1.jpeg"),
+                 str(folder / "b" / "img1.jpeg"), "--heatmap", str(tmp_path / "single")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    written = [Path(line["heatmap_file"]) for line in lines]
+    assert [p.name for p in written] == ["img1.png", "img1-2.png"] and all(p.is_file() for p in written)
+    assert all("heatmap" not in line for line in lines)
 
 
-def test_empty_folder_and_bad_options_are_one_line_errors(tiny_model: Path, tmp_path: Path, capsys):
+def test_bad_arguments_are_one_line_errors(tiny_model: Path, folder: Path, tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["predict", "--model", str(tiny_model), str(tmp_path / "empty")]) == 2
-    assert main(["predict", "--model", str(tiny_model), str(tmp_path), "--batch-size", "0"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "no image files" in err[0] and "--batch-size" in err[1]
+    cases = [
+        ([str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")], "no JPEG, PNG or DICOM files"),
+        ([str(folder)], "--out"),
+        ([str(folder), str(folder / "a" / "img0.jpeg"), "--out", "x.csv"], "one folder"),
+        ([str(folder), "--out", "x.csv", "--batch-size", "0"], "--batch-size"),
+    ]
+    for argv, message in cases:
+        assert main(["predict", "--model", str(tiny_model), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
 
 
 def test_decoding_overlaps_inference():

@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise MediFlowError("--int8 needs the training dataset to calibrate and to measure the validation AUC "
                             f"change; pass --data DIR ({data or 'no path stored in the checkpoint'} not found)")
     diffs = export_checkpoint(ckpt, source, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); max |onnx - torch| on random inputs: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); |onnx - torch| on random inputs (logits absolute, "
+          "the others relative to their range): " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     if args.int8:
         from mediflow.inference.quantize import int8_export
 

@@ -50,10 +50,20 @@ def scale_map(cam: np.ndarray) -> np.ndarray:
     return cam / (cam.max() + 1e-7)
 
 
+def serving_threads() -> int:
+    """Intra-op threads for a server answering one image at a time: half the cores. The model
+    itself is a few milliseconds; the other cores decode the next upload and run the event loop,
+    and measured on 2 cores, 1 thread answered in ~14 ms where 2 (spinning) took ~25 ms."""
+    return max(1, available_threads() // 2)
+
+
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin: bool = True):
+        """`threads`: intra-op threads (default: all cores, for batches). `spin`: let idle worker
+        threads busy-wait for the next operator; off for serving, where they would steal the CPU
+        that decodes uploads between requests."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -65,6 +75,8 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

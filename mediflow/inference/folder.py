@@ -2,7 +2,8 @@
 
 Rows are appended and flushed batch by batch, so an interrupted run loses at most the batch in
 flight, and a re-run skips every file the CSV already has (a row cut short by the interruption is
-dropped first). Unreadable files get a row with `error` and do not stop the run.
+dropped first). Unreadable files get a row with `error` and do not stop the run. The next batches
+decode in threads while one runs through the model; optionally a heatmap overlay is written per image.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from mediflow.data.dataset import IMAGE_SUFFIXES
 from mediflow.data.images import DEFAULT_MAX_PIXELS, image_notes, load_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
+from mediflow.inference.batch import prefetched_batches
+from mediflow.inference.heatmap import blend
 from mediflow.inference.predictor import Predictor
 
 
@@ -91,14 +94,27 @@ def read_previous(out: Path, columns: list[str]) -> dict[str, bool]:
         return {row[0]: not row[error_col] for row in reader if len(row) == len(columns)}
 
 
-def _load(path: Path, name: str, predictor: Predictor, max_pixels: int):
-    """-> (preprocessed tensor, notes, None) or (None, [], error message)."""
+@dataclass
+class _Loaded:
+    x: np.ndarray | None  # the model's input, or None when the file is unreadable
+    notes: list[str]
+    error: str | None
+    image: Image.Image | None = None  # kept only for heatmap overlays
+
+
+def _load(path: Path, name: str, predictor: Predictor, max_pixels: int, keep_image: bool) -> _Loaded:
     try:
-        img = load_image(path, max_pixels=max_pixels)
-        return predictor.preprocess(img), image_notes(img), None
+        # JPEGs decode at reduced scale (DCT draft), as the server decodes uploads.
+        img = load_image(path, max_pixels=max_pixels, draft_size=predictor.draft_size)
+        return _Loaded(predictor.preprocess_array(img), image_notes(img), None, img if keep_image else None)
     except ImageDecodeError as exc:
         # load_image names the absolute path; the CSV names files relative to the folder.
-        return None, [], str(exc).replace(str(path), name, 1)
+        return _Loaded(None, [], str(exc).replace(str(path), name, 1))
+
+
+def overlay_name(name: str) -> str:
+    """The heatmap file for an image's path relative to the folder: 'a/b.jpeg' -> 'a__b.png'."""
+    return "__".join(Path(name).with_suffix("").parts) + ".png"
 
 
 def check_folder(root: str | Path) -> Path:
@@ -111,7 +127,9 @@ def check_folder(root: str | Path) -> Path:
 
 
 def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, batch_size: int = 16,
-                   workers: int = 2, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> FolderSummary:
+                   workers: int = 2, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   heatmap_dir: str | Path | None = None) -> FolderSummary:
+    """`heatmap_dir`: also write each image with its heatmap overlaid there (see overlay_name)."""
     root, out = check_folder(root), Path(out)
     if batch_size < 1:
         raise MediFlowError("--batch-size must be at least 1")
@@ -124,32 +142,46 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
     todo = [(p, n) for p, n in zip(paths, names) if n not in previous]
     summary = FolderSummary(found=len(paths), skipped=len(paths) - len(todo), analysed=0, failed=0,
                             ok_in_csv=sum(previous.values()))
+    heat = Path(heatmap_dir) if heatmap_dir is not None else None
+    if heat is not None:
+        heat.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         f = open(out, "a", newline="", encoding="utf-8")
     except OSError as exc:
         raise MediFlowError(f"{out}: cannot write ({exc.strerror})") from None
-    with f, ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(paths), initial=summary.skipped, desc="analyze", unit="file", disable=not progress,
+
+    def load(item: tuple[Path, str]) -> _Loaded:
+        return _load(item[0], item[1], predictor, max_pixels, keep_image=heat is not None)
+
+    with f, tqdm(total=len(paths), initial=summary.skipped, desc="analyze", unit="file", disable=not progress,
                  mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
         writer = csv.writer(f, lineterminator="\n")
         if f.tell() == 0:
             writer.writerow(columns)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            loaded = list(pool.map(lambda pn: _load(pn[0], pn[1], predictor, max_pixels), batch))
-            good = [i for i, (x, _, _) in enumerate(loaded) if x is not None]
-            probs = predictor.probabilities_from_tensors(torch.stack([loaded[i][0] for i in good])) if good else []
-            results = {i: predictor.response(p, 0.0) for i, p in zip(good, probs)}
-            for i, ((_, name), (_, notes, error)) in enumerate(zip(batch, loaded)):
-                if error is not None:
-                    writer.writerow([name, "", "", *[""] * len(predictor.class_names), "", "", error])
+        for batch in prefetched_batches(todo, load, batch_size, workers):
+            loaded = [item for _, item in batch]
+            good = [i for i, item in enumerate(loaded) if item.x is not None]
+            x = np.stack([loaded[i].x for i in good]) if good else None
+            maps: list = [None] * len(good)
+            if x is None:
+                probs = []
+            elif heat is not None:
+                probs, maps = predictor.heatmaps_from_tensors(x)
+            else:
+                probs = predictor.probabilities_from_tensors(x)
+            results = {i: (predictor.response(p, 0.0), m) for i, p, m in zip(good, probs, maps)}
+            for i, ((_, name), item) in enumerate(batch):
+                if item.error is not None:
+                    writer.writerow([name, "", "", *[""] * len(predictor.class_names), "", "", item.error])
                     summary.failed += 1
                     continue
-                r = results[i]
+                r, hmap = results[i]
+                if hmap is not None:
+                    blend(item.image, hmap).save(heat / overlay_name(name))
                 writer.writerow([name, r["prediction"], r["confidence"],
                                  *[r["probabilities"][c] for c in predictor.class_names],
-                                 r["needs_review"], "; ".join(notes), ""])
+                                 r["needs_review"], "; ".join(item.notes), ""])
                 summary.analysed += 1
             f.flush()
             os.fsync(f.fileno())

@@ -6,10 +6,7 @@ AUC change is measured on its validation part, so neither touches the held-back 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -23,7 +20,7 @@ from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend
 from mediflow.inference.batch import prefetched_batches
 from mediflow.inference.graph import INPUT_NAME
-from mediflow.inference.onnx_export import atomic_save, set_metadata
+from mediflow.inference.onnx_export import atomic_save, quiet, set_metadata
 from mediflow.inference.predictor import INT8_MAX_AUC_DROP, Predictor
 from mediflow.preprocessing import PreprocessConfig, eval_array
 
@@ -50,19 +47,6 @@ def calibration_batches(paths: list[Path], prep: PreprocessConfig, batch_size: i
         yield np.stack([eval_array(load_image(p, draft_size=prep.image_size), prep) for p in paths[i:i + batch_size]])
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs hundreds of INFO lines to the root logger and prints to stdout."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray]) -> Path:
     """Quantize `fp32` into `out`, carrying its metadata over."""
     import onnx
@@ -81,7 +65,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray]) -> P
     meta = OnnxBackend(fp32).metadata
     with tempfile.TemporaryDirectory() as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
-        with _quiet():
+        with quiet():
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(q), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

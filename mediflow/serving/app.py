@@ -89,8 +89,12 @@ def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, previe
 
 
 def load_predictor(settings: Settings) -> Predictor:
+    from mediflow.inference.backends import serving_threads
+
+    # Tuned for one image at a time (see serving_threads): fewer threads, no spinning.
     return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
-                          threads=settings.threads, review_below=settings.review_below)
+                          threads=settings.threads or serving_threads(), spin=False,
+                          review_below=settings.review_below)
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
