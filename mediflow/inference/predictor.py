@@ -21,7 +21,8 @@ from PIL import Image
 
 from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
-from mediflow.data.images import decode_image, load_image
+from mediflow.data.images import decode_image, image_notes, load_image
+from mediflow.data.preview import preview_data_url
 from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.evaluation.metrics import decide, positive_index
 from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend
@@ -210,12 +211,18 @@ class Predictor:
         return self._with_heatmap(result, hmap)
 
     def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
-                      heatmap: bool = False) -> dict[str, Any]:
+                      heatmap: bool = False, preview: bool = False) -> dict[str, Any]:
+        """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it.
+        The result also carries the decoder's `notes` (e.g. frames of a multi-frame DICOM not
+        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM)."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, **kwargs)
-        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
-        return self._with_heatmap(result, hmap)
+        result = self.predict_image(img, heatmap=heatmap, t0=t0)
+        result["notes"] = image_notes(img)
+        if preview:
+            result["preview"] = preview_data_url(img)
+        return result
 
     def _with_heatmap(self, result: dict[str, Any], hmap: np.ndarray | None) -> dict[str, Any]:
         if hmap is not None:

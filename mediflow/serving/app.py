@@ -17,8 +17,6 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from mediflow import DISCLAIMER, __version__
-from mediflow.data.images import decode_image, image_notes
-from mediflow.data.preview import preview_data_url
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard
@@ -72,20 +70,6 @@ def render_index(settings: Settings) -> str:
     for key, value in values.items():
         page = page.replace("{{" + key + "}}", html.escape(value))
     return page
-
-
-def analyze_upload(predictor: Predictor, data: bytes, *, max_pixels: int, preview: bool,
-                   heatmap: bool = False) -> dict[str, Any]:
-    """Decode and predict one upload (with a heatmap from the same pass on request); the result
-    also carries the decoder's notes (e.g. frames of a multi-frame DICOM not analysed) and, on
-    request, a PNG preview the browser can show."""
-    t0 = time.perf_counter()
-    img = decode_image(data, name="upload", max_pixels=max_pixels, draft_size=predictor.draft_size)
-    result = predictor.predict_image(img, heatmap=heatmap, t0=t0)
-    result["notes"] = image_notes(img)
-    if preview:
-        result["preview"] = preview_data_url(img)
-    return result
 
 
 def load_predictor(settings: Settings) -> Predictor:
@@ -149,7 +133,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
-                result = await asyncio.to_thread(analyze_upload, predictor, data, max_pixels=settings.max_pixels,
+                result = await asyncio.to_thread(predictor.predict_bytes, data, max_pixels=settings.max_pixels,
                                                  preview=preview, heatmap=heatmap)
             except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
                 raise HTTPException(400, detail=str(exc)) from None
