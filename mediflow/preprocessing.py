@@ -6,7 +6,11 @@ the transforms it was trained with.
 
 from __future__ import annotations
 
+import io
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +34,11 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    # When the training images were all image_size x image_size JPEG copies at one quality (the
+    # Kermany 224 set: quality 75, PIL's default), an input of any other size is resized and sent
+    # through the same JPEG encoding, so a full-resolution upload reaches the model looking like
+    # what it learnt from: the model picks up the copies' JPEG texture. None: no such step.
+    source_jpeg_quality: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,6 +52,7 @@ class PreprocessConfig:
             mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
             std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
             interpolation=str(d.get("interpolation", "bilinear")),
+            source_jpeg_quality=None if d.get("source_jpeg_quality") is None else int(d["source_jpeg_quality"]),
         )
 
 
@@ -73,10 +83,98 @@ class AugmentConfig:
         return d
 
 
-def _interp(name: str) -> "T.InterpolationMode":
-    from torchvision import transforms as T
+# The IJG standard luminance quantization table (JPEG Annex K), in natural (row-major) order, as
+# PIL reports `Image.quantization`. Encoders scale it by the quality setting.
+_IJG_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)
 
-    return T.InterpolationMode(name)
+
+def _ijg_luma_table(quality: int) -> tuple[int, ...]:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return tuple(min(max((v * scale + 50) // 100, 1), 255) for v in _IJG_LUMA)
+
+
+_QUALITY_OF_TABLE = {_ijg_luma_table(q): q for q in range(1, 101)}
+
+
+def jpeg_quality(path: str | Path) -> int | None:
+    """The IJG quality a JPEG file was saved at (from its luminance table, header only), or None when
+    it is not a JPEG or its table is not a scaled standard one."""
+    try:
+        with Image.open(path) as im:
+            tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
+            return _QUALITY_OF_TABLE.get(tuple(tables[0])) if tables else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def detect_source_jpeg_quality(paths: Sequence[str | Path], image_size: int, *, sample: int = 200,
+                               share: float = 0.95) -> int | None:
+    """The JPEG quality of a data set of image_size x image_size JPEG copies: at least `share` of an
+    evenly spaced sample of `paths` must be JPEGs of that size at one quality; otherwise None (e.g.
+    PNGs, full-resolution films, or mixed sources, where no single encoding describes the data)."""
+    if not paths:
+        return None
+    picked = list(paths)[:: max(1, len(paths) // sample)][:sample]
+    found: Counter[int | None] = Counter()
+    for p in picked:
+        try:
+            with Image.open(p) as im:
+                right_size = im.size == (image_size, image_size)
+        except (OSError, ValueError):
+            right_size = False
+        found[jpeg_quality(p) if right_size else None] += 1
+    quality, count = found.most_common(1)[0]
+    return quality if quality is not None and count >= share * len(picked) else None
+
+
+# The resize filters by name. torchvision's Resize calls PIL's own `Image.resize` for PIL images, so
+# resizing with PIL here is the same operation, and the serving path needs no torch.
+_PIL_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The first step of every transform: an RGB image at image_size x image_size. Inputs already at
+    that size pass untouched; others are resized (squashed, as the training data was) and, when the
+    training copies were JPEGs (`source_jpeg_quality`), re-encoded the same way (PIL, 4:2:0)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    size = (cfg.image_size, cfg.image_size)
+    if image.size == size:
+        return image
+    try:
+        resample = _PIL_RESAMPLE[cfg.interpolation]
+    except KeyError:
+        raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
+    small = image.resize(size, resample)
+    if cfg.source_jpeg_quality is None:
+        return small
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=cfg.source_jpeg_quality, subsampling="4:2:0")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return im.convert("RGB")
+
+
+class Harmonize:
+    """`harmonize` as a transform step (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return harmonize(image, self.cfg)
 
 
 def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
@@ -85,7 +183,7 @@ def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
 
     return T.Compose(
         [
-            T.Resize((cfg.image_size, cfg.image_size), interpolation=_interp(cfg.interpolation), antialias=True),
+            Harmonize(cfg),
             T.ToTensor(),
             T.Normalize(cfg.mean, cfg.std),
         ]
@@ -96,7 +194,7 @@ def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
     from torchvision import transforms as T
 
     steps: list[Any] = [
-        T.Resize((cfg.image_size, cfg.image_size), interpolation=_interp(cfg.interpolation), antialias=True)
+        Harmonize(cfg),
     ]
     if aug.hflip > 0:
         steps.append(T.RandomHorizontalFlip(aug.hflip))
@@ -110,29 +208,10 @@ def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
     return T.Compose(steps)
 
 
-# torchvision resizes PIL images with PIL's own `Image.resize` and these filters, so calling PIL
-# directly gives the same pixels without torch.
-_PIL_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
 def eval_array(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """`eval_transform` in numpy: PIL RGB image -> float32 array (3, S, S), equal to eval_transform's
     tensor up to float rounding (tested). The serving and batch-prediction path; no torch needed."""
-    try:
-        resample = _PIL_RESAMPLE[cfg.interpolation]
-    except KeyError:
-        raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    size = (cfg.image_size, cfg.image_size)
-    small = image if image.size == size else image.resize(size, resample)
+    small = harmonize(image, cfg)
     arr = np.asarray(small, dtype=np.float32) / np.float32(255.0)
     arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

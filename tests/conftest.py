@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def make_dataset(root: Path, n_per_class: int = 12, size: int = 64, classes=("NO
             d = root / split / cls
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                seed = hash((split, cls, i)) % 2**32
+                # crc32, not hash(): str hashes change per process, and the data must not
+                seed = zlib.crc32(f"{split}/{cls}/{i}".encode())
                 name = f"IM-{i // 2:04d}-{i % 2 + 1:04d}.jpeg" if label == 0 else f"person{i // 2}_bacteria_{i}.jpeg"
                 (d / name).write_bytes(jpeg_bytes(xray_like(label, seed, size)))
     return root

@@ -18,6 +18,12 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _source_quality(text: str) -> str:
+    if text in ("auto", "none") or (text.isdigit() and 1 <= int(text) <= 100):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, none or a JPEG quality 1-100, got {text!r}")
+
+
 class _ArchitectureNames:
     """argparse `choices` that reads the model registry (which imports torch) only when an --arch is
     checked: building the parser must not load torch, or `mediflow serve` on ONNX would carry its
@@ -64,6 +70,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--min-sensitivity", type=float, help="threshold rule: PNEUMONIA sensitivity floor (default 0.97)")
     p.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling")
     p.add_argument("--image-size", type=int)
+    p.add_argument("--source-jpeg-quality", type=_source_quality, metavar="auto|none|Q",
+                   help="inputs of another size are resized and JPEG-encoded at Q like the training copies; "
+                        "auto (default): detect it from the training images")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
@@ -78,7 +87,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 FIELDS = [
     "arch", "weights", "recipe", "unfreeze", "epochs", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "warmup_epochs", "label_smoothing", "augment", "class_weights", "feature_views", "val_fraction", "val_dir",
-    "min_sensitivity", "image_size", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
+    "min_sensitivity", "image_size", "source_jpeg_quality", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
 ]
 
 

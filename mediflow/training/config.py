@@ -30,6 +30,9 @@ class TrainConfig:
     min_sensitivity: float = 0.97
     calibrate: bool = True
     image_size: int = 224
+    # "auto": detect whether the training images are image_size JPEG copies at one quality (see
+    # PreprocessConfig.source_jpeg_quality); "none"; or a quality 1-100.
+    source_jpeg_quality: str = "auto"
     seed: int = 0
     device: str = "auto"
     bf16: bool = False

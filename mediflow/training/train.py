@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from mediflow.data.dataset import (
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics, positive_index
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
-from mediflow.preprocessing import AugmentConfig, PreprocessConfig, eval_transform, train_transform
+from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_source_jpeg_quality, eval_transform,
+                                   train_transform)
 from mediflow.training import distributed as D
 from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 from mediflow.training.config import TrainConfig
@@ -71,6 +73,12 @@ def load_splits(cfg: TrainConfig) -> tuple[Samples, Samples]:
     return train, val
 
 
+def source_jpeg_quality(cfg: TrainConfig, train: Samples) -> int | None:
+    if cfg.source_jpeg_quality == "auto":
+        return detect_source_jpeg_quality(train.paths, cfg.image_size)
+    return None if cfg.source_jpeg_quality == "none" else int(cfg.source_jpeg_quality)
+
+
 def class_weight_tensor(cfg: TrainConfig, train: Samples) -> torch.Tensor:
     k = len(train.class_names)
     if cfg.class_weights:
@@ -87,6 +95,15 @@ def _loader(ds, batch_size: int, *, shuffle: bool, workers: int, seed: int, drop
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
                       drop_last=drop_last, persistent_workers=workers > 0 and shuffle)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the hardware computes in bfloat16. Elsewhere (an AVX2-only CPU) PyTorch emulates it:
+    measured ~20x slower than float32 on such a 2-core VM, so bf16 autocast must not be used there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -133,6 +150,10 @@ class Trainer:
         self.progress = cfg.progress and self.main
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
+        if cfg.bf16 and not native_bf16(self.device):
+            log.warning("bf16 autocast asked for, but this %s has no native bfloat16: training in float32",
+                        self.device.type.upper())
+            cfg.bf16 = False  # recorded in the checkpoint's train_config as what actually ran
         spec = get_spec(cfg.arch)
         self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std)
         self.aug = AugmentConfig.xray() if cfg.augment == "xray" else AugmentConfig.design()
@@ -156,6 +177,10 @@ class Trainer:
             raise MediFlowError(f"validation classes {val.class_names} differ from training classes {class_names}")
         log.info("train %s | val %s | classes %s | device %s x%d", train.counts(), val.counts(), class_names,
                  self.device, self.world)
+        self.prep = replace(self.prep, source_jpeg_quality=source_jpeg_quality(cfg, train))
+        if self.prep.source_jpeg_quality is not None:
+            log.info("training images are %dpx JPEG copies at quality %d: other inputs will be encoded alike",
+                     self.prep.image_size, self.prep.source_jpeg_quality)
         resume = load_checkpoint(cfg.resume) if cfg.resume else None
         weights = None if resume else (cfg.weights or get_spec(cfg.arch).default_weights)
         model = build_model(cfg.arch, len(class_names), weights=weights).to(self.device)
@@ -280,6 +305,10 @@ class Trainer:
 
         tail_stages = stages[k:]
 
+        def as_input(x: torch.Tensor) -> torch.Tensor:
+            # Cached activations are stored in bfloat16; without autocast the tail computes in float32.
+            return x if cfg.bf16 and not pooled else x.float()
+
         class Tail(nn.Module):
             """The trainable rest of the network, from cached activations to logits."""
 
@@ -327,7 +356,7 @@ class Trainer:
                 if cfg.channels_last and not pooled:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(self.device, cfg.bf16 and not pooled):
-                    logits = trainable(x if not pooled else x.float())
+                    logits = trainable(as_input(x))
                 loss = criterion(logits.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -338,7 +367,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             tail.eval()
             with torch.no_grad(), _autocast(self.device, cfg.bf16 and not pooled):
-                vl = torch.cat([tail(vfeats[i:i + 128].to(self.device)).float().cpu()
+                vl = torch.cat([tail(as_input(vfeats[i:i + 128].to(self.device))).float().cpu()
                                 for i in range(0, len(vfeats), 128)])
             vlogits, vy = _gather_rows(vl, vy_local, vidx)
             best = self._select(best, epoch, model, vlogits.numpy(), vy, history, total / max(count, 1),
