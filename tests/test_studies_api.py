@@ -198,3 +198,96 @@ def test_two_concurrent_reviews_are_both_kept_and_the_later_is_current(make_clie
     assert len(audit) == n and {a.status_code for a in audit} == {200}
     latest = max(reviews, key=lambda r: (r.reviewed_at, r.id))
     assert study.current_review_id == latest.id and study.review_note == latest.note
+
+
+# -- the study view's heatmap ----------------------------------------------------------------------
+
+def _film_with_a_varying_map(predictor) -> bytes:
+    """A synthetic film whose map is not flat, so 'same overlay' means the same picture and not two
+    uniform faint squares. Which films an untrained tiny model has no evidence in depends on the
+    CPU's float rounding (see test_onnx), so search a few."""
+    from mediflow.data.images import decode_image
+
+    for seed in range(11, 31):
+        data = jpeg_bytes(xray_like(seed % 2, seed, 200))
+        _, hmap = predictor.predict_with_map(decode_image(data, draft_size=predictor.draft_size), heatmap=True)
+        if hmap.std() > 0.05:
+            return data
+    pytest.fail("no synthetic film gives the tiny model a heatmap that varies")
+
+
+def test_heatmap_of_a_stored_study_is_the_analyze_overlay_of_its_bytes(make_client, database_url, tiny_predictor):
+    client = make_client(database_url=database_url, store_images=True)
+    data = _film_with_a_varying_map(tiny_predictor)
+    other = png_bytes(xray_like(0, seed=3, size=80))
+    sid = upload(client, data).json()["study_id"]
+    other_sid = upload(client, other, name="x.png").json()["study_id"]
+
+    r = client.get(f"/api/studies/{sid}/heatmap")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    direct = client.post("/api/vision/analyze", params={"heatmap": "true"},
+                         files={"file": ("x.jpeg", data, "image/jpeg")}).json()
+    assert body["heatmap"].startswith("data:image/png;base64,")
+    assert body["heatmap"] == direct["heatmap"]
+    assert body["heatmap_class"] == direct["heatmap_class"] == direct["prediction"]
+    assert body["model"] == direct["model"]
+    assert body.get("note") is None  # the model that made the finding made this map
+    assert r.headers["cache-control"] == "no-store"
+    # Each study gets the map of its own image.
+    other_map = client.get(f"/api/studies/{other_sid}/heatmap").json()["heatmap"]
+    assert other_map != body["heatmap"]
+    assert other_map == client.post("/api/vision/analyze", params={"heatmap": "true"},
+                                    files={"file": ("x.png", other, "image/png")}).json()["heatmap"]
+    with client.app.state.store.session() as s:
+        routes = [(a.route, a.status_code, str(a.study_id)) for a in repository.audit_entries(s)]
+    assert ("/api/studies/{study_id}/heatmap", 200, sid) in routes
+
+
+def test_heatmap_from_another_model_says_so(make_client, database_url):
+    from db_fixtures import FAKE_MODEL, add_fake_study
+
+    client = make_client(database_url=database_url, store_images=True)
+    sid = add_fake_study(client.app.state.store, 0.9, image=jpeg_bytes(xray_like(1, seed=4)))
+    r = client.get(f"/api/studies/{sid}/heatmap")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["heatmap"].startswith("data:image/png;base64,")
+    assert body["model"] != FAKE_MODEL and body["model"]["sha256"] == client.app.state.predictor.info.sha256
+    assert "model now serving" in body["note"] and "not from the model that made the stored finding" in body["note"]
+
+
+def test_heatmap_errors_are_clear(make_client, database_url):
+    from db_fixtures import add_fake_study
+
+    client = make_client(database_url=database_url, store_images=True)
+    unknown = uuid.uuid4()
+    r = client.get(f"/api/studies/{unknown}/heatmap")
+    assert r.status_code == 404 and r.json()["detail"] == f"no study with id {unknown}"
+    store = client.app.state.store
+    no_image = add_fake_study(store, 0.2)
+    r = client.get(f"/api/studies/{no_image}/heatmap")
+    assert r.status_code == 404 and "no image stored" in r.json()["detail"] and "--store-images" in r.json()["detail"]
+    broken = add_fake_study(store, 0.2, image=b"\xff\xd8\xff truncated")
+    r = client.get(f"/api/studies/{broken}/heatmap")
+    assert r.status_code == 422 and "stored image cannot be analysed" in r.json()["detail"]
+    assert client.get("/api/studies/not-a-uuid/heatmap").status_code == 422
+    # A server that stores no images says so for its own studies too.
+    plain = make_client(database_url=database_url)
+    sid = upload(plain, films(1)[0]).json()["study_id"]
+    r = plain.get(f"/api/studies/{sid}/heatmap")
+    assert r.status_code == 404 and "--store-images" in r.json()["detail"]
+    assert make_client().get(f"/api/studies/{sid}/heatmap").status_code == 503
+
+
+def test_heatmap_needs_an_api_key_when_keys_are_set(make_client, database_url):
+    key = "dr_heat-key-0123456789abcdef"
+    client = make_client(database_url=database_url, store_images=True, api_keys=f"dr_heat:{key}")
+    auth = {"Authorization": f"Bearer {key}"}
+    sid = upload(client, films(1)[0], headers=auth).json()["study_id"]
+    r = client.get(f"/api/studies/{sid}/heatmap")
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"]
+    assert client.get(f"/api/studies/{sid}/heatmap", headers={"Authorization": "Bearer wrong-key-0123456789"}
+                      ).status_code == 401
+    r = client.get(f"/api/studies/{sid}/heatmap", headers=auth)
+    assert r.status_code == 200 and r.json()["heatmap"].startswith("data:image/png;base64,")

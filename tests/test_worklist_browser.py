@@ -18,6 +18,39 @@ def rows(page) -> list[dict]:
         id: tr.dataset.id, cells: Array.from(tr.cells, td => td.textContent)}))""")
 
 
+def opacity(page) -> float:
+    return float(page.locator("#heatmap-overlay").evaluate("e => getComputedStyle(e).opacity"))
+
+
+def check_heatmap(page, url: str, study_id: str) -> None:
+    overlay = page.locator("#study-stage #heatmap-overlay")
+    overlay.wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#heatmap-overlay').naturalWidth > 0")  # the PNG decoded
+    expected = httpx.get(f"{url}/api/studies/{study_id}/heatmap", headers={"Authorization": f"Bearer {KEY}"},
+                         timeout=60).json()["heatmap"]
+    assert expected.startswith("data:image/png;base64,") and overlay.get_attribute("src") == expected
+    film, over = page.locator("#study-image").bounding_box(), overlay.bounding_box()
+    assert all(abs(film[k] - over[k]) < 1.0 for k in ("x", "y", "width", "height")), (film, over)
+    assert film["width"] > 0 and film["height"] > 0
+    assert overlay.evaluate("e => getComputedStyle(e).position") == "absolute"  # heatmap.css is applied
+    assert opacity(page) == pytest.approx(0.45, abs=0.01)
+
+    slider = page.get_by_label("Heatmap opacity")
+    slider.fill("80")
+    assert opacity(page) == pytest.approx(0.8, abs=0.01)
+    slider.focus()
+    page.keyboard.press("ArrowLeft")  # keyboard: one step of 5%
+    assert opacity(page) == pytest.approx(0.75, abs=0.01)
+    assert slider.get_attribute("aria-valuetext") == "75%"
+    toggle = page.get_by_label("Show heatmap")
+    toggle.focus()
+    page.keyboard.press("Space")
+    assert not toggle.is_checked() and opacity(page) == 0
+    page.keyboard.press("Space")
+    assert toggle.is_checked() and opacity(page) == pytest.approx(0.75, abs=0.01)
+    slider.focus()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_worklist_end_to_end_with_restart(browser, tiny_model, tmp_path):
@@ -59,10 +92,22 @@ def test_worklist_end_to_end_with_restart(browser, tiny_model, tmp_path):
         page.wait_for_function("document.querySelector('#study-image').naturalWidth > 0")
         assert page.evaluate("document.activeElement.dataset.id") == shown[0]["id"]
         assert "Model finding" in page.locator("#finding").text_content()
+
+        # The study view lays the heatmap over the image: the API's PNG for this study, visible,
+        # covering the film, with a labelled opacity control and show/hide toggle.
+        check_heatmap(page, server.url, shown[0]["id"])
+        page.keyboard.press("Escape")  # leave the slider; the next key goes to the worklist again
         page.keyboard.press("n")
         page.wait_for_function("document.querySelector('#message').textContent.includes('Recorded')")
         page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
         assert [r["id"] for r in rows(page)] == [shown[1]["id"], shown[2]["id"]]
+        # The next study opens in its place, with its own map and the reader's opacity kept.
+        next_map = httpx.get(f"{server.url}/api/studies/{shown[1]['id']}/heatmap",
+                             headers={"Authorization": f"Bearer {KEY}"}, timeout=60).json()["heatmap"]
+        page.wait_for_function("src => document.querySelector('#heatmap-overlay')?.getAttribute('src') === src",
+                               arg=next_map)
+        assert page.locator("#heatmap-overlay").count() == 1
+        assert opacity(page) == pytest.approx(0.75, abs=0.01)
 
         assert server.stop()
         server.start()

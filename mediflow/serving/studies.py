@@ -6,6 +6,7 @@ a database URL is set, loads API keys, adds the access/audit middleware and thes
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -23,7 +24,7 @@ from mediflow.data.preview import preview_png
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import AccessMiddleware, load_api_keys
 from mediflow.serving.settings import Settings
-from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyList, StudySummary
+from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyHeatmap, StudyList, StudySummary
 from mediflow.store import repository
 from mediflow.store.db import Store, describe_url
 from mediflow.store.models import Study
@@ -177,19 +178,7 @@ def get_study(request: Request, study_id: uuid.UUID) -> dict[str, Any]:
 async def get_image(request: Request, study_id: uuid.UUID,
                     preview: bool = Query(False, description="a PNG rendering (at most 1024 px) instead of "
                                                              "the original bytes; works for DICOM too")) -> Response:
-    store = _store(request)
-
-    def load():
-        with store.session() as s:
-            if repository.get_study(s, study_id) is None:
-                raise _not_found(study_id)
-            image = repository.get_image(s, study_id)
-            if image is None:
-                raise HTTPException(404, detail=f"no image stored for study {study_id} "
-                                                "(the server stores images only with --store-images)")
-            return image.data, image.media_type
-
-    data, media_type = await run_in_threadpool(load)
+    data, media_type, _ = await run_in_threadpool(_stored_image, _store(request), study_id)
     if not preview:
         return Response(data, media_type=media_type)
     try:
@@ -201,6 +190,55 @@ async def get_image(request: Request, study_id: uuid.UUID,
 
 def _render_preview(data: bytes, max_pixels: int) -> bytes:
     return preview_png(decode_image(data, name="stored image", max_pixels=max_pixels))
+
+
+def _stored_image(store: Store, study_id: uuid.UUID) -> tuple[bytes, str, dict[str, str]]:
+    """The study's stored bytes, their media type and the model that made its finding; 404 otherwise."""
+    with store.session() as s:
+        study = repository.get_study(s, study_id)
+        if study is None:
+            raise _not_found(study_id)
+        image = repository.get_image(s, study_id)
+        if image is None:
+            raise HTTPException(404, detail=f"no image stored for study {study_id} "
+                                            "(the server stores images only with --store-images)")
+        model = {"architecture": study.model_architecture, "version": study.model_version,
+                 "sha256": study.model_sha256}
+        return image.data, image.media_type, model
+
+
+@router.get("/{study_id}/heatmap", response_model=StudyHeatmap,
+            responses={404: {"description": "no such study, or no image stored"},
+                       422: {"description": "the stored image cannot be decoded"},
+                       503: {"description": "no study store, or the model is not loaded yet"}})
+async def get_heatmap(request: Request, study_id: uuid.UUID) -> dict[str, Any]:
+    """Where the model now serving looks in the study's stored image: the overlay that
+    `POST /api/vision/analyze?heatmap=true` returns for the same bytes."""
+    store = _store(request)
+    data, _, stored_model = await run_in_threadpool(_stored_image, store, study_id)
+    predictor = request.app.state.predictor
+    if predictor is None:
+        raise HTTPException(503, detail="model not loaded yet")
+    max_pixels = request.app.state.settings.max_pixels
+    async with request.app.state.inference_lock:
+        try:
+            # The analyze endpoint's own path (decode, predict, overlay), in a worker thread so the
+            # event loop keeps serving while the model runs.
+            result = await asyncio.to_thread(predictor.predict_bytes, data, name="stored image",
+                                             max_pixels=max_pixels, heatmap=True)
+        except (ImageDecodeError, ImportError) as exc:  # ImportError: a DICOM without pydicom installed
+            raise HTTPException(422, detail=f"stored image cannot be analysed ({exc})") from None
+    body = {"heatmap": result["heatmap"], "heatmap_class": result["heatmap_class"], "model": result["model"]}
+    if stored_model != result["model"]:
+        # The map explains the current model's reading, which may differ from the stored finding's.
+        body["note"] = ("This map comes from the model now serving "
+                        f"({_model_name(result['model'])}), not from the model that made the stored "
+                        f"finding ({_model_name(stored_model)}).")
+    return body
+
+
+def _model_name(model: dict[str, str]) -> str:
+    return f"{model['architecture']} {model['version']}, sha256 {model['sha256'][:12]}"
 
 
 @router.post("/{study_id}/review", response_model=StudyDetail,

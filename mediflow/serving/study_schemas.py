@@ -60,3 +60,12 @@ class StudyDetail(StudySummary):
     review_note: str | None
     reviews: list[ReviewOut] = Field(description="every review of this study, oldest first")
     disclaimer: str
+
+
+class StudyHeatmap(BaseModel):
+    heatmap: str = Field(description="PNG data URL: a square colour map of where the model looked, to be "
+                                     "stretched over the stored image (as from POST /api/vision/analyze?heatmap=true)")
+    heatmap_class: str = Field(description="the class the map explains: the serving model's prediction")
+    model: ModelRef = Field(description="the model that computed the map: the one serving now")
+    note: str | None = Field(default=None, description="set when the study's finding came from another model "
+                                                       "than the one that computed this map")

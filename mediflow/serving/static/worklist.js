@@ -1,12 +1,13 @@
 // The worklist: studies by suspicion, one-key reads. Everything is rendered with textContent:
-// no server string is ever parsed as HTML.
-"use strict";
+// no server string is ever parsed as HTML. An ES module (strict by default), for heatmap.js's export.
+import { attachHeatmap, DEFAULT_OPACITY } from "/static/heatmap.js";
+
 (() => {
   const KEY_STORAGE = "mediflow.apiKey";
   const PAGE = 50;
   const $ = (id) => document.getElementById(id);
   const state = { items: [], selected: -1, offset: 0, total: 0, classes: [], keys: {}, study: null, imageUrl: null,
-                  busy: false };
+                  busy: false, heatmap: null, heatmapView: { opacity: DEFAULT_OPACITY, visible: true } };
 
   class AuthError extends Error {}
 
@@ -110,6 +111,7 @@
   function closeStudy() {
     state.study = null;
     $("study").hidden = true;
+    clearHeatmap();
     if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
     state.imageUrl = null;
   }
@@ -167,6 +169,7 @@
 
   async function showImage(s) {
     const img = $("study-image");
+    clearHeatmap();
     if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
     state.imageUrl = null;
     img.hidden = true;
@@ -185,6 +188,33 @@
       $("image-note").textContent = "";
     } catch (e) {
       $("image-note").textContent = "Image cannot be shown: " + e.message;
+      return;
+    }
+    await showHeatmap(s);
+  }
+
+  function clearHeatmap() {
+    state.heatmap?.remove();
+    state.heatmap = null;
+    $("heatmap-status").textContent = "";
+  }
+
+  /** The map of where the model looked, over the shown image; the reader's opacity carries over. */
+  async function showHeatmap(s) {
+    $("heatmap-status").textContent = "Computing heatmap…";
+    try {
+      const h = await (await api(`/api/studies/${s.id}/heatmap`)).json();
+      if (!state.study || state.study.id !== s.id || $("study-image").hidden) return;  // moved on meanwhile
+      clearHeatmap();
+      state.heatmap = attachHeatmap($("study-stage"), $("study-image"), {
+        dataUrl: h.heatmap, className: h.heatmap_class, controlsParent: $("heatmap-box"),
+        ...state.heatmapView, onChange: (view) => { state.heatmapView = view; },
+      });
+      // E.g. the study was analysed by an earlier model: the map is the current model's.
+      $("heatmap-status").textContent = h.note || "";
+    } catch (e) {
+      if (!state.study || state.study.id !== s.id) return;
+      $("heatmap-status").textContent = e instanceof AuthError ? "" : "Heatmap unavailable: " + e.message;
     }
   }
 
