@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,12 @@ class AugmentConfig:
     scale: tuple[float, float] = (1.0, 1.0)
     brightness: float = 0.0
     contrast: float = 0.0
+    # Acquisition robustness: with these probabilities, blur (another resizer's softness) and a
+    # JPEG re-encode at a random quality in jpeg_quality (another encoder's blocks), so the model
+    # stops keying on the training copies' exact pixel texture.
+    blur: float = 0.0
+    jpeg: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -77,9 +83,18 @@ class AugmentConfig:
         # Small geometric and exposure changes that real AP films show; no vertical flips.
         return cls(hflip=0.5, rotation=10.0, translate=0.06, scale=(0.9, 1.1), brightness=0.2, contrast=0.2)
 
+    @classmethod
+    def xray_robust(cls) -> "AugmentConfig":
+        return replace(cls.xray(), blur=0.3, jpeg=0.5)
+
+    @classmethod
+    def named(cls, name: str) -> "AugmentConfig":
+        presets = {"design": cls.design, "xray": cls.xray, "xray_robust": cls.xray_robust}
+        return presets[name]()
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["scale"] = list(self.scale)
+        d["scale"], d["jpeg_quality"] = list(self.scale), list(self.jpeg_quality)
         return d
 
 
@@ -177,6 +192,25 @@ class Harmonize:
         return harmonize(image, self.cfg)
 
 
+class RandomJPEG:
+    """With probability p, re-encode a PIL image as JPEG at a quality drawn from [low, high]."""
+
+    def __init__(self, p: float, quality: tuple[int, int]):
+        self.p, self.quality = p, quality
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        if torch.rand(()) >= self.p:
+            return image
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            return im.convert(image.mode)
+
+
 def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
     """PIL RGB image -> normalized float tensor (3, S, S). Used for validation and training-time eval."""
     from torchvision import transforms as T
@@ -204,6 +238,10 @@ def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
         steps.append(T.RandomRotation(aug.rotation))
     if aug.brightness > 0 or aug.contrast > 0:
         steps.append(T.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    if aug.blur > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.2, 0.8))], p=aug.blur))
+    if aug.jpeg > 0:
+        steps.append(RandomJPEG(aug.jpeg, aug.jpeg_quality))
     steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
     return T.Compose(steps)
 

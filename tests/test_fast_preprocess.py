@@ -62,20 +62,30 @@ def test_draft_decode_matches_full_decode(fullres_dir: Path, mean, std):
         assert diff.mean() <= MEAN_TOL and np.percentile(diff, 99) <= P99_TOL and diff.max() <= MAX_TOL, f.name
 
 
+MAX_LOG_ODDS_CHANGE = 1.5
+
+
+def _log_odds(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 @pytest.mark.realdata
 def test_draft_decode_keeps_predictions(fullres_dir: Path):
-    """The bundled model's PNEUMONIA probability moves by at most 0.25 between decodes, and the
-    decision never changes for images further than that from the threshold. Measured on the
-    shipped model: max 0.146 on the fp32 export, 0.217 on the default int8 export (the same film
-    both times, far below the ~0.93-0.96 threshold); the fine-tuned model is more sensitive to
-    resampling than the frozen one was (see docs/experiments.md)."""
+    """Draft vs full decode, through the bundled model (int8, with its JPEG step): the log-odds of
+    PNEUMONIA move by at most MAX_LOG_ODDS_CHANGE, and the decision never changes for films further
+    than that from the threshold. Log-odds, because probabilities near 0 or 1 hide changes.
+    Measured on the 32 films: max 1.24 (p95 1.20) for the int8 export, 1.08 for fp32; without
+    the JPEG step 1.37 and 0.67: re-encoding amplifies the draft's tiny pixel differences, the
+    price of matching the training copies (benchmarks/upload_consistency.py)."""
     if not BUNDLED_MODEL.is_file():
         pytest.skip(f"bundled model {BUNDLED_MODEL} not present")
     p = Predictor.load(BUNDLED_MODEL)
     files = sorted(fullres_dir.glob("*/*.jpeg"))
     full = p.probabilities_from_tensors(np.stack([p.preprocess_array(load_image(f)) for f in files]))[:, p.pos]
     fast = p.probabilities_from_tensors(np.stack([p.preprocess_array(p.load_image(f)) for f in files]))[:, p.pos]
-    assert np.abs(full - fast).max() <= 0.25
-    far = np.abs(full - p.threshold) > 0.25
-    assert far.sum() >= len(files) // 2
+    change = np.abs(_log_odds(full) - _log_odds(fast))
+    assert change.max() <= MAX_LOG_ODDS_CHANGE, change.round(3)
+    far = np.abs(_log_odds(full) - _log_odds(p.threshold)) > MAX_LOG_ODDS_CHANGE
+    assert far.sum() >= len(files) // 2, far.sum()
     assert ((full >= p.threshold) == (fast >= p.threshold))[far].all()

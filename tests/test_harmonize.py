@@ -126,3 +126,18 @@ def test_full_resolution_uploads_get_closer_to_their_training_copies():
     off = np.abs(p.probabilities_from_images(uploads) - ref)[:, p.pos].mean()
     assert on < 0.75 * off, (on, off)
 
+
+
+def test_robust_augmentation_re_encodes_and_blurs():
+    from mediflow.preprocessing import AugmentConfig, RandomJPEG, train_transform
+
+    img = xray_like(1, 7, 64).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=50)
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert np.array_equal(np.asarray(RandomJPEG(1.0, (50, 50))(img)), expected)
+    assert RandomJPEG(0.0, (50, 50))(img) is img
+    robust = AugmentConfig.named("xray_robust")
+    assert robust.jpeg > 0 and robust.blur > 0 and AugmentConfig.named("xray").jpeg == 0
+    names = [type(t).__name__ for t in train_transform(PreprocessConfig(image_size=64), robust).transforms]
+    assert "RandomJPEG" in names and "RandomApply" in names

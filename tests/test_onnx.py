@@ -379,4 +379,4 @@ def test_shipped_int8_export_computes_the_fp32_model_on_this_cpu():
     z32, z8 = b32.run(x)["logits"], b8.run(x)["logits"]
     m32, m8 = z32[:, 1] - z32[:, 0], z8[:, 1] - z8[:, 0]
     slope = np.polyfit(m32, m8, 1)[0]
-    assert np.corrcoef(m32, m8)[0, 1] >= 0.98 and 0.8 <= slope <= 1.25, (np.corrcoef(m32, m8)[0, 1], slope)
+    assert np.corrcoef(m32, m8)[0, 1] >= 0.97 and 0.8 <= slope <= 1.25, (np.corrcoef(m32, m8)[0, 1], slope)

@@ -162,3 +162,24 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path: Path, tiny_da
 def test_evaluate_rejects_classes_the_model_does_not_know(tmp_path: Path, tiny_model: Path, tiny_data: Path):
     r = run_cli("evaluate", "--model", str(tiny_model), "--data", str(tiny_data), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "not among the model's" in r.stderr
+
+
+@pytest.mark.parametrize("select,kept", [("best", 1), ("last", 2)])
+def test_epoch_selection_rule(select: str, kept: int):
+    from mediflow.training.config import TrainConfig
+    from mediflow.training.train import Trainer
+
+    trainer = Trainer(TrainConfig(select=select, device="cpu", progress=False))
+    y = np.array([0, 0, 1, 1])
+    separating = np.array([[2.0, -2.0], [1.0, -1.0], [-1.0, 1.0], [-2.0, 2.0]])
+    best, history = None, []
+    for epoch, logits in ((1, separating), (2, separating[[2, 1, 0, 3]])):  # epoch 2 ranks worse
+        best = trainer._select(best, epoch, torch.nn.Linear(2, 2), logits, y, history, 0.1, ["NORMAL", "PNEUMONIA"])
+    assert best["epoch"] == kept and [h["epoch"] for h in history] == [1, 2]
+
+
+def test_fine_tuning_recipes_keep_the_last_epoch_and_frozen_the_best():
+    from mediflow.training.config import RECIPES
+
+    assert RECIPES["partial"]["select"] == RECIPES["finetune"]["select"] == "last"
+    assert RECIPES["frozen"].get("select", "best") == "best"

@@ -60,7 +60,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--augment", choices=["design", "xray"])
+    p.add_argument("--augment", choices=["design", "xray", "xray_robust"],
+                   help="xray_robust = xray + random blur and JPEG re-encoding")
     p.add_argument("--class-weights", type=_floats, help="e.g. 3,1 (in sorted class order); default: inverse frequency")
     p.add_argument("--feature-views", type=int, help="frozen recipe: augmented views cached per image (default 2)")
     p.add_argument("--val-fraction", type=float, help="grouped validation share of train (default 0.2)")
@@ -68,6 +69,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="more class folders added to training only (e.g. a `mediflow feedback export`)")
     p.add_argument("--min-sensitivity", type=float, help="threshold rule: PNEUMONIA sensitivity floor (default 0.97)")
+    p.add_argument("--select", choices=["best", "last"],
+                   help="epoch kept: best validation AUC (frozen's default) or last (partial/finetune: the "
+                        "cosine schedule ends converged, and AUCs of late epochs differ by noise)")
     p.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling")
     p.add_argument("--image-size", type=int)
     p.add_argument("--source-jpeg-quality", type=_source_quality, metavar="auto|none|Q",
@@ -87,7 +91,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 FIELDS = [
     "arch", "weights", "recipe", "unfreeze", "epochs", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "warmup_epochs", "label_smoothing", "augment", "class_weights", "feature_views", "val_fraction", "val_dir",
-    "min_sensitivity", "image_size", "source_jpeg_quality", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
+    "min_sensitivity", "select", "image_size", "source_jpeg_quality", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
 ]
 
 

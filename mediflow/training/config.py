@@ -21,13 +21,17 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None  # None -> inverse class frequency
-    augment: str = "design"  # design | xray
+    augment: str = "design"  # design | xray | xray_robust
     feature_views: int = 2
     unfreeze: int | None = None  # finetune: last N backbone stages; None -> all
     val_fraction: float = 0.2
     val_dir: str | None = None
     extra_data: list[str] = field(default_factory=list)
     min_sensitivity: float = 0.97
+    # Which epoch to keep: "best" validation AUC (ties: balanced accuracy), or the "last", for
+    # recipes whose schedule decays to zero, where picking among epochs whose AUCs differ by less
+    # than the AUC's own standard error (~0.001 here) chooses by noise.
+    select: str = "best"
     calibrate: bool = True
     image_size: int = 224
     # "auto": detect whether the training images are image_size JPEG copies at one quality (see
@@ -54,11 +58,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # fine-tuning's gain at a fraction of its CPU cost.
     "partial": dict(
         epochs=12, lr=1e-3, backbone_lr_scale=0.3, batch_size=32, augment="xray", weight_decay=1e-4,
-        warmup_epochs=0.5, label_smoothing=0.1, bf16=True, unfreeze=3, feature_views=4,
+        warmup_epochs=0.5, label_smoothing=0.1, bf16=True, unfreeze=3, feature_views=4, select="last",
     ),
     "finetune": dict(
         epochs=8, lr=1e-3, backbone_lr_scale=0.2, batch_size=32, augment="xray", weight_decay=1e-4,
-        warmup_epochs=0.5, label_smoothing=0.1, bf16=True,
+        warmup_epochs=0.5, label_smoothing=0.1, bf16=True, select="last",
     ),
 }
 

@@ -156,7 +156,7 @@ class Trainer:
             cfg.bf16 = False  # recorded in the checkpoint's train_config as what actually ran
         spec = get_spec(cfg.arch)
         self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std)
-        self.aug = AugmentConfig.xray() if cfg.augment == "xray" else AugmentConfig.design()
+        self.aug = AugmentConfig.named(cfg.augment)
 
     # -- data ---------------------------------------------------------------------------------
     def _val_logits(self, model: MediFlowNet, val_ds: ImageFolderDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +254,7 @@ class Trainer:
         if self.main:
             log.info("epoch %d/%d  loss %.4f  val AUC %.4f  balanced acc %.4f", epoch, self.cfg.epochs, loss,
                      m["auc"], m["balanced_accuracy"])
-        if best is None or score > best["score"]:
+        if best is None or self.cfg.select == "last" or score > best["score"]:
             best = {"score": score, "epoch": epoch, "val_logits": logits, "val_labels": y,
                     "state_dict": copy.deepcopy(model.state_dict())}
         return best
