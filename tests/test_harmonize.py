@@ -141,3 +141,14 @@ def test_robust_augmentation_re_encodes_and_blurs():
     assert robust.jpeg > 0 and robust.blur > 0 and AugmentConfig.named("xray").jpeg == 0
     names = [type(t).__name__ for t in train_transform(PreprocessConfig(image_size=64), robust).transforms]
     assert "RandomJPEG" in names and "RandomApply" in names
+
+
+@pytest.mark.parametrize("quality", [None, 75])
+def test_grayscale_uploads_resized_before_rgb_give_the_same_pixels(quality):
+    from mediflow.data.images import decode_image
+
+    data = jpeg_bytes(xray_like(1, 12, 500))  # an 8-bit grayscale JPEG, like the films
+    gray, rgb = decode_image(data, keep_gray=True), decode_image(data)
+    assert gray.mode == "L" and rgb.mode == "RGB"
+    cfg = PreprocessConfig(image_size=64, source_jpeg_quality=quality)
+    assert np.array_equal(eval_array(gray, cfg), eval_array(rgb, cfg))

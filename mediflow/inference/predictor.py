@@ -217,7 +217,7 @@ class Predictor:
         analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM)."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
-        img = decode_image(data, name=name, draft_size=self.draft_size, **kwargs)
+        img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
         result = self.predict_image(img, heatmap=heatmap, t0=t0)
         result["notes"] = image_notes(img)
         if preview:

@@ -75,7 +75,7 @@ def render_index(settings: Settings) -> str:
 def load_predictor(settings: Settings) -> Predictor:
     from mediflow.inference.backends import serving_threads
 
-    # Tuned for one image at a time (see serving_threads): fewer threads, no spinning.
+    # Tuned for one image at a time (see serving_threads): no spinning between requests.
     return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
                           threads=settings.threads or serving_threads(), spin=False,
                           review_below=settings.review_below)
