@@ -161,8 +161,8 @@ class AccessMiddleware(BaseHTTPMiddleware):
 
     async def _audit(self, request: Request, actor: str, status_code: int) -> None:
         store = request.app.state.store
-        if store is None:
-            return
+        if store is None or (status_code == 200 and getattr(request.state, "audited", False)):
+            return  # no store, or the handler already wrote this call's row with its own data
         route = request.scope.get("route")
         template = getattr(route, "path", None) or request.url.path
         study_id = getattr(request.state, "study_id", None) or _path_uuid(request.scope.get("path_params", {}))

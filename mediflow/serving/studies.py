@@ -22,7 +22,7 @@ from mediflow import DISCLAIMER
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.data.preview import preview_png
 from mediflow.errors import ImageDecodeError
-from mediflow.serving.auth import AccessMiddleware, load_api_keys
+from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys
 from mediflow.serving.settings import Settings
 from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyHeatmap, StudyList, StudySummary
 from mediflow.store import repository
@@ -97,6 +97,8 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
     predictor = request.app.state.predictor
     positive = predictor.class_names[predictor.pos] if predictor.pos is not None else None
 
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+
     def save() -> uuid.UUID:
         source = source_info(data)
         with store.session() as s:
@@ -104,10 +106,16 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
                 s, source, result, positive_class=positive,
                 image=data if store.store_images else None,
                 media_type=MEDIA_TYPES.get(source.source_format, "application/octet-stream"))
+            # The audit row in the same transaction: a study is never stored without its audit
+            # entry, and one commit instead of two (the access middleware skips this request).
+            actor = getattr(request.state, "actor", ANONYMOUS)
+            repository.add_audit(s, actor=actor, method=request.method, route=route, status_code=200,
+                                 study_id=study.id)
             return study.id
 
     study_id = await run_in_threadpool(save)
     request.state.study_id = study_id
+    request.state.audited = True
     return {**result, "study_id": str(study_id)}
 
 
