@@ -117,13 +117,17 @@ def _ijg_luma_table(quality: int) -> tuple[int, ...]:
 _QUALITY_OF_TABLE = {_ijg_luma_table(q): q for q in range(1, 101)}
 
 
+def _quality_of(im: Image.Image) -> int | None:
+    tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
+    return _QUALITY_OF_TABLE.get(tuple(tables[0])) if tables else None
+
+
 def jpeg_quality(path: str | Path) -> int | None:
     """The IJG quality a JPEG file was saved at (from its luminance table, header only), or None when
     it is not a JPEG or its table is not a scaled standard one."""
     try:
         with Image.open(path) as im:
-            tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
-            return _QUALITY_OF_TABLE.get(tuple(tables[0])) if tables else None
+            return _quality_of(im)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -139,13 +143,21 @@ def detect_source_jpeg_quality(paths: Sequence[str | Path], image_size: int, *, 
     found: Counter[int | None] = Counter()
     for p in picked:
         try:
-            with Image.open(p) as im:
-                right_size = im.size == (image_size, image_size)
-        except (OSError, ValueError):
-            right_size = False
-        found[jpeg_quality(p) if right_size else None] += 1
+            with Image.open(p) as im:  # header only: size and quantization tables
+                found[_quality_of(im) if im.size == (image_size, image_size) else None] += 1
+        except (OSError, ValueError, KeyError):
+            found[None] += 1
     quality, count = found.most_common(1)[0]
     return quality if quality is not None and count >= share * len(picked) else None
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
+    """`image` encoded as a JPEG (PIL, 4:2:0 chroma) at `quality` and decoded again, in its own mode."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return im.convert(image.mode)
 
 
 # The resize filters by name. torchvision's Resize calls PIL's own `Image.resize` for PIL images, so
@@ -175,11 +187,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
             raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
         image = image.resize(size, resample).convert("RGB")
         if cfg.source_jpeg_quality is not None:
-            buf = io.BytesIO()
-            image.save(buf, format="JPEG", quality=cfg.source_jpeg_quality, subsampling="4:2:0")
-            buf.seek(0)
-            with Image.open(buf) as im:
-                image = im.convert("RGB")
+            image = jpeg_roundtrip(image, cfg.source_jpeg_quality)
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -204,12 +212,7 @@ class RandomJPEG:
 
         if torch.rand(()) >= self.p:
             return image
-        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=q)
-        buf.seek(0)
-        with Image.open(buf) as im:
-            return im.convert(image.mode)
+        return jpeg_roundtrip(image, int(torch.randint(self.quality[0], self.quality[1] + 1, ())))
 
 
 def eval_transform(cfg: PreprocessConfig) -> "T.Compose":

@@ -163,8 +163,7 @@ class AccessMiddleware(BaseHTTPMiddleware):
         store = request.app.state.store
         if store is None or (status_code == 200 and getattr(request.state, "audited", False)):
             return  # no store, or the handler already wrote this call's row with its own data
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or request.url.path
+        template = route_template(request)
         study_id = getattr(request.state, "study_id", None) or _path_uuid(request.scope.get("path_params", {}))
         from mediflow.store import repository
 
@@ -177,6 +176,12 @@ class AccessMiddleware(BaseHTTPMiddleware):
             await run_in_threadpool(write)
         except Exception as exc:  # the response stands; the operator must see the gap
             log.error("audit write failed (%s) for %s %s", type(exc).__name__, request.method, template)
+
+
+def route_template(request: Request) -> str:
+    """The matched route's template (e.g. /api/studies/{study_id}): what the audit log records,
+    never the concrete path or a query string."""
+    return getattr(request.scope.get("route"), "path", None) or request.url.path
 
 
 def _path_uuid(params: dict) -> uuid.UUID | None:

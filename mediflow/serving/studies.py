@@ -22,7 +22,7 @@ from mediflow import DISCLAIMER
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.data.preview import preview_png
 from mediflow.errors import ImageDecodeError
-from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys
+from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys, route_template
 from mediflow.serving.settings import Settings
 from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyHeatmap, StudyList, StudySummary
 from mediflow.store import repository
@@ -97,7 +97,7 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
     predictor = request.app.state.predictor
     positive = predictor.class_names[predictor.pos] if predictor.pos is not None else None
 
-    route = getattr(request.scope.get("route"), "path", request.url.path)
+    route = route_template(request)
 
     def save() -> uuid.UUID:
         source = source_info(data)
