@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +40,14 @@ class PreprocessConfig:
     # through the same JPEG encoding, so a full-resolution upload reaches the model looking like
     # what it learnt from: the model picks up the copies' JPEG texture. None: no such step.
     source_jpeg_quality: int | None = None
+    # Framing normalisation: "squash" resizes the whole input (the design); "trim" first removes
+    # uniform borders (a dark viewer frame, padding to a square, collimator bands), so where the
+    # film sits in its canvas cannot inform the model.
+    framing: str = "squash"
+    # Intensity normalisation: "none", or "equalize" (histogram equalisation of the grey levels),
+    # which makes any monotone change of the grey scale (gamma, contrast, window/level) nearly
+    # vanish before the model (Pizer et al. 1987 discuss it for radiographs).
+    intensity: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,6 +62,9 @@ class PreprocessConfig:
             std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
             interpolation=str(d.get("interpolation", "bilinear")),
             source_jpeg_quality=None if d.get("source_jpeg_quality") is None else int(d["source_jpeg_quality"]),
+            # Older checkpoints have neither key: they were trained on squashed, unequalised images.
+            framing=str(d.get("framing", "squash")),
+            intensity=str(d.get("intensity", "none")),
         )
 
 
@@ -73,6 +84,12 @@ class AugmentConfig:
     blur: float = 0.0
     jpeg: float = 0.0
     jpeg_quality: tuple[int, int] = (60, 95)
+    # Framing and exposure made uninformative: the field of view scaled by a factor drawn from
+    # `zoom` (< 1 crops in, > 1 zooms out onto a flat dark canvas) with its aspect ratio drawn
+    # log-uniformly from `aspect`, and a grey-level gamma drawn log-uniformly from `gamma`.
+    zoom: tuple[float, float] = (1.0, 1.0)
+    aspect: tuple[float, float] = (1.0, 1.0)
+    gamma: tuple[float, float] = (1.0, 1.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -89,13 +106,23 @@ class AugmentConfig:
         return replace(cls.xray(), blur=0.3, jpeg=0.5)
 
     @classmethod
+    def acquisition(cls) -> "AugmentConfig":
+        """Everything a film from another hospital may differ in besides the lungs: framing
+        (crop in or out by up to 25%, aspect 0.8-1.25), rotation, exposure and contrast (gamma
+        0.6-1.6), sharpness and JPEG encoding (quality 30-95)."""
+        return cls(hflip=0.5, rotation=10.0, brightness=0.15, contrast=0.25, blur=0.3, jpeg=0.5,
+                   jpeg_quality=(30, 95), zoom=(0.75, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
+
+    @classmethod
     def named(cls, name: str) -> "AugmentConfig":
-        presets = {"design": cls.design, "xray": cls.xray, "xray_robust": cls.xray_robust}
+        presets = {"design": cls.design, "xray": cls.xray, "xray_robust": cls.xray_robust,
+                   "acquisition": cls.acquisition}
         return presets[name]()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["scale"], d["jpeg_quality"] = list(self.scale), list(self.jpeg_quality)
+        for key in ("scale", "jpeg_quality", "zoom", "aspect", "gamma"):
+            d[key] = list(getattr(self, key))
         return d
 
 
@@ -172,22 +199,75 @@ _PIL_RESAMPLE = {
 }
 
 
+# A row or column of the canvas whose grey levels vary less than this (standard deviation, 8-bit
+# levels) carries no anatomy: a flat frame, padding or a closed collimator. JPEG noise on a flat
+# border stays well under it; any row crossing the chest is far above it.
+BORDER_STD = 6.0
+# Never trim a side to less than this share of the canvas: a (nearly) flat image stays whole.
+MIN_KEEP = 0.2
+_TRIM_PROBE = 256  # the border search runs on a copy at most this many pixels a side
+
+
+def content_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The bounding box (left, upper, right, lower), in `image` pixels, of what remains after removing
+    uniform borders: outermost rows and columns whose grey-level standard deviation is below
+    BORDER_STD. The whole image when trimming would keep less than MIN_KEEP of a side."""
+    w, h = image.size
+    probe = image.convert("L")
+    scale = max(w, h) / _TRIM_PROBE
+    if scale > 1:
+        probe = probe.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.Resampling.BOX)
+    a = np.asarray(probe, dtype=np.float32)
+    box = [0, 0, w, h]
+    for axis, (lo, hi), size in ((0, (0, 2), w), (1, (1, 3), h)):  # axis 0: per column; 1: per row
+        keep = np.flatnonzero(a.std(axis=axis) >= BORDER_STD)
+        if keep.size == 0:
+            continue
+        n = a.shape[1 - axis]
+        first, last = int(keep[0]), int(keep[-1]) + 1
+        if (last - first) < MIN_KEEP * n:
+            continue
+        # Back to full-resolution pixels, rounding outwards so no anatomy is lost.
+        box[lo] = int(np.floor(first * size / n))
+        box[hi] = int(np.ceil(last * size / n))
+    return box[0], box[1], box[2], box[3]
+
+
 def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """The first step of every transform: an RGB image at image_size x image_size. Inputs already at
-    that size pass untouched; others are resized (squashed, as the training data was) and, when the
-    training copies were JPEGs (`source_jpeg_quality`), re-encoded the same way (PIL, 4:2:0).
-    Grayscale ("L") inputs are resized before becoming RGB: the same pixels for a third of the work."""
-    if image.mode not in ("RGB", "L"):
+    """The first step of every transform: an RGB image at image_size x image_size.
+
+    With `framing="trim"` uniform borders are cut off first (`content_box`); with
+    `intensity="equalize"` the grey levels are histogram-equalised after resizing (on the model-sized
+    image, so the result does not depend on the upload's resolution). With the defaults (the
+    design's squash, no equalisation) inputs already at the model's size pass untouched; others are
+    resized (squashed, as the training data was) and, when the training copies were JPEGs
+    (`source_jpeg_quality`), re-encoded the same way (PIL, 4:2:0). Grayscale ("L") inputs are
+    resized before becoming RGB: the same pixels for a third of the work.
+
+    Raises ValueError for an unknown interpolation, framing or intensity name."""
+    if cfg.framing not in ("squash", "trim"):
+        raise ValueError(f"unsupported framing {cfg.framing!r}")
+    if cfg.intensity not in ("none", "equalize"):
+        raise ValueError(f"unsupported intensity normalisation {cfg.intensity!r}")
+    if cfg.intensity != "none" and image.mode != "L":
+        image = image.convert("L")  # equalisation works on grey levels; a chest film has no colour
+    elif image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
+    if cfg.framing == "trim":
+        box = content_box(image)
+        if box != (0, 0, *image.size):
+            image = image.crop(box)
     size = (cfg.image_size, cfg.image_size)
     if image.size != size:
         try:
             resample = _PIL_RESAMPLE[cfg.interpolation]
         except KeyError:
             raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
-        image = image.resize(size, resample).convert("RGB")
+        image = image.resize(size, resample)
         if cfg.source_jpeg_quality is not None:
-            image = jpeg_roundtrip(image, cfg.source_jpeg_quality)
+            image = jpeg_roundtrip(image.convert("RGB"), cfg.source_jpeg_quality)
+    if cfg.intensity == "equalize":
+        image = ImageOps.equalize(image.convert("L"))
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -215,6 +295,49 @@ class RandomJPEG:
         return jpeg_roundtrip(image, int(torch.randint(self.quality[0], self.quality[1] + 1, ())))
 
 
+def _log_uniform(low: float, high: float) -> float:
+    import torch
+
+    return float(np.exp(np.log(low) + float(torch.rand(())) * (np.log(high) - np.log(low))))
+
+
+class RandomFraming:
+    """Show a random field of view of the film: `zoom` scales its width and height (< 1 crops in,
+    > 1 leaves a flat dark margin), `aspect` stretches it, at a random position. Output size = the
+    field's size: `Harmonize` resizes it afterwards, as it would an upload."""
+
+    def __init__(self, zoom: tuple[float, float], aspect: tuple[float, float]):
+        self.zoom, self.aspect = zoom, aspect
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        w, h = image.size
+        s = float(self.zoom[0] + torch.rand(()) * (self.zoom[1] - self.zoom[0]))
+        r = _log_uniform(*self.aspect) if self.aspect != (1.0, 1.0) else 1.0
+        cw, ch = max(8, round(w * s * r ** 0.5)), max(8, round(h * s / r ** 0.5))
+        left = int(torch.randint(min(0, w - cw), max(0, w - cw) + 1, ()))
+        top = int(torch.randint(min(0, h - ch), max(0, h - ch) + 1, ()))
+        if 0 <= left and 0 <= top and left + cw <= w and top + ch <= h:
+            return image.crop((left, top, left + cw, top + ch))
+        fill = int(torch.randint(0, 41, ()))  # a dark canvas, not always pure black
+        canvas = Image.new(image.mode, (cw, ch), fill if image.mode == "L" else (fill,) * 3)
+        canvas.paste(image, (-left, -top))
+        return canvas
+
+
+class RandomGamma:
+    """Grey levels x -> 255 (x / 255) ** g with g drawn log-uniformly from `gamma`."""
+
+    def __init__(self, gamma: tuple[float, float]):
+        self.gamma = gamma
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        g = _log_uniform(*self.gamma)
+        lut = [round(255 * (v / 255) ** g) for v in range(256)]
+        return image.point(lut * len(image.getbands()))
+
+
 def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
     """PIL RGB image -> normalized float tensor (3, S, S). Used for validation and training-time eval."""
     from torchvision import transforms as T
@@ -229,24 +352,29 @@ def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
 
 
 def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
+    """PIL image (any size) -> augmented, normalized float tensor (3, S, S). Every augmentation acts
+    on the decoded input, before `Harmonize`, as a different acquisition or encoding of the same
+    film would; preprocessing then treats it exactly as it treats an upload."""
     from torchvision import transforms as T
 
-    steps: list[Any] = [
-        Harmonize(cfg),
-    ]
+    steps: list[Any] = []
+    if aug.zoom != (1.0, 1.0) or aug.aspect != (1.0, 1.0):
+        steps.append(RandomFraming(aug.zoom, aug.aspect))
     if aug.hflip > 0:
         steps.append(T.RandomHorizontalFlip(aug.hflip))
     if aug.translate > 0 or aug.scale != (1.0, 1.0):
         steps.append(T.RandomAffine(degrees=aug.rotation, translate=(aug.translate, aug.translate), scale=aug.scale))
     elif aug.rotation > 0:
         steps.append(T.RandomRotation(aug.rotation))
+    if aug.gamma != (1.0, 1.0):
+        steps.append(RandomGamma(aug.gamma))
     if aug.brightness > 0 or aug.contrast > 0:
         steps.append(T.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
     if aug.blur > 0:
         steps.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.2, 0.8))], p=aug.blur))
     if aug.jpeg > 0:
         steps.append(RandomJPEG(aug.jpeg, aug.jpeg_quality))
-    steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
+    steps += [Harmonize(cfg), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
     return T.Compose(steps)
 
 

@@ -1,0 +1,135 @@
+"""The same film presented differently: the variants of the invariance check.
+
+Each variant takes a decoded film (a PIL image, as `decode_image` returns it) and returns the film
+as another site, viewer or encoder would hand it over: inside a dark screen frame, padded, cropped,
+with another exposure or contrast, as a 12-bit DICOM windowed min-max, re-encoded as JPEG at
+quality 50, at a hospital's resolution, rotated or flipped. A model that reads the lungs keeps its
+call on every one of them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from mediflow.data.images import decode_image
+
+Variant = Callable[[Image.Image], Image.Image]
+
+
+def dark_frame(img: Image.Image) -> Image.Image:
+    """The film at 1,000 px high in the middle of a dark 1920x1080 canvas: a viewer's screenshot."""
+    h = 1000
+    w = round(img.width * h / img.height)
+    canvas = Image.new(img.mode, (1920, 1080), (12,) * len(img.getbands()))
+    canvas.paste(img.resize((w, h), Image.Resampling.BILINEAR), ((1920 - w) // 2, 40))
+    return canvas
+
+
+def pad_square(img: Image.Image) -> Image.Image:
+    """The film shown at its usual 4:3 landscape shape, padded with black to a square."""
+    w, h = round(img.height * 4 / 3), img.height
+    film = img.resize((w, h), Image.Resampling.BILINEAR)
+    canvas = Image.new(img.mode, (w, w), (0,) * len(img.getbands()))
+    canvas.paste(film, (0, (w - h) // 2))
+    return canvas
+
+
+def crop(fraction: float) -> Variant:
+    """Cut `fraction` of the width and height off each border (a tighter collimation or crop)."""
+
+    def apply(img: Image.Image) -> Image.Image:
+        dx, dy = round(img.width * fraction), round(img.height * fraction)
+        return img.crop((dx, dy, img.width - dx, img.height - dy))
+
+    return apply
+
+
+def gamma(g: float) -> Variant:
+    """Grey levels x -> 255 (x / 255) ** g: another exposure or detector response."""
+
+    def apply(img: Image.Image) -> Image.Image:
+        lut = [round(255 * (v / 255) ** g) for v in range(256)]
+        return img.point(lut * len(img.getbands()))
+
+    return apply
+
+
+def contrast(factor: float) -> Variant:
+    """PIL's contrast enhancement (blend with the mean grey) by `factor`."""
+    return lambda img: ImageEnhance.Contrast(img).enhance(factor)
+
+
+def dicom_12bit(img: Image.Image) -> Image.Image:
+    """The film stored as a 12-bit MONOCHROME2 DICOM without a window (value = 16 x grey + 8) and
+    decoded by MediFlow's own DICOM path, which then windows it min-max."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(img.convert("L"), dtype=np.uint16) * 16 + 8
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("variant.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = arr.astype("<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return decode_image(buf.getvalue(), name="variant.dcm")
+
+
+def jpeg(quality: int) -> Variant:
+    """Re-encoded as a JPEG at `quality` (PIL, 4:2:0)."""
+
+    def apply(img: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        return decode_image(buf.getvalue())
+
+    return apply
+
+
+def upscale(long_side: int) -> Variant:
+    """The film at a hospital's resolution (long side `long_side` px, bicubic), encoded as JPEG q95
+    the way a PACS export would be."""
+
+    def apply(img: Image.Image) -> Image.Image:
+        s = long_side / max(img.size)
+        return jpeg(95)(img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.BICUBIC))
+
+    return apply
+
+
+def rotate(degrees: float) -> Variant:
+    """Rotated by `degrees` (counter-clockwise) about the centre, corners filled black."""
+    return lambda img: img.rotate(degrees, resample=Image.Resampling.BILINEAR)
+
+
+def hflip(img: Image.Image) -> Image.Image:
+    """Mirrored left-right (a film hung the wrong way round)."""
+    return ImageOps.mirror(img)
+
+
+VARIANTS: dict[str, Variant] = {
+    "dark frame 1920x1080": dark_frame,
+    "padded to square": pad_square,
+    "crop 6%": crop(0.06),
+    "crop 12%": crop(0.12),
+    "gamma 0.7": gamma(0.7),
+    "gamma 1.4": gamma(1.4),
+    "contrast 80%": contrast(0.8),
+    "12-bit DICOM, min-max": dicom_12bit,
+    "JPEG q50": jpeg(50),
+    "upscaled to 2048 px": upscale(2048),
+    "rotated +7 deg": rotate(7),
+    "rotated -7 deg": rotate(-7),
+    "horizontal flip": hflip,
+}
