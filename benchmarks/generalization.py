@@ -329,6 +329,17 @@ def run(model: str | None, backend: str, data: Path, *, films: int | None = None
     }
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None (null): strict JSON for the web app that reads it."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False))
     return 0
 
 
