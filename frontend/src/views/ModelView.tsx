@@ -156,7 +156,7 @@ function EvaluationReport({ ev, card }: { ev: Evaluation; card: ModelCard | null
 // -- figures: plain SVG (no chart library: three small plots do not justify one) -----------------
 const W = 280;
 const H = 280;
-const PAD = 40;
+const PAD = 48;
 const x = (v: number) => PAD + v * (W - PAD - 10);
 const y = (v: number) => H - PAD - v * (H - PAD - 10);
 
@@ -175,7 +175,7 @@ function Axes({ xLabel, yLabel }: { xLabel: string; yLabel: string }) {
         </g>
       ))}
       <text x={x(0.5)} y={H - 6} textAnchor="middle">{xLabel}</text>
-      <text transform={`translate(12 ${y(0.5)}) rotate(-90)`} textAnchor="middle">{yLabel}</text>
+      <text transform={`translate(11 ${y(0.5)}) rotate(-90)`} textAnchor="middle">{yLabel}</text>
       <line className="diagonal" x1={x(0)} y1={y(0)} x2={x(1)} y2={y(1)} />
     </g>
   );
