@@ -79,6 +79,16 @@ function KeyPanel({ problem, hasKey, onKey }: { problem: string | null; hasKey: 
   const [value, setValue] = useState("");
   const inputRef = useRef<HTMLInputElement>(null);
   useEffect(() => { if (problem !== null) inputRef.current?.focus(); }, [problem]);
+  if (problem === null && hasKey) {
+    return (
+      <section className="panel key-panel" aria-label="API key">
+        <p className="key-status">
+          <span>An API key is in use for this browser tab.</span>
+          <button type="button" className="button" onClick={() => onKey(null)}>Forget key</button>
+        </p>
+      </section>
+    );
+  }
   return (
     <section className="panel key-panel" aria-labelledby="key-heading">
       <h2 id="key-heading" className="panel-title">API key</h2>

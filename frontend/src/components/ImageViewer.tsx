@@ -178,7 +178,10 @@ export function ImageViewer({ src, alt, heatmap, onRequestHeatmap, heatmapStatus
   function canvasScale(): number {
     const canvas = canvasRef.current;
     if (!canvas || !base) return 1;
-    return base.w / Math.max(1, canvas.getBoundingClientRect().width);
+    // The canvas is scaled to fit its box (object-fit: contain): one screen pixel is 1/fit image pixels.
+    const rect = canvas.getBoundingClientRect();
+    const fit = Math.min(rect.width / base.w, rect.height / base.h);
+    return fit > 0 ? 1 / fit : 1;
   }
 
   function onPointerDown(e: PointerEvent<HTMLCanvasElement>) {
