@@ -105,16 +105,18 @@ export interface Evaluation {
   model: { path: string; sha256: string; architecture: string; backend: string };
   machine: string;
   seconds: number;
-  validation: { n: number; auc: number };
+  // Null where a figure is undefined (e.g. AUC on a split with one class): the benchmark writes strict JSON.
+  validation: { n: number; auc: number | null };
   test_dev: {
     n: number;
-    auc: number;
-    auc_ci95: [number, number];
+    auc: number | null;
+    auc_ci95: [number | null, number | null];
+    class_names?: string[];
     accuracy: number;
     balanced_accuracy: number;
     sensitivity: number;
     specificity: number;
-    threshold: number;
+    threshold: number | null;
     confusion_matrix: number[][];
     roc: { fpr: number[]; tpr: number[] };
     calibration: { bins: { p_mean: number; frac_positive: number; n: number }[] };

@@ -76,7 +76,7 @@ function Card({ card }: { card: ModelCard }) {
 
 function EvaluationReport({ ev, card }: { ev: Evaluation; card: ModelCard | null }) {
   const t = ev.test_dev;
-  const classes = card?.classes ?? ["NORMAL", "PNEUMONIA"];
+  const classes = t.class_names ?? card?.classes ?? ["NORMAL", "PNEUMONIA"];
   const sameModel = !card || !ev.model.sha256 || card.sha256 === ev.model.sha256;
   return (
     <div data-testid="evaluation">
@@ -91,11 +91,15 @@ function EvaluationReport({ ev, card }: { ev: Evaluation; card: ModelCard | null
         <li>On {t.n} held-out images it had never seen (test_dev), it found {Math.round(t.sensitivity * 100)} of
           every 100 films with pneumonia (sensitivity) and cleared {Math.round(t.specificity * 100)} of every 100
           normal films (specificity).</li>
-        <li>Given one pneumonia film and one normal film, it scores the pneumonia film higher
-          {" "}{Math.round(t.auc * 100)} times in 100 (AUC {fmt(t.auc)}, 95% interval {fmt(t.auc_ci95[0])}–{fmt(t.auc_ci95[1])}).</li>
-        <li>On the validation images used while building it the AUC was {fmt(ev.validation.auc)}
-          {ev.validation.auc - t.auc > 0.02 ? "; it does worse on new images than on those, so expect the lower figure."
-            : "; it does about as well on new images."}</li>
+        {t.auc !== null && (
+          <li>Given one pneumonia film and one normal film, it scores the pneumonia film higher
+            {" "}{Math.round(t.auc * 100)} times in 100 (AUC {fmt(t.auc)}, 95% interval {fmt(t.auc_ci95[0])}–{fmt(t.auc_ci95[1])}).</li>
+        )}
+        {t.auc !== null && ev.validation.auc !== null && (
+          <li>On the validation images used while building it the AUC was {fmt(ev.validation.auc)}
+            {ev.validation.auc - t.auc > 0.02 ? "; it does worse on new images than on those, so expect the lower figure."
+              : "; it does about as well on new images."}</li>
+        )}
         {ev.invariance_overall && (
           <li>When the same film is changed the way another hospital's equipment would change it, the call flips
             for {percent(ev.invariance_overall.flip_rate)} of films; most often under "{ev.invariance_overall.worst_variant}"
@@ -119,7 +123,7 @@ function EvaluationReport({ ev, card }: { ev: Evaluation; card: ModelCard | null
       )}
       <div className="figures">
         <figure className="figure">
-          <RocChart fpr={t.roc.fpr} tpr={t.roc.tpr} auc={t.auc} />
+          <RocChart fpr={t.roc.fpr} tpr={t.roc.tpr} auc={t.auc ?? 0.5} />
           <figcaption>ROC on test_dev: each point is one threshold; the closer to the top left, the better.</figcaption>
         </figure>
         <figure className="figure">
