@@ -32,7 +32,8 @@ def xray_file(tmp_path) -> Path:
 
 def choose(page, *paths: Path) -> dict:
     """Select files through the app's file input; returns the API's JSON answer for the first."""
-    with page.expect_response("**/api/vision/analyze*") as response:
+    # A generous timeout: the shared 2-core machine can take seconds per analysis under load.
+    with page.expect_response("**/api/vision/analyze*", timeout=120_000) as response:
         page.set_input_files(FILE_INPUT, [str(p) for p in paths])
     return response.value.json()
 
@@ -144,7 +145,7 @@ def test_file_chooser_is_reachable_and_operable_by_keyboard(browser, live_server
             page.keyboard.press("Enter")
         with page.expect_response("**/api/vision/analyze*"):
             chooser.value.set_files(str(xray_file))
-        page.locator(CARD).wait_for()
+        page.locator(CARD).wait_for(timeout=120_000)
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
 
 
@@ -161,7 +162,7 @@ def test_drag_and_drop_analyses_the_dropped_files(browser, live_server):
                 zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
                 zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
             }""", data)
-        page.locator(CARD).wait_for()
+        page.locator(CARD).wait_for(timeout=120_000)
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
         assert "dropped.jpeg" in page.get_by_role("list", name="Analysed files").inner_text()
 
@@ -239,7 +240,7 @@ def test_dicom_upload_shows_the_server_decoded_image(browser, live_server, tmp_p
             page.set_input_files(FILE_INPUT, str(film))
         api = response.value.json()
         assert response.value.status == 200 and api["preview"].startswith("data:image/png;base64,")
-        page.locator(CARD).wait_for()
+        page.locator(CARD).wait_for(timeout=120_000)
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
         page.get_by_label("Show heatmap").uncheck()
         # The canvas shows the server's rendering: a gradient, so not one flat grey.
@@ -259,7 +260,7 @@ def test_layout_fits_the_screen_and_passes_axe(browser, live_server, xray_file, 
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert axe_violations(page) == []
         choose(page, xray_file)
-        page.locator(CARD).wait_for()
+        page.locator(CARD).wait_for(timeout=120_000)
         page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')?.dataset.heatmap === 'shown'")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         for test_id in ("choose-button", "finding", "confidence-bar", "disclaimer", "viewer-canvas"):
@@ -278,7 +279,7 @@ def test_review_flag_follows_needs_review(browser, thread_server, tiny_model, xr
     with open_page(browser) as page:
         page.goto(url + "/")
         api = choose(page, xray_file)
-        page.locator(CARD).wait_for()
+        page.locator(CARD).wait_for(timeout=120_000)
         assert api["needs_review"] is (review_below == 1.0)
         warning = page.get_by_test_id("review-warning")
         assert (warning.count() == 1) is api["needs_review"]
