@@ -109,10 +109,10 @@ class AugmentConfig:
     @classmethod
     def acquisition(cls) -> "AugmentConfig":
         """Everything a film from another hospital may differ in besides the lungs: framing
-        (crop in or out by up to 25%, aspect 0.8-1.25), rotation, exposure and contrast (gamma
+        (a field of view 0.65-1.25 times the film's, aspect 0.8-1.25), rotation, exposure and contrast (gamma
         0.6-1.6), sharpness and JPEG encoding (quality 30-95)."""
         return cls(hflip=0.5, rotation=10.0, brightness=0.15, contrast=0.25, blur=0.3, jpeg=0.5,
-                   jpeg_quality=(30, 95), zoom=(0.75, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
+                   jpeg_quality=(30, 95), zoom=(0.65, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
 
     @classmethod
     def named(cls, name: str) -> "AugmentConfig":
