@@ -18,6 +18,17 @@ def rows(page) -> list[dict]:
         id: tr.dataset.id, cells: Array.from(tr.cells, td => td.textContent)}))""")
 
 
+def study(url: str, study_id: str) -> dict:
+    return httpx.get(f"{url}/api/studies/{study_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=60).json()
+
+
+def expected_status(record: dict) -> str:
+    """The worklist's Status cell for a reviewed study: whether the reader agreed with the model."""
+    if record["review_label"] == record["prediction"]:
+        return "Confirmed"
+    return f"Corrected \u2192 {record['review_label']}"
+
+
 def opacity(page) -> float:
     return float(page.locator("#heatmap-overlay").evaluate("e => getComputedStyle(e).opacity"))
 
@@ -108,17 +119,26 @@ def test_worklist_end_to_end_with_restart(browser, tiny_model, tmp_path):
                                arg=next_map)
         assert page.locator("#heatmap-overlay").count() == 1
         assert opacity(page) == pytest.approx(0.75, abs=0.01)
+        # The key names the label, not "agree with the model": N stored NORMAL, P stores PNEUMONIA.
+        first = study(server.url, shown[0]["id"])
+        assert (first["review_label"], first["reviewer"]) == ("NORMAL", "dr_page")
+        page.keyboard.press("p")
+        page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+        assert [r["id"] for r in rows(page)] == [shown[2]["id"]]
+        second = study(server.url, shown[1]["id"])
+        assert (second["review_label"], second["reviewer"]) == ("PNEUMONIA", "dr_page")
 
         assert server.stop()
         server.start()
         page.reload()  # the key stays in sessionStorage for this tab
-        page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
+        page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
         page.get_by_label("Show").select_option("all")
         page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 3")
         after = rows(page)
         assert [r["id"] for r in after] == [r["id"] for r in shown]
-        reviewed = after[0]["cells"]
-        assert reviewed[5] == "dr_page" and ("Corrected" in reviewed[4] or "Confirmed" in reviewed[4])
+        for row, record in ((after[0], first), (after[1], second)):
+            assert row["cells"][5] == "dr_page" and row["cells"][4] == expected_status(record)
+        assert after[2]["cells"][4] == "Unreviewed"
         assert errors == []
     finally:
         server.stop()
