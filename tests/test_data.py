@@ -170,6 +170,7 @@ def test_identical_files_under_different_patients_stay_in_one_split(tmp_path: Pa
         assert ("person0_bacteria_0.jpeg" in names_val) == ("person999_virus_1.jpeg" in names_val)
 
 
+@pytest.mark.realdata
 def test_real_data_split_has_no_patient_overlap(real_data: Path):
     samples = scan_class_folders(real_data / "train")
     assert samples.class_names == ["NORMAL", "PNEUMONIA"]

@@ -11,21 +11,19 @@ import tracemalloc
 import numpy as np
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-
-from conftest import REPO  # noqa: E402
-from dicom_factory import (  # noqa: E402
+from conftest import REPO
+from dicom_factory import (
     dicom_bytes, gradient, image_dataset, structured_report_bytes, to_bytes,
 )
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.pixels import get_decoder, get_encoder  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder, get_encoder
+from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, MPEG2MPML, RLELossless,
 )
 
-from mediflow.data.dicom import dicom_metadata, image_notes  # noqa: E402
-from mediflow.data.images import decode_image, sniff_format  # noqa: E402
-from mediflow.errors import ImageDecodeError, ImageTooLargeError  # noqa: E402
+from mediflow.data.dicom import dicom_metadata, image_notes
+from mediflow.data.images import decode_image, sniff_format
+from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 
 def gray(data: bytes, **kwargs) -> np.ndarray:
@@ -226,10 +224,12 @@ def test_deflated_dicom_decodes():
 # -- compressed transfer syntaxes -----------------------------------------------------------------
 
 def _require_codec(uid, *, encode: bool = True) -> None:
-    if not get_decoder(uid).is_available:
-        pytest.skip(f"no decoder installed for {uid.name}: {get_decoder(uid).missing_dependencies}")
-    if encode and not get_encoder(uid).is_available:
-        pytest.skip(f"no encoder installed for {uid.name}: {get_encoder(uid).missing_dependencies}")
+    """The pylibjpeg plugins are dependencies of MediFlow: a missing codec is a broken install, not a skip."""
+    decoder = get_decoder(uid)
+    assert decoder.is_available, f"no decoder installed for {uid.name}: {decoder.missing_dependencies}"
+    if encode:
+        encoder = get_encoder(uid)
+        assert encoder.is_available, f"no encoder installed for {uid.name}: {encoder.missing_dependencies}"
 
 
 @pytest.mark.parametrize("uid", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
