@@ -30,6 +30,17 @@ def api_order(url: str, sort: str, status: str = "unreviewed") -> list[str]:
     return [item["id"] for item in body["items"]]
 
 
+def study(url: str, study_id: str) -> dict:
+    return httpx.get(f"{url}/api/studies/{study_id}", headers=AUTH, timeout=30).json()
+
+
+def status_text(record: dict) -> str:
+    """The worklist's Status cell for a reviewed study: whether the reader agreed with the model."""
+    if record["review_label"] == record["prediction"]:
+        return "Confirmed"
+    return f"Corrected \u2192 {record['review_label']}"
+
+
 def test_worklist_end_to_end_with_keys_keyboard_review_and_restart(browser, tiny_model, tmp_path):
     films = []
     for i, label in enumerate((0, 1, 0)):
@@ -106,6 +117,9 @@ def test_worklist_end_to_end_with_keys_keyboard_review_and_restart(browser, tiny
                                    ".includes('Recorded')")
             wait_rows(page, 2)
             assert row_ids(page) == shown[1:]
+            # The key names the label, not "agree with the model": N stored NORMAL.
+            first = study(server.url, shown[0])
+            assert (first["review_label"], first["reviewer"]) == ("NORMAL", "dr_page")
             # The next study opens in its place, its map at the reader's opacity.
             page.wait_for_function("id => document.querySelector('[data-testid=study]')?.dataset.studyId === id",
                                    arg=shown[1])
@@ -119,16 +133,26 @@ def test_worklist_end_to_end_with_keys_keyboard_review_and_restart(browser, tiny
             page.wait_for_function("() => document.querySelector('[data-testid=message]').textContent"
                                    ".includes('Recorded confirmation')")
             wait_rows(page, 1)
+            assert study(server.url, shown[1])["review_state"] == "confirmed"
+            # P stores PNEUMONIA for the last study, which opened in its place.
+            page.wait_for_function("id => document.querySelector('[data-testid=study]')?.dataset.studyId === id",
+                                   arg=shown[2])
+            page.keyboard.press("p")
+            wait_rows(page, 0)
+            last = study(server.url, shown[2])
+            assert (last["review_label"], last["reviewer"]) == ("PNEUMONIA", "dr_page")
 
             assert server.stop()
             server.start()
             page.reload()  # the key stays in sessionStorage for this tab
-            wait_rows(page, 1)
+            page.wait_for_function("() => document.querySelector('[data-testid=count]')?.textContent"
+                                   ".includes('No studies')")  # the unreviewed list loaded: all three read
             page.get_by_label("Show").select_option("all")
             wait_rows(page, 3)
             assert row_ids(page) == shown
-            reviewed = page.locator(f"tr[data-id='{shown[0]}']").inner_text()
-            assert "dr_page" in reviewed and ("Corrected" in reviewed or "Confirmed" in reviewed)
+            for record in (first, last):
+                reviewed = page.locator(f"tr[data-id='{record['id']}']").inner_text()
+                assert "dr_page" in reviewed and status_text(record) in reviewed, reviewed
             page.locator(f"tr[data-id='{shown[0]}']").click()
             assert "by dr_page" in page.get_by_test_id("history").inner_text()
     finally:
