@@ -44,10 +44,10 @@ class PreprocessConfig:
     # uniform borders (a dark viewer frame, padding to a square, collimator bands), so where the
     # film sits in its canvas cannot inform the model.
     framing: str = "squash"
-    # Intensity normalisation: "none"; "equalize" (global histogram equalisation of the grey
-    # levels), which makes any monotone change of the grey scale (gamma, contrast, window/level)
-    # nearly vanish before the model; or "clahe" (contrast-limited adaptive equalisation, the
-    # usual chest-radiograph enhancement; Pizer et al. 1987).
+    # Intensity normalisation: "none", or "equalize" (global histogram equalisation of the grey
+    # levels; Gonzalez & Woods, Digital Image Processing, 3.3), which makes any monotone change of
+    # the grey scale (gamma, contrast, window/level) nearly vanish before the model. Adaptive
+    # equalisation (CLAHE) did no better on test_dev (docs/experiments.md) and is not invariant.
     intensity: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,15 +228,7 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int]:
     return box[0], box[1], box[2], box[3]
 
 
-INTENSITY_MODES = ("none", "equalize", "clahe")
-
-
-def _clahe(gray: np.ndarray) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (Pizer et al. 1987; Zuiderveld 1994) with
-    OpenCV: clip limit 2.0 on an 8x8 grid of tiles, (H, W) uint8 -> (H, W) uint8."""
-    import cv2
-
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+INTENSITY_MODES = ("none", "equalize")
 
 
 def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -274,8 +266,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
             image = jpeg_roundtrip(image.convert("RGB"), cfg.source_jpeg_quality)
     if cfg.intensity == "equalize":
         image = ImageOps.equalize(image.convert("L"))
-    elif cfg.intensity == "clahe":
-        image = Image.fromarray(_clahe(np.asarray(image.convert("L"))))
+
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
