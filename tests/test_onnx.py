@@ -340,8 +340,8 @@ def test_cam_agrees_with_gradcam_on_bundled_model(bundled_export):
 
 # -- int8 -------------------------------------------------------------------------------------------
 
-def test_int8_export_reports_auc_change_and_is_default_only_when_accepted(tiny_model: Path, tmp_path: Path,
-                                                                          capsys):
+def test_int8_export_reports_decision_agreement_and_is_default_only_when_accepted(tiny_model: Path,
+                                                                                  tmp_path: Path, capsys):
     from mediflow.inference.quantize import record_quantization
 
     pth = tmp_path / "model.pth"
@@ -349,16 +349,22 @@ def test_int8_export_reports_auc_change_and_is_default_only_when_accepted(tiny_m
     data = load_checkpoint(pth)["train_config"]["data"]
     onnx = _export(pth, "--int8", "--data", data)
     out = capsys.readouterr().out
-    assert "AUC change" in out and "validation" in out
+    assert "decisions agree on" in out and "validation" in out
     int8 = pth.with_suffix(".int8.onnx")
-    q = OnnxBackend(int8).metadata["onnx"]["quantization"]
-    assert q["auc_change"] == pytest.approx(q["int8"]["auc"] - q["fp32"]["auc"])
-    assert q["accepted"] == (q["auc_change"] > -0.002) and q["validation"]["same_files_as_training"]
+    meta = OnnxBackend(int8).metadata
+    q = meta["onnx"]["quantization"]
+    v = q["validation"]
+    assert q["auc_change"] == pytest.approx(v["int8"]["auc"] - v["fp32"]["auc"])  # tiny data has no test_dev
+    assert q["accepted"] == (q["decision_agreement"] >= 0.995 and abs(q["auc_change"]) <= 0.002)
+    assert v["same_files_as_training"] and 0 <= q["decision_agreement"] <= 1
+    # The int8 model keeps the fp32 model's calibration and operating point: same decision rule.
+    ckpt = load_checkpoint(pth)
+    assert (meta["threshold"], meta["temperature"]) == (ckpt["threshold"], ckpt["temperature"])
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(onnx)
     chosen = Predictor.load(pth)
     assert chosen.backend.path == (int8 if q["accepted"] else onnx)
     # A rejected int8 model is not served by default.
-    record_quantization(int8, {"auc_change": -0.01, "accepted": False}, {})
+    record_quantization(int8, {"auc_change": -0.01, "decision_agreement": 0.9, "accepted": False})
     assert Predictor.load(pth).backend.path == onnx
     # ... but can still be served on purpose.
     assert Predictor.load(int8).backend.path == int8
