@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mediflow import logs as _logs  # noqa: F401  (importing it quiets pydicom's decoder tracebacks)
 from mediflow.data.dicom_header import check_pixel_data_length, check_pixel_header, check_value_transforms, label
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
@@ -31,10 +32,8 @@ NOTES_KEY = "mediflow_notes"
 # handlers or levels are configured later, and a warnings filter (not catch_warnings, which is not
 # thread-safe; decoding runs in worker threads) silences its warnings.
 # Records of pydicom's child loggers (pydicom.pixels.*, which log decoder tracebacks) bypass a
-# filter on "pydicom" itself, so the "pydicom" logger also stops propagation to the root handlers.
-# `mediflow --verbose` turns propagation back on (mediflow.logs.quiet_libraries).
+# filter on "pydicom" itself; mediflow.logs stops them at the "pydicom" logger unless --verbose.
 logging.getLogger("pydicom").addFilter(lambda record: False)
-logging.getLogger("pydicom").propagate = False
 warnings.filterwarnings("ignore", module=r"pydicom\b")
 
 # Header fields kept with a study. Patient age and sex are clinical context; names and IDs are not read.

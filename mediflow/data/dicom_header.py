@@ -153,6 +153,8 @@ def check_pixel_header(ds, name: str, *, native: bool) -> PixelHeader:
     photometric = _single(ds, "PhotometricInterpretation", name)
     if photometric is _MISSING:
         raise _fail(name, f"image lacks {label('PhotometricInterpretation')}")
+    if isinstance(photometric, (bytes, bytearray)):
+        raise _fail(name, f"{label('PhotometricInterpretation')} holds bytes, not text (wrong VR)")
     photometric = str(photometric).strip(" \0")
     if photometric not in PHOTOMETRIC:
         raise _fail(name, f"{label('PhotometricInterpretation')} is not one this decoder supports "
