@@ -185,3 +185,41 @@ def test_malformed_multipart_is_4xx(make_client, body, content_type, status, cap
     assert r.status_code == status, r.text
     assert r.json()["detail"]
     assert sum(rec.getMessage().startswith("refused upload") for rec in caplog.records) == 1
+
+
+def test_analyze_cli_keeps_going_over_every_refused_kind(tmp_path, tiny_model):
+    """`mediflow analyze` on good films mixed with every fault above and the non-DICOM refusals: one
+    error row per bad file, a summary counting them, exit 0, and no traceback on the terminal."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, jpeg_bytes, png_bytes, xray_like
+
+    root = tmp_path / "films"
+    root.mkdir()
+    good = {"a.jpeg": jpeg_bytes(xray_like(0, 1)), "b.png": png_bytes(xray_like(1, 2)),
+            "c.dcm": raw_with(), "d.dcm": raw_with(NumberOfFrames=("IS", b"0"))}
+    bad = {f"fault-{i:02d}.dcm": data for i, (data, _) in enumerate(FAULTS.values())}
+    bad.update({"truncated.jpeg": jpeg_bytes(xray_like(0, 3))[:300], "truncated.png": png_bytes(xray_like(0, 4))[:80],
+                "empty.png": b"", "text.jpg": b"not an image at all", "truncated.dcm": raw_with()[:-100]})
+    for name, data in {**good, **bad}.items():
+        (root / name).write_bytes(data)
+    out = tmp_path / "results.csv"
+    r = subprocess.run([sys.executable, "-m", "mediflow", "analyze", str(root), "--out", str(out), "--model",
+                        str(tiny_model), "--no-progress"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    assert "Warning" not in r.stderr, r.stderr
+    with open(out, newline="") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == sorted({**good, **bad})
+    assert all(rows[n]["error"] == "" and rows[n]["prediction"] for n in good)
+    for n in bad:
+        assert rows[n]["error"].startswith(f"{n}: ") and rows[n]["prediction"] == "", rows[n]
+    faults = list(FAULTS.items())
+    for i, (_, (_, detail)) in enumerate(faults):
+        assert detail in rows[f"fault-{i:02d}.dcm"]["error"]
+    assert f"{len(good) + len(bad)} image files: {len(good)} analysed, {len(bad)} unreadable" in r.stdout
