@@ -7,14 +7,11 @@ import logging
 
 import numpy as np
 import pytest
-
-pytest.importorskip("pydicom")
-
-from db_fixtures import make_client, tiny_predictor  # noqa: E402,F401  (fixtures)
-from dicom_factory import image_dataset, to_bytes, gradient  # noqa: E402
-from dicom_raw import TAGS, image_elements, raw_dicom, text, us  # noqa: E402
-from pydicom.dataset import Dataset  # noqa: E402
-from pydicom.sequence import Sequence  # noqa: E402
+from db_fixtures import make_client, tiny_predictor  # noqa: F401  (fixtures)
+from dicom_factory import gradient, image_dataset, to_bytes
+from dicom_raw import TAGS, image_elements, raw_dicom, text, us
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 UNKNOWN_TS = "1.2.840.10008.1.2.8.1"  # Deflated Image Frame Compression (2024), unknown to pydicom 3.0
 

@@ -128,6 +128,8 @@ def test_ensemble_exports_as_one_graph_averaging_calibrated_members(tiny_model: 
     b["state_dict"] = {k: (v + 0.05 * torch.randn_like(v) if k.startswith("head.") else v)
                        for k, v in b["state_dict"].items()}
     a["temperature"], b["temperature"] = 0.7, 2.0
+    # Set, not fitted: large enough that a graph ignoring a member's bias misses by far more than atol.
+    a["logit_bias"], b["logit_bias"] = [0.8, -0.8], [-0.6, 0.6]
     ens = {"format": ENSEMBLE_FORMAT, "members": [a, b], "class_names": a["class_names"],
            "positive_class": "PNEUMONIA", "threshold": 0.5, "architecture": "ensemble"}
     pth = save_checkpoint(ens, tmp_path / "ens.pth")
@@ -135,12 +137,13 @@ def test_ensemble_exports_as_one_graph_averaging_calibrated_members(tiny_model: 
     torch_p, onnx_p = Predictor.load(pth, backend="torch"), Predictor.load(onnx)
     assert onnx_p.n_members == 2 and onnx_p.info.architecture.startswith("ensemble(")
     x = _synthetic_batch(torch_p)
-    # What an ensemble means: the average of each member's softmax(logits / T).
+    # What an ensemble means: the average of each member's softmax(logits / T + b).
     expected = []
     for member in (a, b):
         single = Predictor(member, backend=None)
-        z = single.backend.run(x)["logits"]
-        expected.append(torch.softmax(torch.from_numpy(z) / member["temperature"], 1).numpy())
+        z = single.backend.run(x)["logits"]  # a single model's graph returns raw logits
+        calibrated = torch.from_numpy(z) / member["temperature"] + torch.tensor(member["logit_bias"])
+        expected.append(torch.softmax(calibrated, 1).numpy())
     expected = np.mean(expected, axis=0)
     np.testing.assert_allclose(torch_p.probabilities_from_tensors(x), expected, atol=1e-5)
     np.testing.assert_allclose(onnx_p.probabilities_from_tensors(x), expected, atol=1e-4)
