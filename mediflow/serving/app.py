@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from mediflow import DISCLAIMER, __version__
+from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.evaluation import read_evaluation
@@ -145,13 +147,23 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                       ) -> dict[str, Any]:
         """Multipart field `file`: a chest X-ray. Returns the finding; never a diagnosis."""
         predictor = get_predictor(request)
-        data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
+        try:
+            data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
+        except HTTPException as exc:  # malformed multipart, oversized: details quote nothing from the body
+            log.info("refused upload: %d %s", exc.status_code, exc.detail)
+            raise
+        except RequestValidationError:
+            log.info("refused upload: 422 no '%s' field", UPLOAD_FIELD)
+            raise
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
                 result = await asyncio.to_thread(predictor.predict_bytes, data, max_pixels=settings.max_pixels,
                                                  preview=preview, heatmap=heatmap)
             except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
+                # One line per refusal: the sniffed type and a reason that quotes nothing from the file.
+                log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
+                         exc.reason)
                 raise HTTPException(400, detail=str(exc)) from None
         return await record_analysis(request, data, result)
 
