@@ -16,6 +16,7 @@ import numpy as np
 from mediflow.checkpoint import checkpoint_members, plain
 from mediflow.data.dataset import Samples, grouped_split, resolve_split_dir, scan_class_folders
 from mediflow.data.images import load_image
+from mediflow.decision import choose_threshold, fit_calibration, softmax
 from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend
 from mediflow.inference.batch import prefetched_batches
@@ -118,8 +119,9 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     """Quantize, then treat the int8 model as the new model it is: fit its temperature and threshold
     on the checkpoint's validation split by the training rule, and report its validation AUC against
     the fp32 model's. AUC ignores temperature and threshold, so the comparison stays fair."""
+    # The one import from evaluation/ in inference/: export-time validation only (`mediflow export
+    # --int8`), never on the serving path. compute_metrics (scikit-learn) is evaluation's job.
     from mediflow.evaluation.metrics import compute_metrics
-    from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 
     train, val = training_split(ckpt, data)
     prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})

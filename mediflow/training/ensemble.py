@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader
 
 from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_split_dir, scan_class_folders
+from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.evaluation.metrics import compute_metrics
 from mediflow.inference.backends import TorchBackend
 from mediflow.preprocessing import PreprocessConfig, eval_transform
-from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 
 log = logging.getLogger("mediflow.ensemble")
 

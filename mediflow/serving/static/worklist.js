@@ -42,6 +42,13 @@ import { attachHeatmap, DEFAULT_OPACITY } from "/static/heatmap.js";
 
   const pct = (p) => (100 * p).toFixed(1) + "%";
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+  // Probabilities are shown centred on the model's operating point (docs/serving.md): the threshold
+  // is 50% on that scale; the calibrated value behind it is given for reference.
+  const operatingPointText = (s) => {
+    if (s.threshold == null) return "highest probability";
+    const op = s.operating_point;
+    return pct(s.threshold) + (op ? ` (calibrated P(${op.positive_class}) ${op.calibrated_threshold.toFixed(3)})` : "");
+  };
   const stateText = (s) => ({ unreviewed: "Unreviewed", confirmed: "Confirmed", corrected: "Corrected" }[s] || s);
 
   // -- the list ------------------------------------------------------------------------------------
@@ -136,7 +143,7 @@ import { attachHeatmap, DEFAULT_OPACITY } from "/static/heatmap.js";
     const meta = $("meta");
     meta.replaceChildren();
     const facts = [["Status", stateText(s.review_state) + (s.review_label ? `: ${s.review_label}` : "")],
-                   ["Decision threshold", s.threshold == null ? "argmax" : s.threshold.toFixed(2)],
+                   ["Decision threshold", operatingPointText(s)],
                    ["Patient age", s.patient_age], ["Patient sex", s.patient_sex],
                    ["Study UID", s.study_instance_uid], ["Model", `${s.model.architecture} ${s.model.version}`],
                    ["Image SHA-256", s.image_sha256.slice(0, 16) + "…"]];
