@@ -200,13 +200,19 @@ class DecisionRule:
     def finding(self, probs_row: np.ndarray, review_below: float, digits: int = 4) -> dict[str, Any]:
         """One image's calibrated probabilities (K,) -> the response's decision fields: prediction,
         confidence (the reported probability of the called class, >= 0.5 for a binary model),
-        probabilities (reported scale, rounded to `digits`), needs_review (confidence below
+        probabilities (reported scale, rounded to `digits`; the positive class is shown >= 0.5 exactly
+        when it is called), needs_review (confidence below
         `review_below`, judged on the rounded value shown), threshold (0.5 on the centred scale) and
         operating_point (the calibrated threshold, to recover raw probabilities)."""
         probs_row = np.asarray(probs_row, dtype=np.float64)
         idx = int(self.decide(probs_row[None, :])[0])
         shown = self.reported(probs_row[None, :])[0]
         probabilities = {n: round(float(p), digits) for n, p in zip(self.class_names, shown)}
+        if self.centred and idx != self.pos and probabilities[self.class_names[self.pos]] >= 0.5:
+            # p' just under 0.5 must not be shown as 0.5 (the threshold) beside a negative call.
+            step = 10.0 ** -digits
+            probabilities[self.class_names[self.pos]] = round(0.5 - step, digits)
+            probabilities[self.class_names[idx]] = round(0.5 + step, digits)
         # The called class's shown value, not a separately rounded copy: the two must be equal.
         confidence = probabilities[self.class_names[idx]]
         out: dict[str, Any] = {

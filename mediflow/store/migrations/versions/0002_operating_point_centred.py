@@ -64,6 +64,8 @@ def _rewrite(row, shift_sign: int) -> dict | None:
     else:
         q = min(q, math.nextafter(cut, 0.0))
     shown = {POSITIVE: round(q, 4), neg: round(1 - q, 4)}
+    if row.prediction != POSITIVE and shown[POSITIVE] >= round(cut, 4):  # as DecisionRule.finding
+        shown = {POSITIVE: round(cut - 1e-4, 4), neg: round(1 - cut + 1e-4, 4)}
     confidence = shown[row.prediction] if row.prediction in shown else row.confidence
     return {"probabilities": {k: shown[k] for k in probs}, "confidence": confidence,
             "needs_review": confidence < REVIEW_BELOW, "priority": shown[POSITIVE], "margin": abs(q - cut),
