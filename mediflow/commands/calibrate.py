@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="refit a model's calibration and threshold on its validation split",
                        description="Recomputes the validation split the model was selected on (checked by "
@@ -12,7 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="the training root the model was trained on")
     p.add_argument("--out", help="write here instead of overwriting --model")
-    p.add_argument("--min-sensitivity", type=float, default=0.97)
+    p.add_argument("--min-sensitivity", type=_fraction, default=0.97,
+                   help="threshold rule: the highest threshold keeping validation sensitivity >= this (0-1]")
     return p
 
 
