@@ -226,3 +226,68 @@ def test_old_studies_are_re_expressed_on_the_centred_scale(tmp_path):
         row = back[uuid.UUID(int=i + 1).hex]
         # 4 stored decimals of p' near 0 or 1 are fewer decimals of p: 1e-3 here, not 1e-4
         assert json.loads(row[1])["PNEUMONIA"] == pytest.approx(p, abs=1e-3) and row[2] == t
+
+
+# -- what the doctor sees: the page and the worklist in Chromium ------------------------------------
+def js_percent(p: float) -> str:
+    """app.js's percent(): one decimal."""
+    return f"{math.floor(p * 1000 + 0.5) / 10:.1f}%"
+
+
+@pytest.mark.browser
+def test_page_and_worklist_show_words_and_percentages_that_agree(browser, sweep, tmp_path):
+    from server_process import ServerProcess
+
+    p = sweep["p"]
+    below = max((n for n in p if p[n] < THRESHOLD), key=p.get)   # e.g. P 0.92: used to read "NORMAL 8%"
+    above = min((n for n in p if p[n] >= THRESHOLD), key=p.get)
+    films = {n: sweep["dir"] / n for n in (below, above)}
+    server = ServerProcess(["--model", str(sweep["model"]), "--database-url", f"sqlite:///{tmp_path / 'w.db'}"],
+                           tmp_path / "server.log")
+    errors: list[str] = []
+    try:
+        server.start()
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        answers = {}
+        for name, path in films.items():
+            with page.expect_response("**/api/vision/analyze*") as response:
+                page.set_input_files("#file-input", str(path))
+            api = response.value.json()
+            answers[name] = api
+            page.locator("#result").wait_for(state="visible")
+            page.wait_for_function("t => document.querySelector('#confidence-value').textContent === t",
+                                   arg=js_percent(api["confidence"]))
+            expected = "PNEUMONIA" if p[name] >= THRESHOLD else "NORMAL"
+            finding = page.locator("#finding").inner_text()
+            assert finding == ("Findings suggestive of pneumonia" if expected == "PNEUMONIA"
+                               else "No findings suggestive of pneumonia"), (name, p[name], finding)
+            labels = page.locator("#probabilities dt").all_inner_texts()
+            values = [float(v.rstrip("%")) for v in page.locator("#probabilities dd").all_inner_texts()]
+            shown = dict(zip(labels, values))
+            confidence = float(page.locator("#confidence-value").inner_text().rstrip("%"))
+            assert shown[expected] == confidence >= 50.0 and confidence == max(shown.values()), (name, shown)
+            assert page.locator("#review-warning").is_visible() == (confidence < 70.0)
+
+        page.goto(server.url + "/worklist")
+        page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
+        for i in range(2):
+            cells = page.locator("#studies tbody tr").nth(i).locator("td").all_inner_texts()
+            call, conf = cells[1].split(" (")
+            conf = float(conf.rstrip("%)"))
+            p_pos = float(cells[2].rstrip("%"))
+            assert conf >= 50.0 and (call == "PNEUMONIA") == (p_pos >= 50.0), cells
+            assert p_pos == pytest.approx(conf if call == "PNEUMONIA" else 100 - conf, abs=0.11), cells
+            assert (cells[3] == "Uncertain") == (conf < 70.0), cells
+            page.locator("#studies tbody tr").nth(i).click()
+            page.wait_for_function("c => document.querySelector('#finding').textContent.includes(c)",
+                                   arg=f"Model finding: {call}, confidence {conf:.1f}%")
+            table = {r.locator("th").inner_text(): float(r.locator("td").inner_text().rstrip("%"))
+                     for r in page.locator("#probabilities tbody tr").all()}
+            assert table[call] == conf and table[call] == max(table.values()), table
+            assert "50.0% (calibrated P(PNEUMONIA) 0.930)" in page.locator("#meta").inner_text()
+        assert {answers[below]["prediction"], answers[above]["prediction"]} == {"NORMAL", "PNEUMONIA"}
+    finally:
+        server.stop()
+    assert not errors, f"JavaScript errors: {errors}"
