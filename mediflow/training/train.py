@@ -37,6 +37,7 @@ from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_sour
                                    train_transform)
 from mediflow.training import distributed as D
 from mediflow.training.config import TrainConfig
+from mediflow.training.probe import fit_linear_probe
 
 log = logging.getLogger("mediflow.train")
 
@@ -155,7 +156,8 @@ class Trainer:
                         self.device.type.upper())
             cfg.bf16 = False  # recorded in the checkpoint's train_config as what actually ran
         spec = get_spec(cfg.arch)
-        self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std)
+        self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std, framing=cfg.framing,
+                                     intensity=cfg.intensity)
         self.aug = AugmentConfig.named(cfg.augment)
 
     # -- data ---------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ class Trainer:
         criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(self.device),
                                         label_smoothing=cfg.label_smoothing)
         val_ds = ImageFolderDataset(val, eval_transform(self.prep))
-        if cfg.recipe in ("frozen", "partial"):
+        if cfg.recipe in ("frozen", "partial", "probe"):
             history, best = self._train_cached(model, train, val_ds, criterion, start_epoch, resume)
         else:
             history, best = self._train_finetune(model, train, val_ds, criterion, start_epoch, resume)
@@ -267,7 +269,7 @@ class Trainer:
         however many epochs run."""
         cfg = self.cfg
         stages = model.stages
-        n_trainable = 0 if cfg.recipe == "frozen" else max(1, min(cfg.unfreeze or 3, len(stages)))
+        n_trainable = 0 if cfg.recipe in ("frozen", "probe") else max(1, min(cfg.unfreeze or 3, len(stages)))
         k = len(stages) - n_trainable
         model.freeze_stages(k)
         prefix = nn.Sequential(*stages[:k])
@@ -303,6 +305,8 @@ class Trainer:
         vidx = D.shard(len(val_ds), self.rank, self.world)
         vfeats, vy_local = cache(val_ds, vidx, "cache val")
 
+        if cfg.recipe == "probe":
+            return self._fit_probe(model, views, y_train, idx, vfeats, vy_local, vidx, criterion, train.class_names)
         tail_stages = stages[k:]
 
         def as_input(x: torch.Tensor) -> torch.Tensor:
@@ -372,6 +376,24 @@ class Trainer:
             vlogits, vy = _gather_rows(vl, vy_local, vidx)
             best = self._select(best, epoch, model, vlogits.numpy(), vy, history, total / max(count, 1),
                                 train.class_names)
+        return history, best
+
+    def _fit_probe(self, model, views, y_local, idx, vfeats, vy_local, vidx, criterion, class_names):
+        """The probe recipe: one closed-form-like fit of the head (L-BFGS logistic regression) on
+        every cached view at once, instead of epochs of SGD; see training/probe.py."""
+        gathered = [_gather_rows(v.float(), y_local, idx) for v in views]
+        y_train = gathered[0][1]
+        weight, bias = fit_linear_probe([f.numpy() for f, _ in gathered], y_train, c=self.cfg.probe_c,
+                                        class_weight=criterion.weight.cpu().numpy())
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(weight))
+            model.head.bias.copy_(torch.from_numpy(bias))
+            vl = model.head(vfeats.float().to(self.device)).cpu()
+            train_loss = float(np.mean([criterion(model.head(f.to(self.device)), torch.as_tensor(y_train)).item()
+                                        for f, _ in gathered]))
+        vlogits, vy = _gather_rows(vl, vy_local, vidx)
+        history: list[dict] = []
+        best = self._select(None, 1, model, vlogits.numpy(), vy, history, train_loss, class_names)
         return history, best
 
     def _param_groups(self, model: MediFlowNet, trainable_stages: list[nn.Module]) -> list[dict]:
