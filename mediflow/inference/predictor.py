@@ -262,6 +262,9 @@ class Predictor:
                                    "patient-grouped validation split"),
             "validation_metrics": {k: v for k, v in (c.get("val_metrics") or {}).items()
                                    if k in ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")},
+            # Where the operating point was fitted when it was not the training validation split
+            # (`mediflow calibrate --data SITE_DIR`): film counts and the metrics on those films.
+            "site_calibration": c.get("site_calibration"),
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
                          "members": self.n_members},
@@ -271,8 +274,10 @@ class Predictor:
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [
                 "Not a diagnosis: a clinician must read every image.",
-                "Not validated for adults, lateral views, CT or images from other hospitals.",
-                "Trained on one hospital's data (Guangzhou); performance elsewhere may be lower.",
+                "Not validated for adults, lateral views, CT or other modalities.",
+                "Trained on one hospital's data (Guangzhou); judged on films of other patients acquired apart "
+                "from training (test_dev), not yet on other hospitals: calibrate the operating point on 200-300 "
+                "of your own labelled films before use (mediflow calibrate --data SITE_DIR).",
                 "Does not distinguish bacterial from viral pneumonia or detect other findings.",
             ],
             "disclaimer": DISCLAIMER,
