@@ -296,3 +296,98 @@ def test_a_negative_call_is_never_shown_at_the_threshold():
     assert f["confidence"] == 0.5001
     f = rule.finding(np.array([0.2, 0.8]), 0.7)
     assert f["prediction"] == "PNEUMONIA" and f["probabilities"] == {"NORMAL": 0.5, "PNEUMONIA": 0.5}
+
+
+# -- added after the mutation-testing pass (docs/testing.md, "Mutation testing") ----------------------
+def test_choose_threshold_takes_0_1_labels_as_well_as_booleans():
+    # 0/1 integers used as a mask would index films 0 and 1 instead of selecting the positives
+    p = np.array(POS + NEG)
+    assert choose_threshold(p, np.array([1] * 5 + [0] * 2), 0.8) == 0.4
+    assert choose_threshold(p, [True] * 5 + [False] * 2, 0.8) == 0.4
+
+
+def test_rule_finds_the_positive_class_by_name_whatever_its_index():
+    # PNEUMONIA first and no positive_class stored: PNEUMONIA is still the class the threshold is on
+    r = DecisionRule.from_checkpoint({"class_names": ["PNEUMONIA", "NORMAL"], "threshold": 0.9})
+    assert r.pos == 0
+    # p 0.95 (odds 19) at t 0.9 (odds 9): odds 19/9 -> 19/28
+    f = r.finding(np.array([0.95, 0.05]), 0.7)
+    assert f["prediction"] == "PNEUMONIA" and f["confidence"] == round(19 / 28, 4)
+    assert r.finding(np.array([0.85, 0.15]), 0.7)["prediction"] == "NORMAL"
+    # another finding named by the checkpoint
+    r = DecisionRule.from_checkpoint({"class_names": ["EFFUSION", "CLEAR"], "threshold": 0.9,
+                                      "positive_class": "EFFUSION"})
+    assert r.pos == 0 and r.operating_point()["positive_class"] == "EFFUSION"
+
+
+def test_ensemble_rule_ignores_calibration_stored_beside_the_members():
+    # the exported graph already averages calibrated members: a top-level T or bias must not apply twice
+    member = {"class_names": NAMES, "temperature": 2.0, "logit_bias": [-0.5, 0.5], "threshold": 0.9}
+    ens = {"format": "mediflow-ensemble", "members": [member, member], "class_names": NAMES, "threshold": 0.7,
+           "temperature": 2.0, "logit_bias": [-1.0, 1.0]}
+    r = DecisionRule.from_checkpoint(ens)
+    assert (r.temperature, r.logit_bias, r.threshold, r.pos) == (1.0, None, 0.7, 1)
+
+
+def test_rule_without_bias_applies_its_temperature():
+    r = DecisionRule(tuple(NAMES), temperature=2.0)
+    assert r.probabilities(np.array([[0.0, 2.0]]))[0] == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])
+
+
+def test_operating_point_is_reported_to_six_decimals():
+    r = DecisionRule(tuple(NAMES), threshold=0.93712345, pos=1)
+    assert r.operating_point()["calibrated_threshold"] == 0.937123
+
+
+def test_centred_at_the_ends_of_the_scale_is_finite_and_silent():
+    # p 0 or 1, t 0 or 1: clipped before the logits, so no divide-by-zero warning in a server log per film
+    import warnings
+
+    p = np.array([0.0, 0.3, 1.0])
+    for t in (0.0, 1e-12, 0.5, 1.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            q = centred(p, t)
+        assert np.all(np.isfinite(q)) and np.array_equal(q >= 0.5, p >= t)
+
+
+def test_float32_probabilities_are_judged_as_float64():
+    # ONNX Runtime hands back float32. A threshold between two float32 values must be compared in float64:
+    # numpy 2 compares float32 with a Python float in float32, which would call this film positive.
+    p32 = np.float32(0.937)
+    t = float(p32) + 1e-12
+    assert np.float32(t) == p32 and float(p32) < t  # the film is below the operating point
+    row32 = np.array([1 - p32, p32], dtype=np.float32)
+    rule = DecisionRule(tuple(NAMES), threshold=t, pos=1)
+    assert rule.finding(row32, 0.7) == rule.finding(row32.astype(np.float64), 0.7)
+    assert rule.finding(row32, 0.7)["prediction"] == "NORMAL"
+    assert centred(np.array([p32]), t)[0] < 0.5
+    labels = np.array([1, 0])
+    probs32 = np.array([row32, [0.9, 0.1]], dtype=np.float32)
+    m32 = compute_metrics(labels, probs32, NAMES, threshold=t)
+    assert m32["sensitivity"] == 0.0 and m32["confusion_matrix"] == [[1, 0], [1, 0]]
+
+
+def test_compute_metrics_uses_the_positive_class_it_is_given():
+    # the worked example with the finding named EFFUSION and listed first
+    labels = 1 - HAND_LABELS
+    probs = np.stack([HAND_P, 1 - HAND_P], axis=1)
+    m = compute_metrics(labels, probs, ["EFFUSION", "NORMAL"], threshold=0.5, positive_class="EFFUSION")
+    assert m["positive_class"] == "EFFUSION"
+    assert (m["sensitivity"], m["specificity"], m["auc"]) == pytest.approx((0.6, 2 / 3, 0.8))
+
+
+def test_compute_metrics_when_one_class_is_neither_present_nor_called():
+    # an all-PNEUMONIA set, every film called PNEUMONIA: NORMAL gets a row of zeros, not a shifted array,
+    # a precision of 1 for a class never called, or a balanced accuracy that looks like a real figure
+    import warnings
+
+    probs = np.array([[0.2, 0.8], [0.3, 0.7]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning printed into an evaluation run
+        m = compute_metrics(np.array([1, 1]), probs, NAMES, threshold=0.5)
+    assert m["confusion_matrix"] == [[0, 0], [0, 2]]
+    assert m["per_class"]["NORMAL"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["PNEUMONIA"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert m["accuracy"] == 1.0 and m["sensitivity"] == 1.0
+    assert math.isnan(m["balanced_accuracy"]) and math.isnan(m["specificity"]) and math.isnan(m["auc"])
