@@ -391,3 +391,38 @@ def test_compute_metrics_when_one_class_is_neither_present_nor_called():
     assert m["per_class"]["PNEUMONIA"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
     assert m["accuracy"] == 1.0 and m["sensitivity"] == 1.0
     assert math.isnan(m["balanced_accuracy"]) and math.isnan(m["specificity"]) and math.isnan(m["auc"])
+
+
+def test_compute_metrics_undefined_figures_are_nan_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # no PNEUMONIA film: sensitivity and AUC undefined; one TN and one FP: specificity 1/2
+        m = compute_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]]), NAMES, threshold=0.5)
+        assert math.isnan(m["sensitivity"]) and math.isnan(m["auc"]) and m["specificity"] == 0.5
+        # three classes, C absent: a one-vs-rest AUC over the classes present would not be comparable
+        probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]])
+        m = compute_metrics(np.array([0, 1, 1]), probs, ["A", "B", "C"], threshold=None)
+    assert math.isnan(m["auc"]) and m["accuracy"] == pytest.approx(2 / 3)
+    assert m["per_class"]["C"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_softmax_defaults_rows_and_float32_logits():
+    # the default is no calibration: T 1 -> odds 3 from logits [0, ln 3]
+    assert softmax(np.array([[0.0, math.log(3)]]))[0] == pytest.approx([0.25, 0.75])
+    # each row is shifted by its own maximum: a film with huge logits must not turn its neighbour into 0/0
+    p = softmax(np.array([[1000.0, 0.0], [0.0, math.log(3)]]))
+    assert p[1] == pytest.approx([0.25, 0.75])
+    # ONNX Runtime's float32 logits give float64 probabilities, as computed from the float64 logits
+    z32 = np.array([[0.0, 17.0], [3.1, -2.7]], dtype=np.float32)
+    p32 = softmax(z32)
+    assert p32.dtype == np.float64 and np.array_equal(p32, softmax(z32.astype(np.float64)))
+    assert p32[0, 1] < 1.0  # 1 - 4.1e-8: in float32 it would round to exactly 1
+
+
+def test_binary_model_without_a_threshold_is_called_by_argmax():
+    probs = np.array([[0.3, 0.7], [0.8, 0.2]])
+    assert decide(probs, None, 1).tolist() == [1, 0]
+    m = compute_metrics(np.array([1, 0]), probs, NAMES, threshold=None)  # an ensemble member's AUC
+    assert m["threshold"] is None and m["accuracy"] == 1.0 and m["auc"] == 1.0
