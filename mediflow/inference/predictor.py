@@ -95,11 +95,6 @@ class Predictor:
         # Derived at load time from the stored temperature, bias and threshold: every checkpoint,
         # old ones included, answers on the same operating-point-centred scale.
         self.rule = DecisionRule.from_checkpoint(ckpt)
-        self.pos = self.rule.pos
-        self.threshold: float | None = self.rule.threshold
-        # An ensemble's graph already averages its members' calibrated probabilities (T 1, no bias).
-        self.temperature = self.rule.temperature
-        self.logit_bias: list[float] | None = None if self.rule.logit_bias is None else list(self.rule.logit_bias)
         self.review_below = review_below
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
@@ -142,6 +137,24 @@ class Predictor:
             # Same checkpoint, but its own threshold and slightly different answers: say so.
             predictor.info.architecture += " (int8)"
         return predictor
+
+    # The rule is the one source of the calibration and operating point (an ensemble's graph already
+    # averages its members' calibrated probabilities: T 1, no bias); these read it, never copy it.
+    @property
+    def pos(self) -> int | None:
+        return self.rule.pos
+
+    @property
+    def threshold(self) -> float | None:
+        return self.rule.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.rule.temperature
+
+    @property
+    def logit_bias(self) -> list[float] | None:
+        return None if self.rule.logit_bias is None else list(self.rule.logit_bias)
 
     @property
     def backend_name(self) -> str:
@@ -262,6 +275,9 @@ class Predictor:
                                    "patient-grouped validation split"),
             "validation_metrics": {k: v for k, v in (c.get("val_metrics") or {}).items()
                                    if k in ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")},
+            # Where the operating point was fitted when it was not the training validation split
+            # (`mediflow calibrate --data SITE_DIR`): film counts and the metrics on those films.
+            "site_calibration": c.get("site_calibration"),
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
                          "members": self.n_members},
@@ -271,8 +287,10 @@ class Predictor:
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [
                 "Not a diagnosis: a clinician must read every image.",
-                "Not validated for adults, lateral views, CT or images from other hospitals.",
-                "Trained on one hospital's data (Guangzhou); performance elsewhere may be lower.",
+                "Not validated for adults, lateral views, CT or other modalities.",
+                "Trained on one hospital's data (Guangzhou); judged on films of other patients acquired apart "
+                "from training (test_dev), not yet on other hospitals: calibrate the operating point on 200-300 "
+                "of your own labelled films before use (mediflow calibrate --data SITE_DIR).",
                 "Does not distinguish bacterial from viral pneumonia or detect other findings.",
             ],
             "disclaimer": DISCLAIMER,

@@ -62,6 +62,8 @@ class ModelCard(BaseModel):
     preprocessing: dict[str, Any]
     training_data: str
     validation_metrics: dict[str, Any]
+    site_calibration: dict[str, Any] | None = Field(
+        default=None, description="the labelled site films the operating point was fitted on, if not validation")
     training: dict[str, Any]
     intended_use: str
     limitations: list[str]
