@@ -89,6 +89,9 @@ def _simulate(args: argparse.Namespace) -> int:
     cfg.data = args.data
     train, val = load_splits(cfg)
     settings.class_names = train.class_names
+    # Round 1 includes every site's backbone pass over its films, one site after another: on a
+    # shared CPU that is far longer than a deployed server's wait for a site.
+    settings.timeout = 7 * 24 * 3600.0
     seed = cfg.seed
     site_train = partition(train, args.sites, args.partition, alpha=args.alpha, seed=seed)
     site_val = partition(val, args.sites, args.partition, alpha=args.alpha, seed=seed)
