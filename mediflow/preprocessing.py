@@ -205,31 +205,25 @@ _PIL_RESAMPLE = {
 BORDER_STD = 6.0
 # Never trim a side to less than this share of the canvas: a (nearly) flat image stays whole.
 MIN_KEEP = 0.2
-_TRIM_PROBE = 256  # the border search runs on a copy at most this many pixels a side
+_TRIM_PROBE = 256  # samples per row or column in the border search
 
 
 def content_box(image: Image.Image) -> tuple[int, int, int, int]:
     """The bounding box (left, upper, right, lower), in `image` pixels, of what remains after removing
     uniform borders: outermost rows and columns whose grey-level standard deviation is below
-    BORDER_STD. The whole image when trimming would keep less than MIN_KEEP of a side."""
-    w, h = image.size
-    probe = image.convert("L")
-    scale = max(w, h) / _TRIM_PROBE
-    if scale > 1:
-        probe = probe.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.Resampling.BOX)
-    a = np.asarray(probe, dtype=np.float32)
+    BORDER_STD. The whole image when trimming would keep less than MIN_KEEP of a side.
+
+    Exact in the trimmed direction; along each row (column) every k-th pixel is sampled, k chosen
+    so a side has at most _TRIM_PROBE samples, which keeps this ~ms on full-resolution films."""
+    a = np.asarray(image.convert("L"))
+    h, w = a.shape
     box = [0, 0, w, h]
-    for axis, (lo, hi), size in ((0, (0, 2), w), (1, (1, 3), h)):  # axis 0: per column; 1: per row
-        keep = np.flatnonzero(a.std(axis=axis) >= BORDER_STD)
-        if keep.size == 0:
-            continue
-        n = a.shape[1 - axis]
-        first, last = int(keep[0]), int(keep[-1]) + 1
-        if (last - first) < MIN_KEEP * n:
-            continue
-        # Back to full-resolution pixels, rounding outwards so no anatomy is lost.
-        box[lo] = int(np.floor(first * size / n))
-        box[hi] = int(np.ceil(last * size / n))
+    for axis, (lo, hi), n in ((0, (0, 2), w), (1, (1, 3), h)):  # axis 0: per column; 1: per row
+        step = max(1, a.shape[axis] // _TRIM_PROBE)
+        sample = a[::step, :] if axis == 0 else a[:, ::step]
+        keep = np.flatnonzero(sample.std(axis=axis, dtype=np.float32) >= BORDER_STD)
+        if keep.size and (keep[-1] + 1 - keep[0]) >= MIN_KEEP * n:
+            box[lo], box[hi] = int(keep[0]), int(keep[-1]) + 1
     return box[0], box[1], box[2], box[3]
 
 

@@ -50,7 +50,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="architecture from the model registry (default efficientnet_lite0; also efficientnet_b0)")
     p.add_argument("--weights", default=None, help="'imagenet' (default), a weights file, or 'none'")
     p.add_argument("--recipe", default="frozen", choices=sorted(RECIPES),
-                   help="frozen: the design's head-only recipe; finetune: the accuracy recipe")
+                   help="probe (the bundled model's): frozen backbone, L2 logistic-regression head on many augmented "
+                        "views, framing and intensity normalised; frozen: the design's head-only recipe; partial / "
+                        "finetune: fine-tuning (fits the training films' framing, generalises worse)")
     p.add_argument("--finetune", action="store_true", help="same as --recipe finetune")
     p.add_argument("--unfreeze", type=int, default=None, help="finetune only the last N backbone stages")
     p.add_argument("--epochs", type=int)
@@ -60,8 +62,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--augment", choices=["design", "xray", "xray_robust"],
-                   help="xray_robust = xray + random blur and JPEG re-encoding")
+    p.add_argument("--augment", choices=["design", "xray", "xray_robust", "acquisition"],
+                   help="xray_robust = xray + random blur and JPEG re-encoding; acquisition = random framing, "
+                        "rotation, gamma, contrast, blur and JPEG q30-95 (see preprocessing.AugmentConfig)")
+    p.add_argument("--framing", choices=["squash", "trim"],
+                   help="trim: cut uniform borders off every input before resizing (training, evaluation, serving)")
+    p.add_argument("--intensity", choices=["none", "equalize"], help="equalize: histogram-equalise every input")
+    p.add_argument("--probe-c", type=float, help="probe recipe: inverse L2 strength C (smaller = stronger)")
     p.add_argument("--class-weights", type=_floats, help="e.g. 3,1 (in sorted class order); default: inverse frequency")
     p.add_argument("--feature-views", type=int, help="frozen recipe: augmented views cached per image (default 2)")
     p.add_argument("--val-fraction", type=float, help="grouped validation share of train (default 0.2)")
@@ -91,7 +98,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 FIELDS = [
     "arch", "weights", "recipe", "unfreeze", "epochs", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "warmup_epochs", "label_smoothing", "augment", "class_weights", "feature_views", "val_fraction", "val_dir",
-    "min_sensitivity", "select", "image_size", "source_jpeg_quality", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
+    "min_sensitivity", "select", "image_size", "source_jpeg_quality", "framing", "intensity", "probe_c", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
 ]
 
 

@@ -5,12 +5,17 @@ as another site, viewer or encoder would hand it over: inside a dark screen fram
 with another exposure or contrast, as a 12-bit DICOM windowed min-max, re-encoded as JPEG at
 quality 50, at a hospital's resolution, rotated or flipped. A model that reads the lungs keeps its
 call on every one of them.
+
+Variants that hand the film over as a file (JPEG, DICOM) are `EncodedVariant`s: calling one decodes
+its bytes in full, and `encode` gives the bytes themselves, so a caller can decode them the way the
+server decodes an upload (JPEG draft mode, see `decode_image`).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -18,6 +23,19 @@ from PIL import Image, ImageEnhance, ImageOps
 from mediflow.data.images import decode_image
 
 Variant = Callable[[Image.Image], Image.Image]
+
+
+@dataclass(frozen=True)
+class EncodedVariant:
+    """A variant whose result is a file: `encode(img)` -> (bytes, a file name saying the format).
+    Calling it returns the bytes decoded in full by `decode_image` (PIL image in, PIL image out,
+    like every variant)."""
+
+    encode: Callable[[Image.Image], tuple[bytes, str]]
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        data, name = self.encode(img)
+        return decode_image(data, name=name)
 
 
 def dark_frame(img: Image.Image) -> Image.Image:
@@ -63,9 +81,8 @@ def contrast(factor: float) -> Variant:
     return lambda img: ImageEnhance.Contrast(img).enhance(factor)
 
 
-def dicom_12bit(img: Image.Image) -> Image.Image:
-    """The film stored as a 12-bit MONOCHROME2 DICOM without a window (value = 16 x grey + 8) and
-    decoded by MediFlow's own DICOM path, which then windows it min-max."""
+def dicom_12bit_bytes(img: Image.Image) -> tuple[bytes, str]:
+    """The film stored as a 12-bit MONOCHROME2 DICOM file without a window (value = 16 x grey + 8)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -83,29 +100,34 @@ def dicom_12bit(img: Image.Image) -> Image.Image:
     ds.PixelData = arr.astype("<u2").tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    return decode_image(buf.getvalue(), name="variant.dcm")
+    return buf.getvalue(), "variant.dcm"
 
 
-def jpeg(quality: int) -> Variant:
+dicom_12bit = EncodedVariant(dicom_12bit_bytes)
+"""The 12-bit DICOM copy decoded by MediFlow's own DICOM path, which windows it min-max."""
+
+
+def jpeg_bytes(img: Image.Image, quality: int) -> tuple[bytes, str]:
+    """`img` as a JPEG file at `quality` (PIL, 4:2:0 for colour images)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), "variant.jpeg"
+
+
+def jpeg(quality: int) -> EncodedVariant:
     """Re-encoded as a JPEG at `quality` (PIL, 4:2:0)."""
-
-    def apply(img: Image.Image) -> Image.Image:
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
-        return decode_image(buf.getvalue())
-
-    return apply
+    return EncodedVariant(lambda img: jpeg_bytes(img, quality))
 
 
-def upscale(long_side: int) -> Variant:
+def upscale(long_side: int) -> EncodedVariant:
     """The film at a hospital's resolution (long side `long_side` px, bicubic), encoded as JPEG q95
     the way a PACS export would be."""
 
-    def apply(img: Image.Image) -> Image.Image:
+    def encode(img: Image.Image) -> tuple[bytes, str]:
         s = long_side / max(img.size)
-        return jpeg(95)(img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.BICUBIC))
+        return jpeg_bytes(img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.BICUBIC), 95)
 
-    return apply
+    return EncodedVariant(encode)
 
 
 def rotate(degrees: float) -> Variant:

@@ -37,6 +37,11 @@ class TrainConfig:
     # "auto": detect whether the training images are image_size JPEG copies at one quality (see
     # PreprocessConfig.source_jpeg_quality); "none"; or a quality 1-100.
     source_jpeg_quality: str = "auto"
+    # Preprocessing (see PreprocessConfig): "squash" | "trim"; "none" | "equalize".
+    framing: str = "squash"
+    intensity: str = "none"
+    # The probe recipe's inverse L2 strength (scikit-learn's C on standardised features).
+    probe_c: float = 0.01
     seed: int = 0
     device: str = "auto"
     bf16: bool = False
@@ -60,6 +65,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         epochs=12, lr=1e-3, backbone_lr_scale=0.3, batch_size=32, augment="xray", weight_decay=1e-4,
         warmup_epochs=0.5, label_smoothing=0.1, bf16=True, unfreeze=3, feature_views=4, select="last",
     ),
+    # A frozen backbone and an L2 logistic-regression head fitted on many augmented views, with the
+    # framing and grey levels normalised first: the recipe that generalises to films from elsewhere
+    # (docs/experiments.md). `epochs` is 1: the head is fitted once, on every view together.
+    "probe": dict(epochs=1, augment="acquisition", feature_views=8, framing="trim", intensity="equalize",
+                  source_jpeg_quality="none", probe_c=0.01, select="last"),
     "finetune": dict(
         epochs=8, lr=1e-3, backbone_lr_scale=0.2, batch_size=32, augment="xray", weight_decay=1e-4,
         warmup_epochs=0.5, label_smoothing=0.1, bf16=True, select="last",

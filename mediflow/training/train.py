@@ -37,6 +37,7 @@ from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_sour
 from mediflow.training import distributed as D
 from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 from mediflow.training.config import TrainConfig
+from mediflow.training.probe import fit_linear_probe
 
 log = logging.getLogger("mediflow.train")
 
@@ -194,7 +195,8 @@ class Trainer:
                         self.device.type.upper())
             cfg.bf16 = False  # recorded in the checkpoint's train_config as what actually ran
         spec = get_spec(cfg.arch)
-        self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std)
+        self.prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std, framing=cfg.framing,
+                                     intensity=cfg.intensity)
         self.aug = AugmentConfig.named(cfg.augment)
 
     # -- data ---------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class Trainer:
         criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(self.device),
                                         label_smoothing=cfg.label_smoothing)
         val_ds = ImageFolderDataset(val, eval_transform(self.prep))
-        if cfg.recipe in ("frozen", "partial"):
+        if cfg.recipe in ("frozen", "partial", "probe"):
             history, best = self._train_cached(model, train, val_ds, criterion, start_epoch, resume)
         else:
             history, best = self._train_finetune(model, train, val_ds, criterion, start_epoch, resume)
@@ -305,6 +307,10 @@ class Trainer:
         the frozen stages). Either way the frozen stages cost `feature_views` passes in total,
         however many epochs run."""
         cached = self.cache_features(model, train, val_ds)
+        if self.cfg.recipe == "probe":
+            idx = D.shard(len(train), self.rank, self.world)
+            return self._fit_probe(model, cached.views, cached.y_train, idx, cached.vfeats, cached.vy_local, cached.vidx,
+                                   criterion, train.class_names)
         tail = cached_tail(model, cached.k, cached.pooled).to(self.device)
         opt = self.cached_optimizer(model, tail, cached, resume)
         return self.fit_cached(model, tail, opt, cached, criterion, train.class_names, start_epoch, self.cfg.epochs)
@@ -312,7 +318,7 @@ class Trainer:
     def trainable_split(self, model: MediFlowNet) -> tuple[int, bool]:
         """(k, pooled) of the cached recipes: the first k backbone stages are frozen; pooled is True
         when nothing but the head trains (the `frozen` recipe)."""
-        n_trainable = 0 if self.cfg.recipe == "frozen" else max(1, min(self.cfg.unfreeze or 3, len(model.stages)))
+        n_trainable = 0 if self.cfg.recipe in ("frozen", "probe") else max(1, min(self.cfg.unfreeze or 3, len(model.stages)))
         return len(model.stages) - n_trainable, n_trainable == 0
 
     def cache_features(self, model: MediFlowNet, train: Samples, val_ds: ImageFolderDataset) -> CachedFeatures:
@@ -426,6 +432,24 @@ class Trainer:
             vlogits, vy = _gather_rows(vl, vy_local, vidx)
             best = self._select(best, epoch, model, vlogits.numpy(), vy, history, total / max(count, 1),
                                 class_names)
+        return history, best
+
+    def _fit_probe(self, model, views, y_local, idx, vfeats, vy_local, vidx, criterion, class_names):
+        """The probe recipe: one closed-form-like fit of the head (L-BFGS logistic regression) on
+        every cached view at once, instead of epochs of SGD; see training/probe.py."""
+        gathered = [_gather_rows(v.float(), y_local, idx) for v in views]
+        y_train = gathered[0][1]
+        weight, bias = fit_linear_probe([f.numpy() for f, _ in gathered], y_train, c=self.cfg.probe_c,
+                                        class_weight=criterion.weight.cpu().numpy())
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(weight))
+            model.head.bias.copy_(torch.from_numpy(bias))
+            vl = model.head(vfeats.float().to(self.device)).cpu()
+            train_loss = float(np.mean([criterion(model.head(f.to(self.device)), torch.as_tensor(y_train)).item()
+                                        for f, _ in gathered]))
+        vlogits, vy = _gather_rows(vl, vy_local, vidx)
+        history: list[dict] = []
+        best = self._select(None, 1, model, vlogits.numpy(), vy, history, train_loss, class_names)
         return history, best
 
     def _param_groups(self, model: MediFlowNet, trainable_stages: list[nn.Module]) -> list[dict]:
