@@ -4,6 +4,7 @@ real Flower simulation on tiny data whose checkpoint `mediflow evaluate` loads."
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,15 @@ def test_label_skew_differs_in_class_balance(tmp_path: Path):
     shares = [s.counts()["PNEUMONIA"] / len(s) for s in partition(samples, 3, "label-skew", seed=0)]
     iid = [s.counts()["PNEUMONIA"] / len(s) for s in partition(samples, 3, "patient", seed=0)]
     assert max(shares) - min(shares) > max(iid) - min(iid)
+
+
+def test_label_skew_gives_every_site_each_class_it_has_patients_enough_for(tmp_path: Path):
+    from conftest import make_dataset
+
+    samples = scan_class_folders(make_dataset(tmp_path / "d", n_per_class=6) / "train")  # 3 patients a class
+    for seed in range(20):
+        for s in partition(samples, 3, "label-skew", seed=seed):
+            assert min(s.counts().values()) > 0
 
 
 def test_histogram_statistics_match_the_films_they_summarise():
@@ -101,3 +111,97 @@ def test_simulation_writes_a_checkpoint_evaluate_loads_and_only_weights_and_aggr
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((report / "metrics.json").read_text())
     assert m["n"] == 8 and m["threshold"] == pytest.approx(ckpt["threshold"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["server", "--sites", "2"], "either --insecure or all of"),
+    (["server", "--sites", "2", "--insecure", "--supernode-key", "k.pub"], "needs TLS"),
+    (["client", "--data", ".", "--server", "127.0.0.1:1"], "either --insecure or --root-certificates"),
+    (["client", "--data", ".", "--server", "127.0.0.1:1", "--insecure", "--auth-key", "k"], "needs TLS"),
+])
+def test_deployed_commands_want_an_explicit_transport(argv, message):
+    r = run_cli("federated", *argv, timeout=120)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_server_and_two_client_processes_on_loopback(tmp_path: Path):
+    """A real Flower SuperLink (mediflow federated server) and two SuperNodes (mediflow federated
+    client), each its own process, train 2 rounds; only the server writes the checkpoint, which
+    `mediflow evaluate` loads, and the server received only parameters and aggregate metrics."""
+    import os
+
+    from conftest import make_dataset
+
+    sites = [make_dataset(tmp_path / "site_a", n_per_class=12), make_dataset(tmp_path / "site_b", n_per_class=8)]
+    out = tmp_path / "server" / "fed.pth"
+    addr = f"127.0.0.1:{_free_port()}"
+    py = [sys.executable, "-m", "mediflow", "federated"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the children run this checkout, wherever they start
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "client_a", "client_b")}
+    procs = {"server": subprocess.Popen(
+        py + ["server", "--sites", "2", "--rounds", "2", "--listen", addr, "--insecure", "--weights", "none",
+              "--image-size", "64", "--round-timeout", "900", "--out", str(out)],
+        stdout=logs["server"], stderr=subprocess.STDOUT, cwd=tmp_path, env=env)}
+    try:
+        deadline = time.monotonic() + 600
+        while "waiting for 2 sites" not in (tmp_path / "server.log").read_text():
+            assert procs["server"].poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(1)
+        for name, data in zip(("client_a", "client_b"), sites):
+            procs[name] = subprocess.Popen(
+                py + ["client", "--data", str(data), "--server", addr, "--insecure", "--max-wait-time", "600"],
+                stdout=logs[name], stderr=subprocess.STDOUT, cwd=data, env=env)
+        rc = procs["server"].wait(timeout=1500)
+        server_log = (tmp_path / "server.log").read_text()
+        assert rc == 0, server_log[-4000:] + (tmp_path / "client_a.log").read_text()[-3000:]
+        for name in ("client_a", "client_b"):  # a site's client serves until stopped
+            assert procs[name].poll() is None
+            procs[name].terminate()
+            assert procs[name].wait(timeout=60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+        for f in logs.values():
+            f.close()
+    # Only the server wrote a checkpoint; the sites' folders hold no model.
+    assert out.is_file() and not any(p.suffix == ".pth" for s in sites for p in s.rglob("*"))
+
+    from mediflow.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["federated"]["sites"] == 2 and ckpt["federated"]["rounds"] == 2 and ckpt["federated"]["deployed"]
+    audit = json.loads(Path(str(out) + ".audit.json").read_text())
+    assert len(audit["received"]) == 2 * 2 * 2  # 2 rounds x (train + evaluate) x 2 sites
+    head_bytes = (2 * 1280 + 2) * 4
+    for rec in audit["received"]:
+        assert "error" not in rec, rec
+        if rec["phase"] == "train":
+            assert rec["records"] == ["arrays", "metrics"] and rec["config_records"] == []
+            assert rec["arrays"] == {"head.weight": {"shape": [2, 1280], "dtype": "float32"},
+                                     "head.bias": {"shape": [2], "dtype": "float32"}}
+            assert head_bytes <= rec["array_bytes"] < head_bytes + 1024
+            assert set(rec["metrics"]) == {"num-examples", "train-loss", "source-jpeg-quality"}
+        else:
+            assert rec["records"] == ["metrics"] and rec["array_bytes"] == 0
+            assert set(rec["metrics"]) == {"num-examples", "val-loss", "hist-neg", "hist-pos"}
+    # Nothing that names a site's films or folders reached the server's process or its files.
+    server_side = server_log + Path(str(out) + ".audit.json").read_text()
+    for s in sites:
+        assert str(s) not in server_side
+        assert not any(p.name in server_side for p in s.rglob("*.jpeg"))
+    report = tmp_path / "report"
+    r = run_cli("evaluate", "--model", str(out), "--data", str(sites[0] / "val"), "--out", str(report))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((report / "metrics.json").read_text())["n"] == 8

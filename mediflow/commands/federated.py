@@ -1,5 +1,9 @@
-"""`mediflow federated simulate`: federated training on Flower (docs/federated.md). The deployed
-server/client pair (SuperLink/SuperNode) is not built yet: see docs/federated.md."""
+"""`mediflow federated simulate|server|client`: federated training on Flower (docs/federated.md).
+
+simulate runs N virtual sites in Flower's simulation engine; server and client are the deployed pair:
+`server` runs a Flower SuperLink and submits the federation (our ServerApp) to it, `client` runs a
+Flower SuperNode whose ClientApp trains on the site's folder. Both pass TLS and SuperNode
+authentication through to flower-superlink / flower-supernode."""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("federated", help="train across sites with Flower without moving images",
                        description="Federated training: a simulation on one machine, or a real server and clients.")
-    fs = p.add_subparsers(dest="federated_command", metavar="{simulate}", required=True)
+    fs = p.add_subparsers(dest="federated_command", metavar="{simulate,server,client}", required=True)
 
     s = fs.add_parser("simulate", help="N simulated hospitals on this machine (Flower's simulation engine)")
     s.add_argument("--data", required=True, help="dataset root (train/ or class folders), split among the sites")
@@ -49,7 +53,51 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="sites' feature cache folder (frozen recipe); reruns skip the backbone pass")
     _recipe_args(s)
 
+    v = fs.add_parser("server", help="the aggregator: a Flower SuperLink running the federation; writes the checkpoint",
+                      description="Runs a Flower SuperLink, waits for --sites SuperNodes (mediflow federated client), "
+                                  "runs the rounds and writes the global checkpoint (--out). Exits when done.")
+    v.add_argument("--sites", type=int, required=True, help="sites that must take part in every round")
+    v.add_argument("--listen", default="0.0.0.0:9092",
+                   help="address the sites connect to (Flower Fleet API; default 0.0.0.0:9092)")
+    v.add_argument("--classes", default="NORMAL,PNEUMONIA",
+                   help="class folder names every site must have, in order (default NORMAL,PNEUMONIA)")
+    v.add_argument("--round-timeout", type=float, default=3600.0,
+                   help="seconds to wait for the sites' replies in a round (default 3600; round 1 includes each "
+                        "site's backbone pass over its films)")
+    v.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the SuperLink to start")
+    _tls_args(v, server=True)
+    v.add_argument("--supernode-key", action="append", default=[], metavar="PUBLIC_KEY",
+                   help="a site's SuperNode public key (OpenSSH, NIST EC curve, e.g. ssh-keygen -t ecdsa -b 384); "
+                        "repeat per site. Enables Flower SuperNode authentication: unlisted SuperNodes are refused. "
+                        "Needs TLS")
+    _recipe_args(v)
+
+    c = fs.add_parser("client", help="one hospital: a Flower SuperNode training on this site's films",
+                      description="Runs a Flower SuperNode for this site. Its films stay here: only the trained "
+                                  "parameters and aggregate metrics go to the server. Runs until stopped "
+                                  "(or until --max-wait-time without reaching the server).")
+    c.add_argument("--data", required=True, help="this site's dataset root (train/ or class folders)")
+    c.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's --listen address")
+    c.add_argument("--cache-dir", help="keep this site's feature cache here (default: a temporary folder removed on exit)")
+    c.add_argument("--max-wait-time", type=float,
+                   help="give up after this many seconds without reaching the server (default: keep trying)")
+    _tls_args(c, server=False)
+    c.add_argument("--auth-key", metavar="PRIVATE_KEY",
+                   help="this SuperNode's private key (PEM/OpenSSH, NIST EC) for SuperNode authentication; "
+                        "the server lists its public key with --supernode-key. Needs TLS")
     return p
+
+
+def _tls_args(p: argparse.ArgumentParser, server: bool) -> None:
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS: plaintext gRPC (only for tests on loopback or a network you trust)")
+    if server:
+        p.add_argument("--ssl-certfile", help="TLS certificate of this server (PEM)")
+        p.add_argument("--ssl-keyfile", help="TLS private key of this server (PEM)")
+        p.add_argument("--ssl-ca-certfile", help="CA certificate that signed --ssl-certfile (PEM)")
+    else:
+        p.add_argument("--root-certificates", metavar="CA_PEM",
+                       help="CA certificate the server's TLS certificate must chain to (PEM)")
 
 
 def _settings(args: argparse.Namespace, class_names: list[str], describe: dict, min_sites: int):
@@ -102,7 +150,7 @@ def _simulate(args: argparse.Namespace) -> int:
             raise MediFlowError(f"site {i} got no films; use fewer --sites")
     settings.describe["site_counts"] = [{"train": t.counts(), "val": v.counts()} for t, v in zip(site_train, site_val)]
 
-    def site_data(context, class_names):
+    def site_data(context, cfg, class_names):
         i = int(context.node_config["partition-id"])
         return site_train[i], site_val[i]
 
@@ -124,10 +172,186 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flower_env(flwr_home: str) -> dict[str, str]:
+    """Environment for the Flower processes: this Python's scripts first on PATH (flower-superlink and
+    flower-supernode start flower-superexec by name) and a private FLWR_HOME for installed FABs."""
+    import os
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("FLWR_HOME", flwr_home)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _script(name: str) -> str:
+    import shutil
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / name
+    found = str(exe) if exe.exists() else shutil.which(name)
+    if not found:
+        raise MediFlowError(f"{name} not found: install Flower (pip install 'flwr[simulation]==1.26.1')")
+    return found
+
+
+def _stop(proc, grace: float = 20.0) -> None:
+    """Stops a Flower process we started and the helpers it started (its own process group)."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def _file(path: str | None, what: str) -> str:
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        raise MediFlowError(f"{what} {path} not found")
+    return str(Path(path).resolve())
+
+
+def _sigterm_exits() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _server(args: argparse.Namespace) -> int:
+    import logging
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from mediflow.federated import deploy
+
+    log = logging.getLogger("mediflow.federated")
+    if args.sites < 1:
+        raise MediFlowError("--sites must be at least 1")
+    tls = [args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile]
+    if args.insecure == any(tls) or (any(tls) and not all(tls)):
+        raise MediFlowError("give either --insecure or all of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
+    if args.supernode_key and args.insecure:
+        raise MediFlowError("--supernode-key (SuperNode authentication) needs TLS, not --insecure")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if len(classes) < 2:
+        raise MediFlowError("--classes needs at least two class names")
+    settings = _settings(args, classes, {"deployed": True}, args.sites)
+    settings.out = str(Path(args.out).resolve())
+    settings.timeout = float(args.round_timeout)
+    Path(settings.out).parent.mkdir(parents=True, exist_ok=True)
+    keys = [_file(k, "SuperNode public key") for k in args.supernode_key]
+
+    # The Control API (submit runs, register SuperNodes) and the ServerAppIo API have no account
+    # authentication here: they listen on loopback only; only the Fleet API faces the sites.
+    control = f"127.0.0.1:{_free_port()}"
+    cmd = [_script("flower-superlink"), "--fleet-api-address", args.listen, "--control-api-address", control,
+           "--serverappio-api-address", f"127.0.0.1:{_free_port()}"]
+    if args.insecure:
+        cmd.append("--insecure")
+        root = None
+    else:
+        cmd += ["--ssl-certfile", _file(args.ssl_certfile, "--ssl-certfile"),
+                "--ssl-keyfile", _file(args.ssl_keyfile, "--ssl-keyfile"),
+                "--ssl-ca-certfile", _file(args.ssl_ca_certfile, "--ssl-ca-certfile")]
+        root = Path(args.ssl_ca_certfile).read_bytes()
+    if keys:
+        cmd.append("--enable-supernode-auth")
+    with tempfile.TemporaryDirectory(prefix="mediflow-flwr-") as home:
+        proc = subprocess.Popen(cmd, env=_flower_env(home), cwd=home, start_new_session=True)
+        _sigterm_exits()
+        try:
+            alive = lambda: proc.poll() is None  # noqa: E731
+            host = args.listen.rsplit(":", 1)[0].strip("[]")
+            channel = deploy.control_channel(control, root, None if host in ("0.0.0.0", "::", "") else host)
+            deploy.wait_ready(channel, args.start_timeout, alive)
+            for k in keys:
+                log.info("registered SuperNode %d (%s)", deploy.register_supernode(channel, k), Path(k).name)
+            run_id = deploy.start_run(channel, settings)
+            log.info("federation started (run %d): waiting for %d sites on %s", run_id, args.sites, args.listen)
+            status, details = deploy.wait_run(channel, run_id, alive)
+            channel.close()
+        finally:
+            _stop(proc)
+    if status != "completed" or not Path(settings.out).is_file():
+        raise MediFlowError(f"the federated run {status}: {details or 'see the log above'}")
+    log.info("global checkpoint: %s (what the server received: %s.audit.json)", settings.out, settings.out)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import tomli_w
+
+    from mediflow.data.dataset import resolve_split_dir, scan_class_folders
+
+    if args.insecure == bool(args.root_certificates):
+        raise MediFlowError("give either --insecure or --root-certificates")
+    if args.auth_key and args.insecure:
+        raise MediFlowError("--auth-key (SuperNode authentication) needs TLS, not --insecure")
+    if not Path(args.data).is_dir():
+        raise MediFlowError(f"--data {args.data} is not a folder")
+    scan_class_folders(resolve_split_dir(args.data, "train"))  # fails now, not in round 1, on a folder without classes
+    with tempfile.TemporaryDirectory(prefix="mediflow-flwr-") as home:
+        # The node config stays on this machine: the ClientApp reads its data folder from it.
+        node = {"data-dir": str(Path(args.data).resolve()),
+                "cache-dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else str(Path(home) / "features")}
+        node_toml = Path(home) / "node-config.toml"
+        node_toml.write_text(tomli_w.dumps(node))
+        cmd = [_script("flower-supernode"), "--superlink", args.server, "--node-config", str(node_toml),
+               # the ClientApp processes talk to this SuperNode on loopback only
+               "--clientappio-api-address", f"127.0.0.1:{_free_port()}"]
+        if args.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", _file(args.root_certificates, "--root-certificates")]
+        if args.auth_key:
+            cmd += ["--auth-supernode-private-key", _file(args.auth_key, "--auth-key")]
+        if args.max_wait_time is not None:
+            cmd += ["--max-wait-time", str(args.max_wait_time)]
+        proc = subprocess.Popen(cmd, env=_flower_env(home), cwd=home, start_new_session=True)
+        _sigterm_exits()
+        try:
+            rc = proc.wait()
+        except SystemExit:  # SIGTERM: the site's operator (or its service manager) stops the client
+            rc = 0
+        finally:
+            _stop(proc)
+    if rc != 0:
+        raise MediFlowError(f"the Flower SuperNode stopped (exit {rc}): see its log above "
+                            "(unreachable server past --max-wait-time, TLS or authentication refused)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     # Flower logs through its own handler; without this every line would print twice.
     logging.getLogger("flwr").propagate = False
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower imports it; its set-up chatter is noise
-    return _simulate(args)
+    return {"simulate": _simulate, "server": _server, "client": _client}[args.federated_command](args)

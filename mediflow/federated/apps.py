@@ -55,10 +55,12 @@ def site_config(recipe: dict[str, Any], device: str = "cpu") -> TrainConfig:
 _SITES: dict[tuple, Site] = {}  # one Site per (data, recipe) for the life of the process
 
 
-def make_client_app(load_site_data: Callable[[Context, list[str]], tuple[Samples, Samples]],
+def make_client_app(load_site_data: Callable[[Context, TrainConfig, list[str]], tuple[Samples, Samples]],
                     cache_dir: Callable[[Context], str | None] = lambda ctx: None) -> ClientApp:
-    """A ClientApp whose site data comes from `load_site_data(context, class_names)` (called once
-    per process) and never enters a reply."""
+    """A ClientApp whose site data comes from `load_site_data(context, recipe_cfg, class_names)`
+    (called once per process: the simulation keeps one process, a deployed SuperNode starts one per
+    message, so there the feature cache on disk carries the backbone pass between rounds) and never
+    enters a reply."""
 
     def dp_clip_when_asked(msg: Message, ctxt: Context, call_next):
         # Flower's client-side clipping for central DP, when the server's DP wrapper asks for it.
@@ -74,10 +76,11 @@ def make_client_app(load_site_data: Callable[[Context, list[str]], tuple[Samples
         class_names = json.loads(str(conf["class-names"]))
         key = (json.dumps(dict(context.node_config), sort_keys=True, default=str), conf["recipe"])
         if key not in _SITES:
-            train, val = load_site_data(context, class_names)
+            cfg = site_config(recipe)
+            train, val = load_site_data(context, cfg, class_names)
             log.warning("site %s: preparing (%d training, %d validation films; features cached once)",
                         context.node_config.get("partition-id", ""), len(train), len(val))
-            _SITES[key] = Site(site_config(recipe), train, val, cache_dir=cache_dir(context))
+            _SITES[key] = Site(cfg, train, val, cache_dir=cache_dir(context))
         site = _SITES[key]
         if site.fingerprint != str(conf["backbone-sha"]):
             raise RuntimeError("this site's frozen backbone differs from the server's (weights or library versions)")

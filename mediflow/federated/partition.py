@@ -40,7 +40,7 @@ def partition(samples: Samples, n_sites: int, how: str = "patient", *, alpha: fl
     """`samples` -> n_sites disjoint Samples; every patient's films (and byte-identical copies)
     stay at one site. how: "patient" (IID: groups dealt at random), "label-skew" (class balance per
     site from `site_class_shares`; the same seed gives the same shares, so a site's train and
-    validation shards are skewed alike) or "framing" (groups sorted by `border_darkness`, cut into
+    validation shards are skewed alike; a class with at least n_sites patients reaches every site) or "framing" (groups sorted by `border_darkness`, cut into
     n_sites runs). Raises MediFlowError when there are fewer patients than sites."""
     if how not in PARTITIONS:
         raise MediFlowError(f"unknown partition {how!r}; expected one of {', '.join(PARTITIONS)}")
@@ -61,7 +61,13 @@ def partition(samples: Samples, n_sites: int, how: str = "patient", *, alpha: fl
         for c in range(len(samples.class_names)):
             members = rng.permutation(np.flatnonzero(group_label == c))
             cuts = np.round(np.cumsum(shares[c])[:-1] * len(members)).astype(int)
-            for s, part in enumerate(np.split(members, cuts)):
+            sizes = np.diff(np.concatenate([[0], cuts, [len(members)]]))
+            # Rounding can leave a site without a class that has a patient for every site (small
+            # validation shards); such a site takes one patient from the largest share.
+            while len(members) >= n_sites and (sizes == 0).any():
+                sizes[np.argmax(sizes)] -= 1
+                sizes[np.argmin(sizes)] += 1
+            for s, part in enumerate(np.split(members, np.cumsum(sizes)[:-1])):
                 site_of_group[part] = s
     else:
         score = border_darkness(samples)
