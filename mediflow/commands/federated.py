@@ -65,6 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="seconds to wait for the sites' replies in a round (default 3600; round 1 includes each "
                         "site's backbone pass over its films)")
     v.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the SuperLink to start")
+    _app_start_arg(v)
     _tls_args(v, server=True)
     v.add_argument("--supernode-key", action="append", default=[], metavar="PUBLIC_KEY",
                    help="a site's SuperNode public key (OpenSSH, NIST EC curve, e.g. ssh-keygen -t ecdsa -b 384); "
@@ -81,11 +82,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", help="keep this site's feature cache here (default: a temporary folder removed on exit)")
     c.add_argument("--max-wait-time", type=float,
                    help="give up after this many seconds without reaching the server (default: keep trying)")
+    _app_start_arg(c)
     _tls_args(c, server=False)
     c.add_argument("--auth-key", metavar="PRIVATE_KEY",
                    help="this SuperNode's private key (PEM/OpenSSH, NIST EC) for SuperNode authentication; "
                         "the server lists its public key with --supernode-key. Needs TLS")
     return p
+
+
+def _app_start_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--app-start-timeout", type=float, default=120.0,
+                   help="seconds a Flower app process may take to start before Flower gives up on it "
+                        "(default 120; Flower's own is 30, too short on a busy machine)")
+
+
+def _flower(service: str, args: argparse.Namespace) -> list[str]:
+    """Command line starting flower-superlink/flower-supernode through our launcher (see
+    mediflow/federated/flower_launch.py for why)."""
+    import sys
+
+    return [sys.executable, "-m", "mediflow.federated.flower_launch", service, str(args.app_start_timeout)]
 
 
 def _tls_args(p: argparse.ArgumentParser, server: bool) -> None:
@@ -267,7 +283,8 @@ def _server(args: argparse.Namespace) -> int:
     # The Control API (submit runs, register SuperNodes) and the ServerAppIo API have no account
     # authentication here: they listen on loopback only; only the Fleet API faces the sites.
     control = f"127.0.0.1:{_free_port()}"
-    cmd = [_script("flower-superlink"), "--fleet-api-address", args.listen, "--control-api-address", control,
+    _script("flower-superexec")  # the SuperLink starts it by name
+    cmd = [*_flower("superlink", args), "--fleet-api-address", args.listen, "--control-api-address", control,
            "--serverappio-api-address", f"127.0.0.1:{_free_port()}"]
     if args.insecure:
         cmd.append("--insecure")
@@ -323,7 +340,8 @@ def _client(args: argparse.Namespace) -> int:
                 "cache-dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else str(Path(home) / "features")}
         node_toml = Path(home) / "node-config.toml"
         node_toml.write_text(tomli_w.dumps(node))
-        cmd = [_script("flower-supernode"), "--superlink", args.server, "--node-config", str(node_toml),
+        _script("flower-superexec")  # the SuperNode starts it by name
+        cmd = [*_flower("supernode", args), "--superlink", args.server, "--node-config", str(node_toml),
                # the ClientApp processes talk to this SuperNode on loopback only
                "--clientappio-api-address", f"127.0.0.1:{_free_port()}"]
         if args.insecure:

@@ -153,7 +153,7 @@ def start_run(channel, settings: FedSettings) -> int:
     return int(res.run_id)
 
 
-def wait_run(channel, run_id: int, alive, poll: float = 2.0) -> tuple[str, str]:
+def wait_run(channel, run_id: int, alive, poll: float = 5.0) -> tuple[str, str]:
     """Polls the run until it finishes; returns (sub_status, details): sub_status 'completed',
     'failed' or 'stopped'. Raises MediFlowError when `alive()` turns False first."""
     from flwr.common.constant import Status
