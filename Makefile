@@ -1,5 +1,8 @@
 # `make run`: set up .venv and serve the bundled model on http://127.0.0.1:8000
 # `make test`: set up .venv and run the test suite
+# `make fuzz`: fuzz the upload decoder for longer than the test suite does (random seeds, 5,000 examples a test)
+# `make frontend`: rebuild the web app (frontend/, React + Vite) into mediflow/serving/static (needs Node 20.19+ and npm;
+#                  `make run` does not: the built app ships in the package)
 # `make onnx`: export the bundled model to ONNX (+ int8 with its validation AUC check when DATA exists)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +13,7 @@ PORT ?= 8000
 BUNDLED := mediflow/bundled/mediflow_lungs_best
 DATA ?= ../shared/data/chest_xray224
 
-.PHONY: run test setup clean onnx
+.PHONY: run test setup clean onnx frontend fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +28,14 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+fuzz: $(VENV)/.installed
+	MEDIFLOW_FUZZ_PROFILE=long $(PY) -m pytest -q tests/test_fuzz_decode.py $(PYTEST_ARGS)
+
 onnx: $(VENV)/.installed
 	$(VENV)/bin/mediflow export --model $(BUNDLED).pth --onnx $(BUNDLED).onnx $(if $(wildcard $(DATA)),--int8 --data $(DATA))
+
+frontend:
+	cd frontend && npm ci && npm run build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,7 +19,8 @@ from mediflow.errors import MediFlowError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mediflow", description="Pediatric chest X-ray pneumonia screening.")
     parser.add_argument("--version", action="version", version=f"mediflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, including pydicom's and Pillow's own records")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"mediflow.commands.{name}")
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    from mediflow.logs import quiet_libraries
+
+    quiet_libraries(verbose=args.verbose)  # pydicom/Pillow tracebacks only with --verbose
     try:
         return int(args._run(args) or 0)
     except MediFlowError as exc:

@@ -10,7 +10,16 @@ class DatasetError(MediFlowError):
 
 
 class ImageDecodeError(MediFlowError):
-    """Bytes that are not a supported, intact image."""
+    """Bytes that are not a supported, intact image.
+
+    `reason`: the same refusal for a server log line: no file name and no value quoted from the
+    file (a library's exception text can quote a header element, e.g. a birth date). Defaults to the
+    message without its leading "name: ".
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason if reason is not None else message.split(": ", 1)[-1]
 
 
 class ImageTooLargeError(ImageDecodeError):

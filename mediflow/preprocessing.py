@@ -44,9 +44,10 @@ class PreprocessConfig:
     # uniform borders (a dark viewer frame, padding to a square, collimator bands), so where the
     # film sits in its canvas cannot inform the model.
     framing: str = "squash"
-    # Intensity normalisation: "none", or "equalize" (histogram equalisation of the grey levels),
-    # which makes any monotone change of the grey scale (gamma, contrast, window/level) nearly
-    # vanish before the model (Pizer et al. 1987 discuss it for radiographs).
+    # Intensity normalisation: "none", or "equalize" (global histogram equalisation of the grey
+    # levels; Gonzalez & Woods, Digital Image Processing, 3.3), which makes any monotone change of
+    # the grey scale (gamma, contrast, window/level) nearly vanish before the model. Adaptive
+    # equalisation (CLAHE) did no better on test_dev (docs/experiments.md) and is not invariant.
     intensity: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,10 +109,10 @@ class AugmentConfig:
     @classmethod
     def acquisition(cls) -> "AugmentConfig":
         """Everything a film from another hospital may differ in besides the lungs: framing
-        (crop in or out by up to 25%, aspect 0.8-1.25), rotation, exposure and contrast (gamma
+        (a field of view 0.65-1.25 times the film's, aspect 0.8-1.25), rotation, exposure and contrast (gamma
         0.6-1.6), sharpness and JPEG encoding (quality 30-95)."""
         return cls(hflip=0.5, rotation=10.0, brightness=0.15, contrast=0.25, blur=0.3, jpeg=0.5,
-                   jpeg_quality=(30, 95), zoom=(0.75, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
+                   jpeg_quality=(30, 95), zoom=(0.65, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
 
     @classmethod
     def named(cls, name: str) -> "AugmentConfig":
@@ -227,6 +228,9 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int]:
     return box[0], box[1], box[2], box[3]
 
 
+INTENSITY_MODES = ("none", "equalize")
+
+
 def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """The first step of every transform: an RGB image at image_size x image_size.
 
@@ -241,7 +245,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     Raises ValueError for an unknown interpolation, framing or intensity name."""
     if cfg.framing not in ("squash", "trim"):
         raise ValueError(f"unsupported framing {cfg.framing!r}")
-    if cfg.intensity not in ("none", "equalize"):
+    if cfg.intensity not in INTENSITY_MODES:
         raise ValueError(f"unsupported intensity normalisation {cfg.intensity!r}")
     if cfg.intensity != "none" and image.mode != "L":
         image = image.convert("L")  # equalisation works on grey levels; a chest film has no colour
@@ -262,6 +266,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
             image = jpeg_roundtrip(image.convert("RGB"), cfg.source_jpeg_quality)
     if cfg.intensity == "equalize":
         image = ImageOps.equalize(image.convert("L"))
+
     return image.convert("RGB") if image.mode != "RGB" else image
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import environment_missing
+
 POSTGRES_ENV = "MEDIFLOW_TEST_POSTGRES_URL"
 FAKE_MODEL = {"architecture": "efficientnet_lite0", "version": "test", "sha256": "0" * 64}
 
@@ -60,8 +62,8 @@ def database_url(request, tmp_path: Path) -> Iterator[str]:
         return
     base = os.environ.get(POSTGRES_ENV)
     if not base:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}=postgresql+psycopg://user:pass@host/db "
-                    "(a user allowed to CREATE DATABASE); .ci/run starts one")
+        environment_missing(f"PostgreSQL tests need {POSTGRES_ENV}=postgresql+psycopg://user:pass@host/db "
+                            "(a user allowed to CREATE DATABASE); .ci/run starts one")
     yield from _postgres_database(base)
 
 

@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pydicom")
+from conftest import jpeg_bytes, png_bytes, xray_like
+from db_fixtures import tiny_predictor  # noqa: F401  (fixture)
+from dicom_factory import dicom_bytes, gradient, structured_report_bytes
 
-from conftest import jpeg_bytes, png_bytes, xray_like  # noqa: E402
-from db_fixtures import tiny_predictor  # noqa: E402,F401  (fixture)
-from dicom_factory import dicom_bytes, gradient, structured_report_bytes  # noqa: E402
-
-from mediflow.cli import main  # noqa: E402
-from mediflow.data.images import load_image  # noqa: E402
-from mediflow.inference.folder import analyze_folder, csv_columns  # noqa: E402
-from mediflow.inference.predictor import Predictor  # noqa: E402
+from mediflow.cli import main
+from mediflow.data.images import load_image
+from mediflow.inference.folder import analyze_folder, csv_columns
+from mediflow.inference.predictor import Predictor
 
 GOOD = ["NORMAL/a.jpeg", "NORMAL/b.png", "PNEUMONIA/c.dcm", "PNEUMONIA/series/IM000001", "d.JPG",
         "multi.dicom"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import jpeg_bytes, xray_like
@@ -73,7 +75,10 @@ def test_api_requires_a_key_and_reviews_record_its_name(make_client, tmp_path):
     assert client.get("/api/model", headers={"Authorization": f"Basic {ALICE}"}).status_code == 401
     assert client.get("/api/model").status_code == 401
     # The page, its assets and the health check stay open.
-    for path in ("/health", "/", "/worklist", "/static/worklist.js"):
+    page = client.get("/").text
+    assets = re.findall(r'(?:src|href)="(/static/assets/[^"]+)"', page)
+    assert assets
+    for path in ("/health", "/", "/worklist", "/model", *assets):
         assert client.get(path).status_code == 200, path
 
     r = client.post("/api/vision/analyze", files=files, headers=bearer(ALICE))

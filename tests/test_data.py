@@ -53,18 +53,75 @@ def test_decode_errors_say_what_is_wrong():
         decode_image(good[: len(good) // 2])
 
 
-def test_decompression_bomb_rejected_without_decoding():
-    # A PNG header declaring 100k x 100k pixels; the body is tiny.
-    img = Image.new("L", (1, 1))
-    data = bytearray(png_bytes(img))
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid, tiny PNG whose header claims width x height 8-bit grey pixels (a decompression bomb)."""
     import struct
     import zlib
 
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    data[8:8 + 25] = struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG with its baseline frame header patched to claim width x height pixels."""
+    import struct
+
+    data = bytearray(jpeg_bytes(xray_like(1, 0, 32)))
+    sof = data.index(b"\xff\xc0")  # FFC0, length(2), precision(1), height(2), width(2)
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.fixture
+def pixel_loads(monkeypatch) -> list:
+    """Records every decode of pixel data (PIL's ImageFile.load, which PNG and JPEG both use)."""
+    from PIL import ImageFile
+
+    calls = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self):
+        calls.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return calls
+
+
+def test_pixel_spy_sees_an_ordinary_decode(pixel_loads):
+    decode_image(jpeg_bytes(xray_like(0, 1, size=64)))
+    assert set(pixel_loads) == {(64, 64)}  # (load() runs again, as a no-op, on convert) so an empty list below means "never decoded", not "spy blind"
+
+
+# Pillow warns above Image.MAX_IMAGE_PIXELS (89.5 M) and MediFlow turns that warning into a refusal;
+# 8000 x 8000 = 64 M is below it, so only MediFlow's own 50 M limit stands between it and a decode.
+@pytest.mark.parametrize("make", [png_declaring, jpeg_declaring], ids=["png", "jpeg"])
+def test_bomb_below_pillows_limit_is_refused_by_mediflows_limit_without_decoding(make, pixel_loads):
+    from mediflow.data.images import DEFAULT_MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS < 8000 * 8000 <= Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLargeError, match="8000x8000 pixels exceeds the limit of 50,000,000 pixels"):
+        decode_image(make(8000, 8000))
+    assert pixel_loads == []
+
+
+@pytest.mark.parametrize("make", [png_declaring, jpeg_declaring], ids=["png", "jpeg"])
+def test_bomb_above_pillows_limit_is_refused_without_decoding(make, pixel_loads):
     with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
-        decode_image(bytes(data))
+        decode_image(make(60_000, 60_000))
+    assert pixel_loads == []
+
+
+def test_pixel_limit_is_inclusive_and_configurable(pixel_loads):
+    data = png_bytes(xray_like(0, 2, size=40))  # 1600 pixels
+    assert decode_image(data, max_pixels=1600).size == (40, 40)
+    pixel_loads.clear()
+    with pytest.raises(ImageTooLargeError, match="40x40 pixels exceeds the limit of 1,599 pixels"):
+        decode_image(data, max_pixels=1599)
+    assert pixel_loads == []
 
 
 def test_jpeg_draft_downscales_but_keeps_size_above_target():
@@ -113,6 +170,7 @@ def test_identical_files_under_different_patients_stay_in_one_split(tmp_path: Pa
         assert ("person0_bacteria_0.jpeg" in names_val) == ("person999_virus_1.jpeg" in names_val)
 
 
+@pytest.mark.realdata
 def test_real_data_split_has_no_patient_overlap(real_data: Path):
     samples = scan_class_folders(real_data / "train")
     assert samples.class_names == ["NORMAL", "PNEUMONIA"]

@@ -11,21 +11,19 @@ import tracemalloc
 import numpy as np
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-
-from conftest import REPO  # noqa: E402
-from dicom_factory import (  # noqa: E402
+from conftest import REPO
+from dicom_factory import (
     dicom_bytes, gradient, image_dataset, structured_report_bytes, to_bytes,
 )
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.pixels import get_decoder, get_encoder  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder, get_encoder
+from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, MPEG2MPML, RLELossless,
 )
 
-from mediflow.data.dicom import dicom_metadata, image_notes  # noqa: E402
-from mediflow.data.images import decode_image, sniff_format  # noqa: E402
-from mediflow.errors import ImageDecodeError, ImageTooLargeError  # noqa: E402
+from mediflow.data.dicom import dicom_metadata, image_notes
+from mediflow.data.images import decode_image, sniff_format
+from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 
 def gray(data: bytes, **kwargs) -> np.ndarray:
@@ -92,6 +90,68 @@ def test_voi_lut_sequence_is_applied():
     expected = np.rint((arr / 4095) ** 2 * 255).astype(int)
     assert np.abs(out - expected).max() <= 1
     assert out[0, arr.shape[1] // 2] < gray(dicom_bytes(arr, bits_stored=12))[0, arr.shape[1] // 2] - 40
+
+
+def _lut_dataset(arr: np.ndarray, first: int, entries: list[int], *, descriptor_entries: int | None = None, **kw):
+    """A VOI LUT Sequence file; `descriptor_entries` 0 is the standard's way of writing 65536 entries."""
+    ds = image_dataset(arr, voi_lut=(first, entries[:1]), **kw)
+    item = ds.VOILUTSequence[0]
+    item.LUTDescriptor = [len(entries) if descriptor_entries is None else descriptor_entries, first, 16]
+    # OW, not US: 65536 US values overflow explicit VR US's 2-byte length field.
+    del item.LUTData
+    item.add_new(0x00283006, "OW", np.asarray(entries, "<u2").tobytes())
+    return ds
+
+
+def test_voi_lut_with_nonzero_first_mapped_value_spans_its_own_output_range():
+    """PS3.3 C.11.2.1.1: values below the first mapped value take the first entry, values past the
+    last take the last; the display spans the LUT's own output range (here 5000..29564, not 0..65535)."""
+    arr = gradient(top=4095)
+    first, n = 1000, 2048
+    entries = [5000 + 12 * i for i in range(n)]
+    out = gray(to_bytes(_lut_dataset(arr, first, entries, bits_stored=12)))
+    idx = np.clip(arr.astype(int) - first, 0, n - 1)
+    expected = np.rint((5000 + 12 * idx - 5000) / (12 * (n - 1)) * 255).astype(int)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_voi_lut_with_65536_entries_written_as_zero():
+    arr = gradient(top=65535)
+    entries = [65535 - i for i in range(65536)]  # an inverting LUT over the full 16-bit range
+    out = gray(to_bytes(_lut_dataset(arr, 0, entries, descriptor_entries=0, bits_stored=16)))
+    np.testing.assert_array_equal(out, np.rint((65535 - arr.astype(int)) / 65535 * 255).astype(int))
+
+
+def test_rescaled_values_are_rounded_before_indexing_the_voi_lut():
+    """With a fractional slope the modality values are not integers; the LUT is indexed by the nearest
+    integer. An alternating black/white LUT makes an index off by one (truncation) visible."""
+    stored = gradient(top=4095)
+    ds = _lut_dataset(stored, 0, [65535 * (i % 2) for i in range(1639)], bits_stored=12)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 0.4, 0.0, "US"
+    out = gray(to_bytes(ds))
+    idx = np.floor(stored.astype(float) * 0.4 + 0.5).astype(int)  # no exact .5 ties at slope 0.4
+    np.testing.assert_array_equal(out, 255 * (idx % 2))
+
+
+def test_uniform_film_without_window_is_black_not_undefined():
+    """min == max: no range to stretch; the film shows as the darkest value (white for MONOCHROME1)."""
+    flat = np.full((8, 12), 700, np.uint16)
+    assert (gray(dicom_bytes(flat, bits_stored=12)) == 0).all()
+    assert (gray(dicom_bytes(flat, bits_stored=12, photometric="MONOCHROME1")) == 255).all()
+
+
+def test_window_center_without_width_is_not_a_window():
+    arr = gradient(top=4095)
+    ds = image_dataset(arr, bits_stored=12)
+    ds.WindowCenter = 2048
+    np.testing.assert_array_equal(gray(to_bytes(ds)), gray(dicom_bytes(arr, bits_stored=12)))
+
+
+def test_first_of_several_windows_is_applied():
+    """PS3.3 C.11.2.1.2: several windows may be given; the first is the default."""
+    arr = gradient(top=4095)
+    out = gray(dicom_bytes(arr, bits_stored=12, window=([2048, 1000], [1024, 400])))
+    np.testing.assert_array_equal(out, expected_linear_window(arr.astype(float), 2048, 1024))
 
 
 def test_rescale_slope_intercept_before_window():
@@ -226,10 +286,12 @@ def test_deflated_dicom_decodes():
 # -- compressed transfer syntaxes -----------------------------------------------------------------
 
 def _require_codec(uid, *, encode: bool = True) -> None:
-    if not get_decoder(uid).is_available:
-        pytest.skip(f"no decoder installed for {uid.name}: {get_decoder(uid).missing_dependencies}")
-    if encode and not get_encoder(uid).is_available:
-        pytest.skip(f"no encoder installed for {uid.name}: {get_encoder(uid).missing_dependencies}")
+    """The pylibjpeg plugins are dependencies of MediFlow: a missing codec is a broken install, not a skip."""
+    decoder = get_decoder(uid)
+    assert decoder.is_available, f"no decoder installed for {uid.name}: {decoder.missing_dependencies}"
+    if encode:
+        encoder = get_encoder(uid)
+        assert encoder.is_available, f"no encoder installed for {uid.name}: {encoder.missing_dependencies}"
 
 
 @pytest.mark.parametrize("uid", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])

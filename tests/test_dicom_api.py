@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("pydicom")
+from conftest import png_bytes, xray_like
+from db_fixtures import make_client, tiny_predictor  # noqa: F401  (fixtures)
+from dicom_factory import dicom_bytes, gradient, structured_report_bytes
 
-from conftest import png_bytes, xray_like  # noqa: E402
-from db_fixtures import make_client, tiny_predictor  # noqa: E402,F401  (fixtures)
-from dicom_factory import dicom_bytes, gradient, structured_report_bytes  # noqa: E402
-
-from mediflow.data.images import decode_image  # noqa: E402
+from mediflow.data.images import decode_image
 
 
 def post(client, data: bytes, name: str = "film.dcm", **params):

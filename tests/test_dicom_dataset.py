@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("pydicom")
+from conftest import make_dataset
+from dicom_factory import dicom_bytes
 
-from conftest import make_dataset  # noqa: E402
-from dicom_factory import dicom_bytes  # noqa: E402
-
-from mediflow.cli import main  # noqa: E402
-from mediflow.data.dataset import ImageFolderDataset, check_images, scan_class_folders  # noqa: E402
-from mediflow.preprocessing import PreprocessConfig, eval_transform  # noqa: E402
+from mediflow.cli import main
+from mediflow.data.dataset import ImageFolderDataset, check_images, scan_class_folders
+from mediflow.preprocessing import PreprocessConfig, eval_transform
 
 
 def convert_to_dicom(root: Path, every: int = 2) -> list[Path]:

@@ -1,6 +1,4 @@
-"""DICOM uploads become studies with their UIDs and demographics, which are never logged.
-
-Needs mediflow.data.dicom (decode_dicom, dicom_metadata); skipped visibly where it is absent."""
+"""DICOM uploads become studies with their UIDs and demographics, which are never logged."""
 
 from __future__ import annotations
 
@@ -9,14 +7,12 @@ import logging
 import uuid
 
 import numpy as np
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from mediflow.store.models import Study
-
-pydicom = pytest.importorskip("pydicom", reason="pydicom not installed")
-pytest.importorskip("mediflow.data.dicom", reason="mediflow.data.dicom (DICOM decoding) not in this tree")
 
 PATIENT_NAME = "Doe^Jane"
 

@@ -128,6 +128,8 @@ def test_ensemble_exports_as_one_graph_averaging_calibrated_members(tiny_model: 
     b["state_dict"] = {k: (v + 0.05 * torch.randn_like(v) if k.startswith("head.") else v)
                        for k, v in b["state_dict"].items()}
     a["temperature"], b["temperature"] = 0.7, 2.0
+    # Set, not fitted: large enough that a graph ignoring a member's bias misses by far more than atol.
+    a["logit_bias"], b["logit_bias"] = [0.8, -0.8], [-0.6, 0.6]
     ens = {"format": ENSEMBLE_FORMAT, "members": [a, b], "class_names": a["class_names"],
            "positive_class": "PNEUMONIA", "threshold": 0.5, "architecture": "ensemble"}
     pth = save_checkpoint(ens, tmp_path / "ens.pth")
@@ -135,12 +137,13 @@ def test_ensemble_exports_as_one_graph_averaging_calibrated_members(tiny_model: 
     torch_p, onnx_p = Predictor.load(pth, backend="torch"), Predictor.load(onnx)
     assert onnx_p.n_members == 2 and onnx_p.info.architecture.startswith("ensemble(")
     x = _synthetic_batch(torch_p)
-    # What an ensemble means: the average of each member's softmax(logits / T).
+    # What an ensemble means: the average of each member's softmax(logits / T + b).
     expected = []
     for member in (a, b):
         single = Predictor(member, backend=None)
-        z = single.backend.run(x)["logits"]
-        expected.append(torch.softmax(torch.from_numpy(z) / member["temperature"], 1).numpy())
+        z = single.backend.run(x)["logits"]  # a single model's graph returns raw logits
+        calibrated = torch.from_numpy(z) / member["temperature"] + torch.tensor(member["logit_bias"])
+        expected.append(torch.softmax(calibrated, 1).numpy())
     expected = np.mean(expected, axis=0)
     np.testing.assert_allclose(torch_p.probabilities_from_tensors(x), expected, atol=1e-5)
     np.testing.assert_allclose(onnx_p.probabilities_from_tensors(x), expected, atol=1e-4)
@@ -337,8 +340,8 @@ def test_cam_agrees_with_gradcam_on_bundled_model(bundled_export):
 
 # -- int8 -------------------------------------------------------------------------------------------
 
-def test_int8_export_reports_auc_change_and_is_default_only_when_accepted(tiny_model: Path, tmp_path: Path,
-                                                                          capsys):
+def test_int8_export_reports_decision_agreement_and_is_default_only_when_accepted(tiny_model: Path,
+                                                                                  tmp_path: Path, capsys):
     from mediflow.inference.quantize import record_quantization
 
     pth = tmp_path / "model.pth"
@@ -346,16 +349,22 @@ def test_int8_export_reports_auc_change_and_is_default_only_when_accepted(tiny_m
     data = load_checkpoint(pth)["train_config"]["data"]
     onnx = _export(pth, "--int8", "--data", data)
     out = capsys.readouterr().out
-    assert "AUC change" in out and "validation" in out
+    assert "decisions agree on" in out and "validation" in out
     int8 = pth.with_suffix(".int8.onnx")
-    q = OnnxBackend(int8).metadata["onnx"]["quantization"]
-    assert q["auc_change"] == pytest.approx(q["int8"]["auc"] - q["fp32"]["auc"])
-    assert q["accepted"] == (q["auc_change"] > -0.002) and q["validation"]["same_files_as_training"]
+    meta = OnnxBackend(int8).metadata
+    q = meta["onnx"]["quantization"]
+    v = q["validation"]
+    assert q["auc_change"] == pytest.approx(v["int8"]["auc"] - v["fp32"]["auc"])  # tiny data has no test_dev
+    assert q["accepted"] == (q["decision_agreement"] >= 0.995 and abs(q["auc_change"]) <= 0.002)
+    assert v["same_files_as_training"] and 0 <= q["decision_agreement"] <= 1
+    # The int8 model keeps the fp32 model's calibration and operating point: same decision rule.
+    ckpt = load_checkpoint(pth)
+    assert (meta["threshold"], meta["temperature"]) == (ckpt["threshold"], ckpt["temperature"])
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(onnx)
     chosen = Predictor.load(pth)
     assert chosen.backend.path == (int8 if q["accepted"] else onnx)
     # A rejected int8 model is not served by default.
-    record_quantization(int8, {"auc_change": -0.01, "accepted": False}, {})
+    record_quantization(int8, {"auc_change": -0.01, "decision_agreement": 0.9, "accepted": False})
     assert Predictor.load(pth).backend.path == onnx
     # ... but can still be served on purpose.
     assert Predictor.load(int8).backend.path == int8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import tempfile
 
 import numpy as np
@@ -151,15 +152,28 @@ def test_model_is_warmed_up_once_at_start_up(predictor, monkeypatch):
 def test_page_is_served_with_the_disclaimer_and_a_strict_policy(predictor):
     with TestClient(create_app(Settings(max_upload_bytes=5 * 1024 * 1024), predictor=predictor)) as client:
         page = client.get("/")
-        script = client.get("/static/app.js")
-        style = client.get("/static/style.css")
+        routes = [client.get(path) for path in ("/worklist", "/model")]
+        script_src = re.search(r'<script type="module" crossorigin src="(/static/assets/[^"]+\.js)"', page.text)
+        style_href = re.search(r'<link rel="stylesheet" crossorigin href="(/static/assets/[^"]+\.css)"', page.text)
+        assert script_src and style_href, page.text
+        script = client.get(script_src.group(1))
+        style = client.get(style_href.group(1))
+        raw = client.get("/static/index.html")  # only the filled-in page is served, with its CSP
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert DISCLAIMER in page.text
+    assert f'<meta name="mediflow-disclaimer" content="{DISCLAIMER}">' in page.text
     assert "{{" not in page.text
-    assert "up to 5 MB" in page.text and 'data-max-upload-bytes="5242880"' in page.text
-    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<meta name="mediflow-max-upload" content="5 MB">' in page.text
+    assert '<meta name="mediflow-max-upload-bytes" content="5242880">' in page.text
+    # No inline script or style anywhere: the strict policy below needs none.
+    assert "<script>" not in page.text and "<style" not in page.text and " style=" not in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    for r in routes:  # client-side routes of the same app
+        assert r.status_code == 200 and r.text == page.text
+        assert r.headers["content-security-policy"] == policy
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert style.status_code == 200
+    assert style.status_code == 200 and "text/css" in style.headers["content-type"]
+    assert raw.status_code == 404
 
 
 # -- settings ------------------------------------------------------------------------------------

@@ -82,9 +82,16 @@ def test_resume_continues_from_checkpoint(tmp_path: Path, tiny_data: Path):
     first = tmp_path / "first.pth"
     assert main(["train", "--data", str(tiny_data), "--out", str(first), "--epochs", "1", *BASE]) == 0
     second = tmp_path / "second.pth"
+    # At lr 0 the resumed epochs cannot move a weight, so the saved weights must be exactly the ones
+    # loaded from `first`; a resume that skipped loading them would save the fresh initialisation's
+    # head, which one epoch of training has moved away from.
     assert main(["train", "--data", str(tiny_data), "--out", str(second), "--epochs", "3", "--resume", str(first),
-                 *BASE]) == 0
-    assert [h["epoch"] for h in load_checkpoint(second)["history"]] == [2, 3]
+                 "--lr", "0", *BASE]) == 0
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    assert [h["epoch"] for h in b["history"]] == [2, 3]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    changed = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not changed, f"resumed weights differ from the checkpoint's: {changed[:5]}"
 
 
 def _bad_datasets(tmp: Path) -> dict[str, Path]:

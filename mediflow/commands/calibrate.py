@@ -1,23 +1,38 @@
-"""`mediflow calibrate --model M --data ROOT [--out M2] [--min-sensitivity 0.97]`"""
+"""`mediflow calibrate --model M --data SITE_DIR|ROOT [--out M2] [--min-sensitivity 0.97]`"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("calibrate", help="refit a model's calibration and threshold on its validation split",
-                       description="Recomputes the validation split the model was selected on (checked by "
-                                   "fingerprint) and refits temperature, bias and threshold; weights unchanged.")
+    p = sub.add_parser("calibrate", help="refit a model's calibration and operating point (weights unchanged)",
+                       description="Go-live step at a new site: with --data SITE_DIR (class folders NORMAL/ and "
+                                   "PNEUMONIA/ of 200-300 of the site's own labelled films), refit temperature, bias "
+                                   "and threshold on those films. With --data ROOT holding train/ (the training "
+                                   "data), refit them on the model's own validation split instead.")
     p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="the training root the model was trained on")
+    p.add_argument("--data", required=True, help="the site's labelled films (class folders), or the training root")
     p.add_argument("--out", help="write here instead of overwriting --model")
-    p.add_argument("--min-sensitivity", type=float, default=0.97)
+    p.add_argument("--min-sensitivity", type=float, default=0.97,
+                   help="threshold rule: the highest threshold keeping sensitivity >= this on those films")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from mediflow.training.ensemble import recalibrate
+    from mediflow.errors import MediFlowError
 
-    recalibrate(args.model, args.data, args.out or args.model, min_sensitivity=args.min_sensitivity)
+    if not 0 < args.min_sensitivity <= 1:
+        raise MediFlowError(f"--min-sensitivity {args.min_sensitivity} is not in (0, 1]")
+    out = args.out or args.model
+    if (Path(args.data) / "train").is_dir():
+        from mediflow.training.ensemble import recalibrate
+
+        recalibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity)
+    else:
+        from mediflow.training.site_calibration import site_calibrate
+
+        site_calibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity, skip_bad=args.skip_bad)
     return 0

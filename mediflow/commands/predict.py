@@ -70,7 +70,7 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     written: set[str] = set()
-    status = 0
+    failed = 0
     for path in paths:
         try:
             img = load_image(path, draft_size=predictor.draft_size)
@@ -80,15 +80,21 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
                 result["notes"] = image_notes(img)
         except ImageDecodeError as exc:
             result, hmap = {"file": str(path), "error": str(exc)}, None
-            status = 1
+            failed += 1
+        except Exception as exc:  # a library bug on one odd file must not stop the others
+            result, hmap = {"file": str(path), "error": f"{path}: could not be analysed (unexpected "
+                                                        f"{type(exc).__name__} in the decoder; please report it "
+                                                        "with the file)"}, None
+            failed += 1
         if hmap is not None:
             out = heat_dir / _unique(path.stem, written)
             blend(img, hmap).save(out)
             result["heatmap_file"] = str(out)
         print(json.dumps(result), flush=True)
-    if status:
-        print("mediflow predict: error: some images could not be read (see their 'error' field)", file=sys.stderr)
-    return status
+    if failed:
+        print(f"mediflow predict: error: {failed} of {len(paths)} images could not be read (see their 'error' "
+              "field)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _unique(stem: str, used: set[str]) -> str:

@@ -67,7 +67,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "rotation, gamma, contrast, blur and JPEG q30-95 (see preprocessing.AugmentConfig)")
     p.add_argument("--framing", choices=["squash", "trim"],
                    help="trim: cut uniform borders off every input before resizing (training, evaluation, serving)")
-    p.add_argument("--intensity", choices=["none", "equalize"], help="equalize: histogram-equalise every input")
+    p.add_argument("--intensity", choices=["none", "equalize"],
+                   help="equalize: histogram-equalise every input (training, evaluation, serving)")
     p.add_argument("--probe-c", type=float, help="probe recipe: inverse L2 strength C (smaller = stronger)")
     p.add_argument("--class-weights", type=_floats, help="e.g. 3,1 (in sorted class order); default: inverse frequency")
     p.add_argument("--feature-views", type=int, help="frozen recipe: augmented views cached per image (default 2)")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mediflow import logs as _logs  # noqa: F401  (importing it quiets pydicom's decoder tracebacks)
+from mediflow.data.dicom_header import check_pixel_data_length, check_pixel_header, check_value_transforms, label
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 NOTES_KEY = "mediflow_notes"
@@ -29,6 +31,8 @@ NOTES_KEY = "mediflow_notes"
 # age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
 # handlers or levels are configured later, and a warnings filter (not catch_warnings, which is not
 # thread-safe; decoding runs in worker threads) silences its warnings.
+# Records of pydicom's child loggers (pydicom.pixels.*, which log decoder tracebacks) bypass a
+# filter on "pydicom" itself; mediflow.logs stops them at the "pydicom" logger unless --verbose.
 logging.getLogger("pydicom").addFilter(lambda record: False)
 warnings.filterwarnings("ignore", module=r"pydicom\b")
 
@@ -37,6 +41,10 @@ METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge
                    "BodyPartExamined", "ViewPosition")
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust code
+# panics on a segment that decodes past the frame (found by tests/test_fuzz_decode.py) and prints
+# that panic to stderr, where no logging setting can stop it. About 0.4 s more per 2k x 2k film.
+_PLUGIN = {"1.2.840.10008.1.2.5": "pydicom"}
 # Deflated DICOM is inflated whole by pydicom; cap what a small upload may expand to.
 _INFLATE_OVERHEAD = 4 * 1024 * 1024
 
@@ -127,20 +135,22 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble, stop_before_pixels=stop_before_pixels)
         _check_not_truncated(ds, name)
-        # Touch every top-level element now, so a truncated or garbled header fails here, once.
-        for _ in ds:
-            pass
     except ImageDecodeError:
         raise
     except InvalidDicomError as exc:
-        raise ImageDecodeError(f"{name}: not a valid DICOM file ({exc})") from None
+        raise ImageDecodeError(f"{name}: not a valid DICOM file ({exc})",
+                               reason="not a valid DICOM file") from None
     except Exception as exc:  # pydicom raises many types on malformed input; none is a server bug
-        raise ImageDecodeError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ImageDecodeError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {_first_line(exc)})",
+                               reason=f"corrupt or truncated DICOM ({type(exc).__name__})") from None
+    _touch_elements(ds, name)
     if len(ds) == 0 and has_preamble:
         raise ImageDecodeError(f"{name}: DICOM file has no data elements (truncated?)")
     if not any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality")):
         raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (no DICOM elements found)")
     meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    if meta is not None and "TransferSyntaxUID" in meta and not str(meta.TransferSyntaxUID).strip("\0 "):
+        del meta.TransferSyntaxUID  # empty: as if absent
     if meta is None or "TransferSyntaxUID" not in meta:
         # A bare dataset without file meta: its encoding is what pydicom detected while reading.
         implicit, little = ds.original_encoding
@@ -153,6 +163,37 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
         else:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return ds
+
+
+def _touch_elements(ds, name: str) -> None:
+    """Convert every top-level element now, so a garbled value fails here, once, by its name.
+    (pydicom converts raw values lazily, and reading the header must not fail halfway through.)"""
+    from pydicom.datadict import dictionary_description
+
+    for tag in list(ds.keys()):
+        try:
+            ds[tag]
+        except Exception as exc:
+            try:
+                what = f"{dictionary_description(tag)} ({tag.group:04X},{tag.element:04X})"
+            except KeyError:  # private or unknown tag
+                what = f"element ({tag.group:04X},{tag.element:04X})"
+            raise ImageDecodeError(f"{name}: DICOM {what} cannot be read ({type(exc).__name__}: {_first_line(exc)})",
+                                   reason=f"DICOM {what} cannot be read ({type(exc).__name__})") from None
+
+
+def _transfer_syntax(ds, name: str):
+    """The file's Transfer Syntax UID, if pydicom knows it; an unknown one (a private UID, or one added
+    to the standard after this pydicom release, e.g. 1.2.840.10008.1.2.8.1) cannot be decoded."""
+    ts = ds.file_meta.TransferSyntaxUID
+    what = label("TransferSyntaxUID")
+    if not ts.is_valid:
+        raise ImageDecodeError(f"{name}: DICOM {what} is not a valid UID ({str(ts)[:64]!r})",
+                               reason=f"DICOM {what} is not a valid UID")
+    if not ts.is_transfer_syntax:
+        raise ImageDecodeError(f"{name}: DICOM {what} {ts} is not a transfer syntax this decoder knows",
+                               reason=f"DICOM {what} is not a transfer syntax this decoder knows")
+    return ts
 
 
 def _check_not_truncated(ds, name: str) -> None:
@@ -184,8 +225,12 @@ def dicom_metadata(data: bytes) -> dict[str, Any]:
     for key in METADATA_FIELDS:
         value = ds.get(key)
         out[key] = str(value).strip() if value not in (None, "") else None
-    if "NumberOfFrames" in ds and ds.NumberOfFrames not in (None, ""):
-        out["NumberOfFrames"] = int(ds.NumberOfFrames)
+    try:
+        frames = int(ds.get("NumberOfFrames") or 0)
+    except (TypeError, ValueError):  # malformed: decode_dicom refuses such a file by name
+        frames = 0
+    if frames > 0:
+        out["NumberOfFrames"] = frames
     return out
 
 
@@ -259,7 +304,7 @@ def _color(arr: np.ndarray, ds) -> np.ndarray:
         arr = apply_color_lut(arr, ds)
         bits = 16 if arr.dtype == np.uint16 else 8
     else:
-        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+        bits = int(ds.BitsStored)
     return _to_unit_range(arr, 0.0, float(2**bits - 1))
 
 
@@ -279,32 +324,42 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
         sop = _sop_class(ds)
         hint = "; truncated?" if "Image Storage" in sop else ""
         raise ImageDecodeError(f"{name}: DICOM has no image (SOP class {sop}{hint})")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.PhotometricInterpretation).strip()
-        frames = int(ds.get("NumberOfFrames") or 1)
-    except (AttributeError, TypeError, ValueError):
-        raise ImageDecodeError(f"{name}: DICOM image lacks Rows, Columns or Photometric Interpretation") from None
-    if rows <= 0 or cols <= 0:
-        raise ImageDecodeError(f"{name}: DICOM image has no pixels ({cols}x{rows})")
+    ts = _transfer_syntax(ds, name)
+    header = check_pixel_header(ds, name, native=not ts.is_compressed)
+    rows, cols = header.rows, header.columns
     if rows * cols > max_pixels:
-        raise ImageTooLargeError(f"{name}: {cols}x{rows} pixels exceeds the limit of {max_pixels:,} pixels")
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        raise ImageTooLargeError(f"{name}: {cols}x{rows} pixels exceeds the limit of {max_pixels:,} pixels",
+                                 reason=f"{cols}x{rows} pixels exceeds the limit of {max_pixels:,} pixels")
+    if ts.is_compressed:
         _check_decoder(ds, name)
+    else:
+        check_pixel_data_length(ds, header, name)
+    check_value_transforms(ds, header, name)
     try:
-        arr = pixel_array(ds, index=0)
-        if photometric.startswith("MONOCHROME"):
+        arr = pixel_array(ds, index=0, decoding_plugin=_PLUGIN.get(ts, ""))
+        if header.photometric.startswith("MONOCHROME"):
             unit = _grayscale(arr, ds)
-        elif arr.ndim == 3 or photometric == "PALETTE COLOR":
-            unit = _color(arr, ds)
         else:
-            raise ImageDecodeError(f"{name}: unsupported DICOM Photometric Interpretation {photometric!r}")
-    except ImageDecodeError:
+            unit = _color(arr, ds)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # truncated pixel data, corrupt codestreams, inconsistent headers
+    except BaseException as exc:  # noqa: BLE001  corrupt codestreams, and what the header checks do not foresee.
+        # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
         raise ImageDecodeError(
-            f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+            f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__}: {_first_line(exc)})",
+            reason=f"DICOM pixel data cannot be decoded ({type(exc).__name__})") from None
+    expected = (rows, cols) if header.photometric in ("MONOCHROME1", "MONOCHROME2") else (rows, cols, 3)
+    if unit.shape != expected:
+        raise ImageDecodeError(f"{name}: DICOM pixel data decodes to shape {unit.shape}, but the header "
+                               f"declares {expected} (Rows, Columns, Samples per Pixel disagree with it)",
+                               reason="DICOM pixel data shape disagrees with the header")
+    if not np.isfinite(unit).all():
+        raise ImageDecodeError(f"{name}: DICOM Rescale Slope/Intercept or window values take pixels beyond the "
+                               "range of a number", reason="DICOM pixel values not finite after rescale/window")
     img = Image.fromarray(np.rint(unit * 255.0).astype(np.uint8)).convert("RGB")
-    if frames > 1:
-        img.info[NOTES_KEY] = [f"multi-frame DICOM: first frame of {frames} analysed"]
+    notes = list(header.notes)
+    if header.frames > 1:
+        notes.append(f"multi-frame DICOM: first frame of {header.frames} analysed")
+    if notes:
+        img.info[NOTES_KEY] = notes
     return img

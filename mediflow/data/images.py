@@ -102,7 +102,8 @@ def decode_image(
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})") from None
+        raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})",
+                               reason=f"corrupt or truncated {fmt.upper()} ({type(exc).__name__})") from None
     return _to_rgb(img, keep_gray=keep_gray)
 
 

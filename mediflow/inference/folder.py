@@ -110,6 +110,9 @@ def _load(path: Path, name: str, predictor: Predictor, max_pixels: int, keep_ima
     except ImageDecodeError as exc:
         # load_image names the absolute path; the CSV names files relative to the folder.
         return _Loaded(None, [], str(exc).replace(str(path), name, 1))
+    except Exception as exc:  # a library bug on one odd file must not stop a run over thousands
+        return _Loaded(None, [], f"{name}: could not be analysed (unexpected {type(exc).__name__} in the decoder; "
+                                 "please report it with the file)")
 
 
 def overlay_name(name: str) -> str:

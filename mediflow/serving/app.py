@@ -1,4 +1,5 @@
-"""The FastAPI application: `POST /api/vision/analyze`, `/health`, `/api/model` and the web page at `/`."""
+"""The FastAPI application: `POST /api/vision/analyze`, `/health`, `/api/model`, `/api/model/evaluation`
+and the web app (built from frontend/ into static/) at `/`, `/worklist` and `/model`."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from mediflow import DISCLAIMER, __version__
+from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
+from mediflow.serving.evaluation import read_evaluation
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard
 from mediflow.serving.settings import Settings
 from mediflow.serving.studies import install as install_studies, record_analysis
@@ -41,7 +45,12 @@ UPLOAD_OPENAPI = {
     }
 }
 
-# The page needs nothing from other origins; previews are blob: URLs of the doctor's own file.
+# Client-side routes of the web app: each path answers the same index.html.
+APP_ROUTES = ("/", "/worklist", "/model")
+
+# The app needs nothing from other origins and has no inline script or style (Vite emits files);
+# images are blob: URLs of the doctor's own file or data: URLs (DICOM previews, heatmaps) that the
+# canvas viewer draws. React's `style` props are set through the CSSOM, which style-src allows.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
                                "base-uri 'none'; frame-ancestors 'none'",
@@ -59,7 +68,8 @@ def warm_up(predictor: Predictor) -> float:
 
 
 def render_index(settings: Settings) -> str:
-    # Filled in by the server so the page can never show a stale disclaimer or a wrong size limit.
+    """The built app's index.html with the server's values in its <meta> tags: the app can never
+    show a stale disclaimer or a wrong size limit, even before an API key is entered."""
     values = {
         "DISCLAIMER": DISCLAIMER,
         "VERSION": __version__,
@@ -118,6 +128,14 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def model_card(request: Request) -> dict[str, Any]:
         return get_predictor(request).model_card()
 
+    @app.get("/api/model/evaluation", responses={404: {"model": ErrorResponse, "description": "no evaluation "
+                                                          "file next to the served checkpoint"},
+                                                   503: {"model": ErrorResponse, "description": "the file is damaged"}})
+    def model_evaluation(request: Request) -> dict[str, Any]:
+        """The latest evaluation of the served model: `<checkpoint stem>.evaluation.json` next to the
+        checkpoint (written by benchmarks/generalization.py), as it is on disk."""
+        return read_evaluation(get_predictor(request).info.path)
+
     @app.post("/api/vision/analyze", response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
               responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
                                                                        "or non-image upload"},
@@ -129,13 +147,23 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                       ) -> dict[str, Any]:
         """Multipart field `file`: a chest X-ray. Returns the finding; never a diagnosis."""
         predictor = get_predictor(request)
-        data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
+        try:
+            data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
+        except HTTPException as exc:  # malformed multipart, oversized: details quote nothing from the body
+            log.info("refused upload: %d %s", exc.status_code, exc.detail)
+            raise
+        except RequestValidationError:
+            log.info("refused upload: 422 no '%s' field", UPLOAD_FIELD)
+            raise
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
                 result = await asyncio.to_thread(predictor.predict_bytes, data, max_pixels=settings.max_pixels,
                                                  preview=preview, heatmap=heatmap)
             except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
+                # One line per refusal: the sniffed type and a reason that quotes nothing from the file.
+                log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
+                         exc.reason)
                 raise HTTPException(400, detail=str(exc)) from None
         return await record_analysis(request, data, result)
 
@@ -147,10 +175,13 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     index_html = render_index(settings)
 
-    @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(index_html, headers=PAGE_HEADERS)
 
-    install_studies(app, settings)  # study store, API keys, audit, worklist
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for path in APP_ROUTES:
+        app.add_api_route(path, index, methods=["GET"], include_in_schema=False)
+
+    install_studies(app, settings)  # study store, API keys, audit, worklist API
+    # Only the built assets (hashed names): index.html is served above, filled in and with its CSP.
+    app.mount("/static/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="static")
     return app

@@ -1,4 +1,4 @@
-"""The clinical workflow on the API: each analysis saved as a study, the worklist, reviews, the page.
+"""The clinical workflow on the API: each analysis saved as a study, the worklist, reviews.
 
 `install(app, settings)` is the one call create_app makes: it opens (and migrates) the store when
 a database URL is set, loads API keys, adds the access/audit middleware and these routes.
@@ -10,11 +10,10 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -30,7 +29,6 @@ from mediflow.store.db import Store, describe_url
 from mediflow.store.models import Study
 
 log = logging.getLogger("mediflow.serve")
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
@@ -45,7 +43,6 @@ def install(app: FastAPI, settings: Settings) -> None:
                  "kept (--store-images)" if settings.store_images else "not kept")
     app.add_middleware(AccessMiddleware)
     app.include_router(router)
-    app.add_api_route("/worklist", worklist_page, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(SQLAlchemyError, database_unavailable)
 
 
@@ -57,10 +54,6 @@ def configured_database_url(value: str | None) -> str | None:
 async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": f"study database unavailable ({type(exc).__name__}); "
                                                             "nothing was saved by this request"})
-
-
-def worklist_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "worklist.html")
 
 
 # -- saving analyses -------------------------------------------------------------------------------

@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
-from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_split_dir, scan_class_folders
+from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics, positive_index
-from mediflow.inference.backends import TorchBackend
-from mediflow.preprocessing import PreprocessConfig, eval_transform
 from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
+from mediflow.training.site_calibration import samples_logits
 
 log = logging.getLogger("mediflow.ensemble")
 
@@ -39,10 +37,7 @@ def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.n
     if val.file_list_sha256() != ckpt.get("val_file_list_sha256"):
         raise MediFlowError(f"{data}: this validation split is not the one the {ckpt['architecture']} model "
                             "was selected on (different data, seed or --val-dir)")
-    backend = TorchBackend(ckpt)
-    prep = PreprocessConfig.from_dict(ckpt.get("preprocessing") or {})
-    loader = DataLoader(ImageFolderDataset(val, eval_transform(prep)), batch_size=64, num_workers=1)
-    return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader]), np.asarray(val.labels)
+    return samples_logits(ckpt, val), np.asarray(val.labels)
 
 
 def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97) -> dict:

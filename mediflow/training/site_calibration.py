@@ -1,0 +1,86 @@
+"""Site calibration: refit a model's calibration and operating point on a hospital's own labelled
+films, without touching its weights (the go-live step of docs/clinical.md).
+
+A model trained at one hospital ranks another hospital's films well before its probabilities and
+threshold transfer: the training site's validation split puts the operating point where that
+site's films need it. Labelling a few hundred of the new site's films and refitting temperature,
+bias and threshold on them moves the operating point to where the new site's films need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from mediflow.checkpoint import checkpoint_members, load_checkpoint, save_checkpoint
+from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
+from mediflow.errors import MediFlowError
+from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.inference.backends import TorchBackend
+from mediflow.preprocessing import PreprocessConfig, eval_transform
+from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
+
+log = logging.getLogger("mediflow.calibrate")
+
+
+def samples_logits(ckpt: dict[str, Any], samples: Samples) -> np.ndarray:
+    """Raw logits (N, K) of a single-model checkpoint on `samples`, through the preprocessing stored
+    in the checkpoint (the serving path's transform) on the torch backend."""
+    backend = TorchBackend(ckpt)
+    prep = PreprocessConfig.from_dict(ckpt.get("preprocessing") or {})
+    loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep)), batch_size=64, num_workers=1)
+    return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader])
+
+
+def fit_operating_point(logits: np.ndarray, labels: np.ndarray, class_names: list[str], *,
+                        min_sensitivity: float) -> dict[str, Any]:
+    """Bias-corrected temperature scaling and the sensitivity-floor threshold fitted on (logits
+    (N, K), labels (N,) in class_names order): {"temperature", "logit_bias", "threshold",
+    "metrics"} (metrics: compute_metrics at that threshold, on the same films, so optimistic).
+    Raises MediFlowError when a class is missing from the labels."""
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < len(class_names):
+        raise MediFlowError(f"calibration needs films of every class {class_names}; got {np.bincount(labels).tolist()}")
+    temperature, bias = fit_calibration(logits, labels)
+    probs = softmax(logits, temperature, bias)
+    pos = positive_index(class_names)
+    threshold = choose_threshold(probs[:, pos], labels == pos, min_sensitivity) if pos is not None else None
+    return {"temperature": temperature, "logit_bias": bias, "threshold": threshold,
+            "metrics": compute_metrics(labels, probs, class_names, threshold=threshold)}
+
+
+def site_calibrate(path: str | Path, site_dir: str | Path, out: str | Path, *, min_sensitivity: float = 0.97,
+                   skip_bad: bool = False) -> dict[str, Any]:
+    """Refit the checkpoint at `path` on the labelled films in `site_dir` (class folders named like
+    the model's classes) and write it to `out`: new temperature, logit bias, threshold and
+    threshold rule, plus a `site_calibration` record (film counts, file-list hash, fitted
+    metrics). Weights, validation metrics and training record are kept. Raises MediFlowError for
+    an ensemble, unknown class folders or a class without films."""
+    ckpt = load_checkpoint(path)
+    if len(checkpoint_members(ckpt)) > 1:
+        raise MediFlowError("site calibration works on a single model; calibrate the members, then ensemble them")
+    names = list(ckpt["class_names"])
+    samples = check_images(scan_class_folders(site_dir), skip_bad=skip_bad)
+    unknown = set(samples.class_names) - set(names)
+    if unknown:
+        raise MediFlowError(f"{site_dir}: class folders {sorted(unknown)} are not the model's classes {names}")
+    remap = [names.index(n) for n in samples.class_names]
+    labels = np.asarray([remap[y] for y in samples.labels])
+    fit = fit_operating_point(samples_logits(ckpt, samples), labels, names, min_sensitivity=min_sensitivity)
+    pos = positive_index(names)
+    m = fit["metrics"]
+    ckpt.update(temperature=fit["temperature"], logit_bias=fit["logit_bias"], threshold=fit["threshold"],
+                threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
+                               f"sensitivity >= {min_sensitivity} on {len(samples)} labelled films of the site",
+                site_calibration={"n": len(samples), "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
+                                  "file_list_sha256": samples.file_list_sha256(), "min_sensitivity": min_sensitivity,
+                                  "metrics": {k: m.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity")}})
+    save_checkpoint(ckpt, out)
+    log.info("site-calibrated %s on %d films: T %.3f thr %.4f | AUC %.4f sens %.4f spec %.4f (on the fitted films) -> %s",
+             path, len(samples), fit["temperature"], fit["threshold"] or float("nan"), m["auc"],
+             m.get("sensitivity", float("nan")), m.get("specificity", float("nan")), out)
+    return ckpt
