@@ -41,7 +41,7 @@ log = logging.getLogger("mediflow.federated")
 # The recipe fields the server decides for every site (TrainConfig names).
 RECIPE_FIELDS = ("arch", "weights", "recipe", "image_size", "lr", "batch_size", "weight_decay", "label_smoothing",
                  "augment", "feature_views", "unfreeze", "backbone_lr_scale", "warmup_epochs", "bf16", "seed",
-                 "source_jpeg_quality", "channels_last")
+                 "source_jpeg_quality", "channels_last", "framing", "intensity", "val_fraction")
 
 
 def site_config(recipe: dict[str, Any], device: str = "cpu") -> TrainConfig:
@@ -279,8 +279,8 @@ def run_federation(grid: Grid, s: FedSettings) -> dict[str, Any]:
     tail.load_state_dict(best["arrays"])
     fitted = fit_from_histograms(*best["hist"], names, min_sensitivity=cfg.min_sensitivity, calibrate=cfg.calibrate)
     spec = get_spec(cfg.arch)
-    prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std,
-                            source_jpeg_quality=best["jpeg"] or None)
+    prep = PreprocessConfig(image_size=cfg.image_size, mean=spec.mean, std=spec.std, framing=cfg.framing,
+                            intensity=cfg.intensity, source_jpeg_quality=best["jpeg"] or None)
     pos = positive_index(names)
     n_sites = max(h["sites"] for h in history)
     rounds_run = max(done)
