@@ -205,3 +205,95 @@ def test_server_and_two_client_processes_on_loopback(tmp_path: Path):
     r = run_cli("evaluate", "--model", str(out), "--data", str(sites[0] / "val"), "--out", str(report))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((report / "metrics.json").read_text())["n"] == 8
+
+
+def _tls_files(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 signed by it, and two SuperNode key pairs (NIST
+    P-384, OpenSSH format as ssh-keygen -t ecdsa -b 384 writes them)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, key, issuer, issuer_key, ca: bool):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    ca_key, srv_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    files["ca"].write_bytes(cert("mediflow test CA", ca_key, "mediflow test CA", ca_key, True).public_bytes(pem))
+    files["cert"].write_bytes(cert("127.0.0.1", srv_key, "mediflow test CA", ca_key, False).public_bytes(pem))
+    files["key"].write_bytes(srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    for site in ("site_a", "intruder"):
+        k = ec.generate_private_key(ec.SECP384R1())
+        files[site] = d / f"{site}.key"
+        files[site].write_bytes(k.private_bytes(pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        files[site + ".pub"] = d / f"{site}.key.pub"
+        files[site + ".pub"].write_bytes(k.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                     serialization.PublicFormat.OpenSSH))
+    return files
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_authentication_admit_only_registered_sites(tmp_path: Path):
+    """Over TLS with SuperNode authentication, a SuperNode whose key the server was not given is
+    refused, and the registered one trains the federation to a checkpoint."""
+    import os
+
+    from conftest import make_dataset
+
+    f = _tls_files(tmp_path / "pki")
+    data = make_dataset(tmp_path / "site_a", n_per_class=8)
+    out = tmp_path / "server" / "fed.pth"
+    addr = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    py = [sys.executable, "-m", "mediflow", "federated"]
+    logs = {n: tmp_path / f"{n}.log" for n in ("server", "intruder", "site_a")}
+    procs = {"server": subprocess.Popen(
+        py + ["server", "--sites", "1", "--rounds", "1", "--listen", addr, "--weights", "none", "--image-size", "64",
+              "--ssl-certfile", str(f["cert"]), "--ssl-keyfile", str(f["key"]), "--ssl-ca-certfile", str(f["ca"]),
+              "--supernode-key", str(f["site_a.pub"]), "--out", str(out)],
+        stdout=logs["server"].open("w"), stderr=subprocess.STDOUT, cwd=tmp_path, env=env)}
+
+    def client(name: str) -> subprocess.Popen:
+        return subprocess.Popen(py + ["client", "--data", str(data), "--server", addr, "--root-certificates",
+                                      str(f["ca"]), "--auth-key", str(f[name]), "--max-wait-time", "120"],
+                                stdout=logs[name].open("w"), stderr=subprocess.STDOUT, cwd=data, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while "waiting for 1 sites" not in logs["server"].read_text():
+            assert procs["server"].poll() is None, logs["server"].read_text()[-4000:]
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(1)
+        assert "registered SuperNode" in logs["server"].read_text()
+        procs["intruder"] = client("intruder")
+        assert procs["intruder"].wait(timeout=600) != 0
+        assert "No SuperNode found with the given public key" in logs["intruder"].read_text()  # Flower's refusal
+        procs["site_a"] = client("site_a")
+        rc = procs["server"].wait(timeout=1500)
+        assert rc == 0, logs["server"].read_text()[-4000:] + logs["site_a"].read_text()[-3000:]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(60)
+    from mediflow.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out)["federated"]["sites"] == 1
+    audit = json.loads(Path(str(out) + ".audit.json").read_text())
+    assert [r["phase"] for r in audit["received"]] == ["train", "evaluate"]
