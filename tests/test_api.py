@@ -22,7 +22,7 @@ DISCLAIMER_TEXT = "AI-assisted preliminary reading. Clinical correlation require
 RESPONSE_FIELDS = {"prediction", "confidence", "disclaimer", "probabilities", "needs_review", "threshold",
                    "model", "inference_ms"}
 # Added by the clinical workflow (the live server keeps a study store) and the DICOM decoder.
-EXTRA_FIELDS = {"study_id", "notes", "preview", "heatmap", "heatmap_class"}
+EXTRA_FIELDS = {"study_id", "notes", "preview", "heatmap", "heatmap_class", "operating_point"}
 LIMIT = 20 * 1024 * 1024  # the default upload limit the live server runs with
 BOUNDARY = "mediflowtestboundary"
 
@@ -169,9 +169,15 @@ def test_analyze_returns_the_designs_response_field_for_field(live_server):
     assert body["disclaimer"] == DISCLAIMER_TEXT
     assert card["review_below_confidence"] == 0.70  # the issue's default cut-off
     assert body["needs_review"] is (body["confidence"] < 0.70)
-    assert body["threshold"] == (None if card["threshold"] is None else round(card["threshold"], 4))
+    # Probabilities are centred on the model's operating point (docs/serving.md): its threshold is 0.5
+    # on the reported scale, and the calibrated value behind it is given beside it.
+    assert body["threshold"] == (None if card["threshold"] is None else 0.5)
     if body["threshold"] is not None:
+        assert body["operating_point"] == card["operating_point"] == {
+            "positive_class": "PNEUMONIA", "calibrated_threshold": round(card["threshold"], 6),
+            "scale": "operating-point-centred"}
         assert (body["prediction"] == "PNEUMONIA") is (body["probabilities"]["PNEUMONIA"] >= body["threshold"])
+        assert body["confidence"] >= 0.5
     assert body["model"] == {"architecture": card["architecture"], "version": card["version"],
                              "sha256": hashlib.sha256(Path(live_server.model).read_bytes()).hexdigest()}
     assert isinstance(body["inference_ms"], float) and body["inference_ms"] > 0

@@ -111,20 +111,18 @@ def test_the_kermany_copies_are_detected_as_quality_75():
 
 
 @pytest.mark.realdata
-def test_full_resolution_uploads_get_closer_to_their_training_copies():
-    """P(PNEUMONIA) of each full-resolution film vs its 224 px training copy: the JPEG step brings
-    them closer (measured on the bundled int8 model: mean |dP| 0.102 -> 0.044)."""
+def test_full_resolution_uploads_get_the_call_of_their_training_copies():
+    """Each of the 32 full-resolution films against its 224 px training copy (squashed, JPEG q75),
+    through the bundled model's serving path: the calls agree on at least 28 films (measured with
+    the 2026-11-30 model: 29 of 32, mean |dP| 0.067 on the calibrated scale)."""
     films = sorted(FULLRES.glob("*/*.jpeg"))
     if not films or not BUNDLED_MODEL.is_file():
         pytest.skip(f"needs {FULLRES} and the bundled model")
     p = Predictor.load(BUNDLED_MODEL)
-    assert p.prep.source_jpeg_quality == 75
     ref = p.probabilities_from_images([load_image(REAL_224 / "train" / f.parent.name / f.name) for f in films])
-    uploads = [p.load_image(f) for f in films]
-    on = np.abs(p.probabilities_from_images(uploads) - ref)[:, p.pos].mean()
-    p.prep = PreprocessConfig.from_dict({**p.prep.to_dict(), "source_jpeg_quality": None})
-    off = np.abs(p.probabilities_from_images(uploads) - ref)[:, p.pos].mean()
-    assert on < 0.75 * off, (on, off)
+    uploads = p.probabilities_from_images([p.load_image(f) for f in films])
+    assert (p.decide(ref) == p.decide(uploads)).sum() >= 28
+    assert np.abs(uploads - ref)[:, p.pos].mean() < 0.1
 
 
 

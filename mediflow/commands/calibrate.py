@@ -6,6 +6,16 @@ import argparse
 from pathlib import Path
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="refit a model's calibration and operating point (weights unchanged)",
                        description="Go-live step at a new site: with --data SITE_DIR (class folders NORMAL/ and "
@@ -15,17 +25,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="the site's labelled films (class folders), or the training root")
     p.add_argument("--out", help="write here instead of overwriting --model")
-    p.add_argument("--min-sensitivity", type=float, default=0.97,
-                   help="threshold rule: the highest threshold keeping sensitivity >= this on those films")
+    p.add_argument("--min-sensitivity", type=_fraction, default=0.97,
+                   help="threshold rule: the highest threshold keeping sensitivity >= this on those films (0-1]")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from mediflow.errors import MediFlowError
-
-    if not 0 < args.min_sensitivity <= 1:
-        raise MediFlowError(f"--min-sensitivity {args.min_sensitivity} is not in (0, 1]")
     out = args.out or args.model
     if (Path(args.data) / "train").is_dir():
         from mediflow.training.ensemble import recalibrate

@@ -6,22 +6,7 @@ from typing import Any
 
 import numpy as np
 
-
-def positive_index(class_names: list[str], positive_class: str | None = "PNEUMONIA") -> int | None:
-    """Index of the positive class for a binary problem; the last class when the name is absent."""
-    if len(class_names) != 2:
-        return None
-    if positive_class in class_names:
-        return class_names.index(positive_class)
-    return 1
-
-
-def decide(probs: np.ndarray, threshold: float | None, pos: int | None) -> np.ndarray:
-    """Predicted class indices: the positive class when its probability >= threshold, else argmax."""
-    if pos is None or threshold is None:
-        return probs.argmax(axis=1)
-    neg = 1 - pos
-    return np.where(probs[:, pos] >= threshold, pos, neg)
+from mediflow.decision import decide, positive_index
 
 
 def compute_metrics(

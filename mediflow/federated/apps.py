@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 
 from mediflow.checkpoint import save_checkpoint
 from mediflow.data.dataset import Samples
-from mediflow.evaluation.metrics import positive_index
+from mediflow.decision import positive_index
 from mediflow.federated.site import Site, backbone_fingerprint, frozen_model
 from mediflow.federated.stats import dp_epsilon, fit_from_histograms, histogram_auc, margin_histograms
 from mediflow.models.registry import get_spec

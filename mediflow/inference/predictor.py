@@ -1,7 +1,8 @@
 """Load a model (checkpoint or ONNX export) and turn images into the API's response.
 
 Probabilities are softmax(logits / temperature + bias), averaged over ensemble members; the decision is
-PNEUMONIA when its probability reaches the checkpoint's validation-chosen threshold.
+PNEUMONIA when its probability reaches the checkpoint's validation-chosen threshold, and responses report
+probabilities centred on that operating point (mediflow/decision.py, docs/serving.md).
 
 A backend (backends.py) runs the network: `onnx` (ONNX Runtime, the default when an export of the
 checkpoint is available) or `torch`. Nothing on the ONNX path imports torch, which alone would
@@ -23,12 +24,11 @@ from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
 from mediflow.data.images import decode_image, image_notes, load_image
 from mediflow.data.preview import preview_data_url
+from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.evaluation.metrics import decide, positive_index
 from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend
 from mediflow.inference.bundled import default_model_path
 from mediflow.preprocessing import PreprocessConfig, eval_array
-from mediflow.training.calibration import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -92,11 +92,14 @@ class Predictor:
             raise CheckpointError("ensemble members disagree on class names")
         self.backend: Backend = backend or TorchBackend(ckpt, device=device)
         self.n_members = len(members)
-        self.pos = positive_index(self.class_names, ckpt.get("positive_class") or "PNEUMONIA")
-        self.threshold: float | None = ckpt.get("threshold")
-        # An ensemble's graph already averages its members' calibrated probabilities.
-        self.temperature = float(ckpt.get("temperature") or 1.0) if self.n_members == 1 else 1.0
-        self.logit_bias: list[float] | None = ckpt.get("logit_bias") if self.n_members == 1 else None
+        # Derived at load time from the stored temperature, bias and threshold: every checkpoint,
+        # old ones included, answers on the same operating-point-centred scale.
+        self.rule = DecisionRule.from_checkpoint(ckpt)
+        self.pos = self.rule.pos
+        self.threshold: float | None = self.rule.threshold
+        # An ensemble's graph already averages its members' calibrated probabilities (T 1, no bias).
+        self.temperature = self.rule.temperature
+        self.logit_bias: list[float] | None = None if self.rule.logit_bias is None else list(self.rule.logit_bias)
         self.review_below = review_below
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
@@ -160,7 +163,8 @@ class Predictor:
         return load_image(path, draft_size=self.draft_size)
 
     def probabilities_from_logits(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits, self.temperature, self.logit_bias)
+        """(N, K) logits -> (N, K) calibrated probabilities (the scale the threshold is on)."""
+        return self.rule.probabilities(logits)
 
     def probabilities_from_tensors(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
         """(N, 3, S, S) preprocessed batch -> (N, K) calibrated probabilities."""
@@ -180,20 +184,23 @@ class Predictor:
         return self.probabilities_from_logits(logits), maps
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        return decide(probs, self.threshold, self.pos)
+        """(N, K) calibrated probabilities -> (N,) called class indices."""
+        return self.rule.decide(probs)
 
     # -- responses -------------------------------------------------------------------------------
     def response(self, probs: np.ndarray, inference_ms: float) -> dict[str, Any]:
-        """One image's probabilities -> the design's response plus MediFlow's extra fields."""
-        idx = int(self.decide(probs[None, :])[0])
-        confidence = float(probs[idx])
+        """One image's calibrated probabilities (K,) -> the design's response plus MediFlow's extra
+        fields. Probabilities are reported centred on the operating point (see decision.py), so the
+        called class is the one with the larger reported probability and `confidence` is that value."""
+        f = self.rule.finding(probs, self.review_below)
         return {
-            "prediction": self.class_names[idx],
-            "confidence": round(confidence, 4),
+            "prediction": f["prediction"],
+            "confidence": f["confidence"],
             "disclaimer": DISCLAIMER,
-            "probabilities": {n: round(float(p), 4) for n, p in zip(self.class_names, probs)},
-            "needs_review": confidence < self.review_below,
-            "threshold": None if self.threshold is None else round(float(self.threshold), 4),
+            "probabilities": f["probabilities"],
+            "needs_review": f["needs_review"],
+            "threshold": f["threshold"],
+            "operating_point": f["operating_point"],
             "model": {"architecture": self.info.architecture, "version": self.info.version, "sha256": self.info.sha256},
             "inference_ms": round(inference_ms, 2),
         }
@@ -247,6 +254,7 @@ class Predictor:
             "positive_class": self.class_names[self.pos] if self.pos is not None else None,
             "threshold": self.threshold,
             "threshold_rule": c.get("threshold_rule"),
+            "operating_point": self.rule.operating_point(),
             "temperature": self.temperature,
             "review_below_confidence": self.review_below,
             "preprocessing": self.prep.to_dict(),
@@ -254,6 +262,9 @@ class Predictor:
                                    "patient-grouped validation split"),
             "validation_metrics": {k: v for k, v in (c.get("val_metrics") or {}).items()
                                    if k in ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")},
+            # Where the operating point was fitted when it was not the training validation split
+            # (`mediflow calibrate --data SITE_DIR`): film counts and the metrics on those films.
+            "site_calibration": c.get("site_calibration"),
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
                          "members": self.n_members},
@@ -263,8 +274,10 @@ class Predictor:
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [
                 "Not a diagnosis: a clinician must read every image.",
-                "Not validated for adults, lateral views, CT or images from other hospitals.",
-                "Trained on one hospital's data (Guangzhou); performance elsewhere may be lower.",
+                "Not validated for adults, lateral views, CT or other modalities.",
+                "Trained on one hospital's data (Guangzhou); judged on films of other patients acquired apart "
+                "from training (test_dev), not yet on other hospitals: calibrate the operating point on 200-300 "
+                "of your own labelled films before use (mediflow calibrate --data SITE_DIR).",
                 "Does not distinguish bacterial from viral pneumonia or detect other findings.",
             ],
             "disclaimer": DISCLAIMER,

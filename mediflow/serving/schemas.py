@@ -13,13 +13,27 @@ class ModelRef(BaseModel):
     sha256: str
 
 
+class OperatingPoint(BaseModel):
+    positive_class: str = Field(description="the class the operating point is on, e.g. PNEUMONIA")
+    calibrated_threshold: float = Field(description="the operating point on the calibrated probability scale: "
+                                        "calibrated P(positive) at or above which the positive class is called")
+    scale: str = Field(description="'operating-point-centred': reported probabilities are "
+                       "p' = sigmoid(logit(p) - logit(calibrated_threshold)) for calibrated p, so the operating "
+                       "point is 0.5; p = sigmoid(logit(p') + logit(calibrated_threshold))")
+
+
 class AnalysisResponse(BaseModel):
-    prediction: str = Field(description="class name, e.g. PNEUMONIA")
-    confidence: float = Field(description="probability of the predicted class, 4 decimals")
+    prediction: str = Field(description="class name, e.g. PNEUMONIA: the class with the larger reported probability")
+    confidence: float = Field(description="reported probability of the predicted class, 4 decimals (>= 0.5 for a "
+                              "two-class model)")
     disclaimer: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] = Field(description="per class, 4 decimals; for a two-class model centred on "
+                                            "the operating point (see operating_point)")
     needs_review: bool = Field(description="confidence below the review cut-off: manual review suggested")
-    threshold: float | None = Field(description="PNEUMONIA probability at or above which PNEUMONIA is predicted")
+    threshold: float | None = Field(description="reported PNEUMONIA probability at or above which PNEUMONIA is "
+                                    "predicted: 0.5 on the centred scale; null for a model decided by argmax")
+    operating_point: OperatingPoint | None = Field(default=None, description="the calibrated operating point "
+                                                   "behind the centred scale; null for a model decided by argmax")
     model: ModelRef
     inference_ms: float = Field(description="decode + preprocessing + model time on the server")
     notes: list[str] = Field(default_factory=list, description="about the input, e.g. 'multi-frame DICOM: first "
@@ -40,13 +54,16 @@ class ModelCard(BaseModel):
     sha256: str
     classes: list[str]
     positive_class: str | None
-    threshold: float | None
+    threshold: float | None = Field(description="operating point on calibrated P(positive class)")
     threshold_rule: str | None = None
+    operating_point: OperatingPoint | None = None
     temperature: float
     review_below_confidence: float
     preprocessing: dict[str, Any]
     training_data: str
     validation_metrics: dict[str, Any]
+    site_calibration: dict[str, Any] | None = Field(
+        default=None, description="the labelled site films the operating point was fitted on, if not validation")
     training: dict[str, Any]
     intended_use: str
     limitations: list[str]

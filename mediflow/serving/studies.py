@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from mediflow import DISCLAIMER
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.data.preview import preview_png
+from mediflow.decision import REPORTED_SCALE, positive_index
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys, route_template
 from mediflow.serving.settings import Settings
@@ -130,10 +131,21 @@ def _summary(study: Study, has_image: bool) -> dict[str, Any]:
     }
 
 
+def _operating_point(study: Study) -> dict[str, Any] | None:
+    """The study's calibrated operating point, as in the analysis response (None: decided by argmax)."""
+    if study.calibrated_threshold is None:
+        return None
+    names = list(study.probabilities)
+    # Binary studies only have a calibrated threshold; the positive class follows positive_index.
+    positive = names[positive_index(names)]
+    return {"positive_class": positive, "calibrated_threshold": study.calibrated_threshold, "scale": REPORTED_SCALE}
+
+
 def _detail(session, study: Study) -> dict[str, Any]:
     return {
         **_summary(study, repository.has_image(session, study.id)),
         "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
+        "operating_point": _operating_point(study),
         "margin": study.margin,
         "model": {"architecture": study.model_architecture, "version": study.model_version,
                   "sha256": study.model_sha256},

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from mediflow.serving.schemas import ModelRef
+from mediflow.serving.schemas import ModelRef, OperatingPoint
 
 
 class ReviewRequest(BaseModel):
@@ -31,7 +31,8 @@ class StudySummary(BaseModel):
     source_format: str
     prediction: str
     confidence: float
-    probability: float = Field(description="worklist priority: probability of the positive class (PNEUMONIA)")
+    probability: float = Field(description="worklist priority: reported (operating-point-centred) probability of "
+                               "the positive class (PNEUMONIA)")
     uncertain: bool = Field(description="the model's confidence was below the review cut-off")
     review_state: str = Field(description="unreviewed, confirmed or corrected")
     review_label: str | None
@@ -50,8 +51,11 @@ class StudyList(BaseModel):
 class StudyDetail(StudySummary):
     image_sha256: str
     probabilities: dict[str, float]
-    threshold: float | None
-    margin: float = Field(description="distance of the positive-class probability from the threshold")
+    threshold: float | None = Field(description="reported positive-class probability at or above which the "
+                                    "positive class is called: 0.5 on the centred scale; null for argmax")
+    operating_point: OperatingPoint | None = Field(default=None, description="the calibrated operating point "
+                                                   "behind the centred scale (as in the analysis response)")
+    margin: float = Field(description="distance of the reported positive-class probability from the threshold")
     model: ModelRef
     study_instance_uid: str | None
     sop_instance_uid: str | None

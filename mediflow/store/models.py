@@ -62,7 +62,10 @@ class Study(Base):
     prediction: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    # `threshold` is on the reported scale (0.5: probabilities are centred on the operating point,
+    # see mediflow/decision.py); `calibrated_threshold` is that operating point on calibrated P.
     threshold: Mapped[float | None] = mapped_column(Float)
+    calibrated_threshold: Mapped[float | None] = mapped_column(Float)
     model_architecture: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str] = mapped_column(String(100))
     model_sha256: Mapped[str] = mapped_column(String(64))

@@ -44,6 +44,7 @@ def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, p
         patient_age=source.patient_age, patient_sex=source.patient_sex,
         prediction=result["prediction"], confidence=float(result["confidence"]),
         probabilities=dict(result["probabilities"]), threshold=result.get("threshold"),
+        calibrated_threshold=(result.get("operating_point") or {}).get("calibrated_threshold"),
         model_architecture=model["architecture"], model_version=model["version"], model_sha256=model["sha256"],
         needs_review=bool(result["needs_review"]), priority=priority, margin=margin,
         review_state="unreviewed",

@@ -1,7 +1,9 @@
 """Worklist orderings derived from one analysis result.
 
-priority: the probability of the positive class (PNEUMONIA); the most suspicious study first.
-margin:   how far that probability is from the decision threshold; the most uncertain study first
+priority: the reported probability of the positive class (PNEUMONIA, centred on the operating point,
+          see mediflow/decision.py); the most suspicious study first.
+margin:   how far that probability is from the decision threshold (0.5 on that scale); the most uncertain
+          study first
           (smallest margin), which is where a radiologist's label teaches the model the most.
 """
 

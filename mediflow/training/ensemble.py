@@ -15,9 +15,9 @@ import numpy as np
 
 from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
+from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics, positive_index
-from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
+from mediflow.evaluation.metrics import compute_metrics
 from mediflow.training.site_calibration import samples_logits
 
 log = logging.getLogger("mediflow.ensemble")

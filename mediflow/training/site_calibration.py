@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from mediflow.checkpoint import checkpoint_members, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
+from mediflow.evaluation.metrics import compute_metrics
 from mediflow.inference.backends import TorchBackend
 from mediflow.preprocessing import PreprocessConfig, eval_transform
-from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 
 log = logging.getLogger("mediflow.calibrate")
 

@@ -29,13 +29,13 @@ from mediflow.data.dataset import (
     resolve_split_dir,
     scan_class_folders,
 )
+from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics, positive_index
+from mediflow.evaluation.metrics import compute_metrics
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
 from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_source_jpeg_quality, eval_transform,
                                    train_transform)
 from mediflow.training import distributed as D
-from mediflow.training.calibration import choose_threshold, fit_calibration, softmax
 from mediflow.training.config import TrainConfig
 from mediflow.training.probe import fit_linear_probe
 

@@ -1,0 +1,94 @@
+"""`mediflow calibrate` end to end on tiny data: temperature, bias and threshold refitted for a new
+sensitivity floor on the model's own validation split; weights untouched."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_dataset
+from mediflow.checkpoint import load_checkpoint
+from mediflow.cli import main
+
+
+def validation_logits(ckpt: dict, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The split the model was selected on, rebuilt here from the checkpoint's recorded settings and
+    run through the network with the training-time eval transform."""
+    from torch.utils.data import DataLoader
+
+    from mediflow.data.dataset import ImageFolderDataset, grouped_split, resolve_split_dir, scan_class_folders
+    from mediflow.inference.backends import TorchBackend
+    from mediflow.preprocessing import PreprocessConfig, eval_transform
+
+    split = ckpt["val_split"]
+    _, val = grouped_split(scan_class_folders(resolve_split_dir(data, "train")), val_fraction=split["val_fraction"],
+                           seed=split["seed"])
+    assert val.file_list_sha256() == ckpt["val_file_list_sha256"]
+    loader = DataLoader(ImageFolderDataset(val, eval_transform(PreprocessConfig.from_dict(ckpt["preprocessing"]))),
+                        batch_size=64)
+    backend = TorchBackend(ckpt)
+    return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader]), np.asarray(val.labels)
+
+
+def calibrated_p(ckpt: dict, logits: np.ndarray) -> np.ndarray:
+    """P(PNEUMONIA) = sigmoid((z1 - z0) / T + b1 - b0), written out rather than taken from decision.py."""
+    b = ckpt["logit_bias"]
+    logits = logits.astype(np.float64)
+    z = (logits[:, 1] - logits[:, 0]) / ckpt["temperature"] + (b[1] - b[0])
+    return 1 / (1 + np.exp(-z))
+
+
+def nll(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+@pytest.mark.parametrize("floor", [1.0, 0.5])
+def test_calibrate_refits_the_operating_point_without_touching_weights(tiny_model, tiny_data, tmp_path, floor):
+    before = load_checkpoint(tiny_model)
+    out = tmp_path / "recalibrated.pth"
+    assert main(["calibrate", "--model", str(tiny_model), "--data", str(tiny_data), "--out", str(out),
+                 "--min-sensitivity", str(floor)]) == 0
+    after = load_checkpoint(out)
+    assert load_checkpoint(tiny_model)["threshold"] == before["threshold"]  # --out: the input is left alone
+    assert after["state_dict"].keys() == before["state_dict"].keys()
+    assert all(torch.equal(after["state_dict"][k], before["state_dict"][k]) for k in before["state_dict"])
+    assert after["train_config"]["min_sensitivity"] == floor and str(floor) in after["threshold_rule"]
+
+    logits, y = validation_logits(after, tiny_data)
+    p = calibrated_p(after, logits)
+    t = after["threshold"]
+    positives = p[y == 1]
+    tol = 1e-9  # softmax there, a sigmoid here: the positive at the threshold may differ in the last bits
+    # the refitted threshold meets the floor on the data it was fitted on ...
+    assert (positives >= t - tol).mean() >= floor
+    # ... and is the highest that does: the next positive score up would miss it
+    higher = positives[positives > t + tol]
+    if len(higher):
+        assert (positives >= higher.min()).mean() < floor
+    # the fitted temperature and bias can only lower the validation NLL they minimise
+    z = logits.astype(np.float64)
+    raw = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
+    assert nll(p, y) <= nll(np.clip(raw, 1e-12, 1 - 1e-12), y) + 1e-9
+    # the stored validation metrics describe the new operating point
+    assert after["val_metrics"]["threshold"] == t
+    assert after["val_metrics"]["sensitivity"] == pytest.approx((positives >= t - tol).mean())
+
+
+def test_calibrate_in_place_and_bad_input(tiny_model, tiny_data, tmp_path, capsys):
+    model = tmp_path / "m.pth"
+    shutil.copy(tiny_model, model)
+    assert main(["calibrate", "--model", str(model), "--data", str(tiny_data), "--min-sensitivity", "0.5"]) == 0
+    assert load_checkpoint(model)["train_config"]["min_sensitivity"] == 0.5
+    capsys.readouterr()
+    # another data set: not the split the model was selected on
+    other = make_dataset(tmp_path / "other", n_per_class=9)
+    assert main(["calibrate", "--model", str(model), "--data", str(other)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation split" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model", str(model), "--data", str(tiny_data), "--min-sensitivity", "1.5"])
+    assert exc.value.code == 2 and "min-sensitivity" in capsys.readouterr().err
