@@ -228,66 +228,101 @@ def test_old_studies_are_re_expressed_on_the_centred_scale(tmp_path):
         assert json.loads(row[1])["PNEUMONIA"] == pytest.approx(p, abs=1e-3) and row[2] == t
 
 
-# -- what the doctor sees: the page and the worklist in Chromium ------------------------------------
+# -- what the doctor sees: the web app's Analyse view, worklist and study view in Chromium ----------
+FINDING_WORDS = {"PNEUMONIA": "Findings suggestive of pneumonia", "NORMAL": "No findings suggestive of pneumonia"}
+
+
 def js_percent(p: float) -> str:
-    """app.js's percent(): one decimal."""
+    """frontend/src/finding.ts percent(): one decimal, half up (Math.round)."""
     return f"{math.floor(p * 1000 + 0.5) / 10:.1f}%"
 
 
+def shown_percent(text: str) -> float:
+    assert text.endswith("%"), text
+    return float(text[:-1])
+
+
+def check_card(card, where: str, expected: str, answer: dict) -> None:
+    """A finding card (components/Finding.tsx): its words, confidence, per-class scores and review
+    warning agree with each other and with the API's answer (`answer`: prediction, confidence,
+    probabilities, needs_review)."""
+    words = card.get_by_test_id("finding").inner_text()
+    assert words == FINDING_WORDS[expected] == FINDING_WORDS[answer["prediction"]], (where, words, answer)
+    assert card.get_by_test_id("inconsistent").count() == 0, where
+    confidence_text = card.get_by_test_id("confidence-value").inner_text()
+    assert confidence_text == js_percent(answer["confidence"]), (where, confidence_text, answer)
+    assert card.get_by_test_id("confidence-bar").get_attribute("aria-valuetext") == confidence_text, where
+    probabilities = card.get_by_test_id("probabilities")
+    labels = probabilities.locator("dt").all_inner_texts()
+    values = probabilities.locator("dd").all_inner_texts()
+    assert len(labels) == len(values) == 2, (where, labels, values)
+    assert dict(zip(labels, values)) == {k: js_percent(v) for k, v in answer["probabilities"].items()}, where
+    shown = {k: shown_percent(v) for k, v in zip(labels, values)}
+    confidence = shown_percent(confidence_text)
+    other = next(k for k in shown if k != expected)
+    assert shown[expected] == confidence >= 50.0 and shown[expected] >= shown[other], (where, shown, confidence)
+    assert shown[expected] + shown[other] == pytest.approx(100.0, abs=0.11), (where, shown)
+    warning = card.get_by_test_id("review-warning")
+    assert (warning.count() == 1 and warning.is_visible()) == (confidence < 70.0) == answer["needs_review"], \
+        (where, confidence, answer["needs_review"])
+
+
 @pytest.mark.browser
-def test_page_and_worklist_show_words_and_percentages_that_agree(browser, sweep, tmp_path):
+def test_analyse_worklist_and_study_view_show_words_and_percentages_that_agree(browser, sweep, tmp_path):
+    """The films just either side of the operating point (calibrated P about 0.92 and 0.94: before the
+    centred scale the first read "No findings suggestive of pneumonia" beside PNEUMONIA 92%), through
+    the React app: the Analyse view, the worklist row and the study view."""
     from server_process import ServerProcess
+    from webapp_helpers import open_page
 
     p = sweep["p"]
-    below = max((n for n in p if p[n] < THRESHOLD), key=p.get)   # e.g. P 0.92: used to read "NORMAL 8%"
+    below = max((n for n in p if p[n] < THRESHOLD), key=p.get)
     above = min((n for n in p if p[n] >= THRESHOLD), key=p.get)
-    films = {n: sweep["dir"] / n for n in (below, above)}
+    expected = {below: "NORMAL", above: "PNEUMONIA"}
     server = ServerProcess(["--model", str(sweep["model"]), "--database-url", f"sqlite:///{tmp_path / 'w.db'}"],
                            tmp_path / "server.log")
-    errors: list[str] = []
     try:
         server.start()
-        page = browser.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url + "/")
-        answers = {}
-        for name, path in films.items():
-            with page.expect_response("**/api/vision/analyze*") as response:
-                page.set_input_files("#file-input", str(path))
-            api = response.value.json()
-            answers[name] = api
-            page.locator("#result").wait_for(state="visible")
-            page.wait_for_function("t => document.querySelector('#confidence-value').textContent === t",
-                                   arg=js_percent(api["confidence"]))
-            expected = "PNEUMONIA" if p[name] >= THRESHOLD else "NORMAL"
-            finding = page.locator("#finding").inner_text()
-            assert finding == ("Findings suggestive of pneumonia" if expected == "PNEUMONIA"
-                               else "No findings suggestive of pneumonia"), (name, p[name], finding)
-            labels = page.locator("#probabilities dt").all_inner_texts()
-            values = [float(v.rstrip("%")) for v in page.locator("#probabilities dd").all_inner_texts()]
-            shown = dict(zip(labels, values))
-            confidence = float(page.locator("#confidence-value").inner_text().rstrip("%"))
-            assert shown[expected] == confidence >= 50.0 and confidence == max(shown.values()), (name, shown)
-            assert page.locator("#review-warning").is_visible() == (confidence < 70.0)
+        with open_page(browser) as page:
+            page.goto(server.url + "/")
+            answers = {}
+            for name in (below, above):
+                with page.expect_response("**/api/vision/analyze*", timeout=120_000) as response:
+                    page.set_input_files("[data-testid=file-input]", str(sweep["dir"] / name))
+                api = response.value.json()
+                assert response.value.status == 200, api
+                answers[name] = api
+                # The card for this file (its meta line names the file), rendered at once from the answer.
+                card = page.get_by_test_id("finding-card").filter(has_text=name)
+                card.wait_for(timeout=120_000)
+                check_card(card, f"Analyse {name} (P {p[name]:.4f})", expected[name], api)
+            assert {answers[below]["prediction"], answers[above]["prediction"]} == {"NORMAL", "PNEUMONIA"}
 
-        page.goto(server.url + "/worklist")
-        page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
-        for i in range(2):
-            cells = page.locator("#studies tbody tr").nth(i).locator("td").all_inner_texts()
-            call, conf = cells[1].split(" (")
-            conf = float(conf.rstrip("%)"))
-            p_pos = float(cells[2].rstrip("%"))
-            assert conf >= 50.0 and (call == "PNEUMONIA") == (p_pos >= 50.0), cells
-            assert p_pos == pytest.approx(conf if call == "PNEUMONIA" else 100 - conf, abs=0.11), cells
-            assert (cells[3] == "Uncertain") == (conf < 70.0), cells
-            page.locator("#studies tbody tr").nth(i).click()
-            page.wait_for_function("c => document.querySelector('#finding').textContent.includes(c)",
-                                   arg=f"Model finding: {call}, confidence {conf:.1f}%")
-            table = {r.locator("th").inner_text(): float(r.locator("td").inner_text().rstrip("%"))
-                     for r in page.locator("#probabilities tbody tr").all()}
-            assert table[call] == conf and table[call] == max(table.values()), table
-            assert "50.0% (calibrated P(PNEUMONIA) 0.930)" in page.locator("#meta").inner_text()
-        assert {answers[below]["prediction"], answers[above]["prediction"]} == {"NORMAL", "PNEUMONIA"}
+            page.get_by_role("navigation", name="Views").get_by_role("link", name="Worklist").click()
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=studies] tbody tr').length === 2")
+            by_id = {a["study_id"]: (n, a) for n, a in answers.items()}
+            seen = set()
+            for i in range(2):
+                row = page.locator("[data-testid=studies] tbody tr").nth(i)
+                study_id = row.get_attribute("data-id")
+                name, api = by_id[study_id]
+                seen.add(name)
+                where = f"worklist {name} (P {p[name]:.4f})"
+                compact = row.get_by_test_id("finding-compact")
+                assert compact.get_by_test_id("compact-finding").inner_text() == FINDING_WORDS[expected[name]], where
+                conf_text = compact.get_by_test_id("compact-confidence").inner_text()
+                assert conf_text == js_percent(api["confidence"]), (where, conf_text)
+                assert shown_percent(conf_text) >= 50.0, where
+                assert (compact.get_by_test_id("compact-review").count() == 1) == (shown_percent(conf_text) < 70.0), \
+                    (where, conf_text)
+
+                row.click()
+                study = page.locator(f"[data-testid=study][data-study-id='{study_id}']")
+                study.wait_for(timeout=60_000)
+                check_card(study.get_by_test_id("finding-card"), f"study view {name} (P {p[name]:.4f})",
+                           expected[name], api)
+                # the row and the study view say the same
+                assert study.get_by_test_id("confidence-value").inner_text() == conf_text, where
+            assert seen == {below, above}
     finally:
         server.stop()
-    assert not errors, f"JavaScript errors: {errors}"

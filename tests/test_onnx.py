@@ -378,7 +378,8 @@ def test_shipped_int8_export_computes_the_fp32_model_on_this_cpu():
     (reduce_range) cannot saturate."""
     fp32, int8 = BUNDLED_MODEL.with_suffix(".onnx"), BUNDLED_MODEL.with_suffix(".int8.onnx")
     if not (fp32.is_file() and int8.is_file()):
-        pytest.skip("bundled ONNX exports not present")
+        pytest.skip("no bundled int8 export: the bundled model's int8 export did not meet the agreement rule "
+                    "(docs/experiments.md), so only fp32 ships")
     files = sorted((FULLRES.parent / "chest_xray224" / "train").glob("*/*.jpeg"))[::80][:64]
     if not files:
         pytest.skip("real data not present")

@@ -12,4 +12,5 @@ COMMAND_MODULES = [
     "db",
     "feedback",
     "export",
+    "federated",
 ]

@@ -95,11 +95,6 @@ class Predictor:
         # Derived at load time from the stored temperature, bias and threshold: every checkpoint,
         # old ones included, answers on the same operating-point-centred scale.
         self.rule = DecisionRule.from_checkpoint(ckpt)
-        self.pos = self.rule.pos
-        self.threshold: float | None = self.rule.threshold
-        # An ensemble's graph already averages its members' calibrated probabilities (T 1, no bias).
-        self.temperature = self.rule.temperature
-        self.logit_bias: list[float] | None = None if self.rule.logit_bias is None else list(self.rule.logit_bias)
         self.review_below = review_below
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
@@ -142,6 +137,24 @@ class Predictor:
             # Same checkpoint, but its own threshold and slightly different answers: say so.
             predictor.info.architecture += " (int8)"
         return predictor
+
+    # The rule is the one source of the calibration and operating point (an ensemble's graph already
+    # averages its members' calibrated probabilities: T 1, no bias); these read it, never copy it.
+    @property
+    def pos(self) -> int | None:
+        return self.rule.pos
+
+    @property
+    def threshold(self) -> float | None:
+        return self.rule.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.rule.temperature
+
+    @property
+    def logit_bias(self) -> list[float] | None:
+        return None if self.rule.logit_bias is None else list(self.rule.logit_bias)
 
     @property
     def backend_name(self) -> str:

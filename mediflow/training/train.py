@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -142,6 +142,45 @@ def _gather_rows(t: torch.Tensor, y: np.ndarray, idx: list[int]) -> tuple[torch.
     return torch.from_numpy(out), labels
 
 
+@dataclass
+class CachedFeatures:
+    """What the frozen stages produced, once: `views` (feature_views tensors, N x C [x H x W]) of
+    this rank's training shard with labels `y_train` (N,), validation features `vfeats` with labels
+    `vy_local` at dataset rows `vidx`; the first `k` stages are frozen; `pooled`: head-only."""
+
+    views: list[torch.Tensor]
+    y_train: np.ndarray
+    vfeats: torch.Tensor
+    vy_local: np.ndarray
+    vidx: list[int]
+    k: int
+    pooled: bool
+
+
+class CachedTail(nn.Module):
+    """The trainable rest of the network, from cached activations to logits: stages k.. of `model`
+    (none when pooled), then its dropout and head. Shares those modules with `model`, so training
+    the tail trains the model."""
+
+    def __init__(self, model: MediFlowNet, k: int, pooled: bool):
+        super().__init__()
+        self.stages = nn.ModuleList(list(model.stages[k:]) if not pooled else [])
+        self.dropout, self.head = model.dropout, model.head
+        self._pool = model.pool
+        self.pooled = pooled
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if not self.pooled:
+            for st in self.stages:
+                f = st(f)
+            f = self._pool(f)
+        return self.head(self.dropout(f))
+
+
+def cached_tail(model: MediFlowNet, k: int, pooled: bool) -> CachedTail:
+    return CachedTail(model, k, pooled)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -267,13 +306,28 @@ class Trainer:
         (`--unfreeze N` with the `partial` recipe: the last N stages train on cached activations of
         the frozen stages). Either way the frozen stages cost `feature_views` passes in total,
         however many epochs run."""
+        cached = self.cache_features(model, train, val_ds)
+        if self.cfg.recipe == "probe":
+            idx = D.shard(len(train), self.rank, self.world)
+            return self._fit_probe(model, cached.views, cached.y_train, idx, cached.vfeats, cached.vy_local, cached.vidx,
+                                   criterion, train.class_names)
+        tail = cached_tail(model, cached.k, cached.pooled).to(self.device)
+        opt = self.cached_optimizer(model, tail, cached, resume)
+        return self.fit_cached(model, tail, opt, cached, criterion, train.class_names, start_epoch, self.cfg.epochs)
+
+    def trainable_split(self, model: MediFlowNet) -> tuple[int, bool]:
+        """(k, pooled) of the cached recipes: the first k backbone stages are frozen; pooled is True
+        when nothing but the head trains (the `frozen` recipe)."""
+        n_trainable = 0 if self.cfg.recipe in ("frozen", "probe") else max(1, min(self.cfg.unfreeze or 3, len(model.stages)))
+        return len(model.stages) - n_trainable, n_trainable == 0
+
+    def cache_features(self, model: MediFlowNet, train: Samples, val_ds: ImageFolderDataset) -> CachedFeatures:
+        """Run the frozen stages once per augmented view of `train` and once over `val_ds`
+        (this rank's shard of each). Freezes the model's first k stages as a side effect."""
         cfg = self.cfg
-        stages = model.stages
-        n_trainable = 0 if cfg.recipe in ("frozen", "probe") else max(1, min(cfg.unfreeze or 3, len(stages)))
-        k = len(stages) - n_trainable
+        k, pooled = self.trainable_split(model)
         model.freeze_stages(k)
-        prefix = nn.Sequential(*stages[:k])
-        pooled = n_trainable == 0
+        prefix = nn.Sequential(*model.stages[:k])
         # Spatial activations are large: keep them in bfloat16 (pooled features are tiny: float32).
         store_dtype = torch.float32 if pooled else torch.bfloat16
 
@@ -304,49 +358,49 @@ class Trainer:
             views.append(feats)
         vidx = D.shard(len(val_ds), self.rank, self.world)
         vfeats, vy_local = cache(val_ds, vidx, "cache val")
+        return CachedFeatures(views, y_train, vfeats, vy_local, vidx, k, pooled)
 
-        if cfg.recipe == "probe":
-            return self._fit_probe(model, views, y_train, idx, vfeats, vy_local, vidx, criterion, train.class_names)
-        tail_stages = stages[k:]
+    def cached_optimizer(self, model: MediFlowNet, tail: nn.Module, cached: CachedFeatures,
+                         resume: dict | None = None) -> torch.optim.Optimizer:
+        """The cached recipes' optimizer over the tail: Adam on the head (frozen), AdamW with
+        discriminative learning rates (partial)."""
+        cfg = self.cfg
+        if cached.pooled:
+            opt = torch.optim.Adam(tail.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.AdamW(self._param_groups(model, list(model.stages[cached.k:])), lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+        if resume and "optimizer" in resume:
+            with contextlib.suppress(ValueError):
+                opt.load_state_dict(resume["optimizer"])
+        return opt
+
+    def fit_cached(self, model: MediFlowNet, tail: nn.Module, opt: torch.optim.Optimizer, cached: CachedFeatures,
+                   criterion: nn.Module, class_names: list[str], start_epoch: int, end_epoch: int, *,
+                   seed: int | None = None, extra_loss=None) -> tuple[list[dict], dict]:
+        """Epochs start_epoch+1 .. end_epoch of the cached recipes on `cached`, validating after
+        each; returns (history, best) as `_select` keeps it. The learning-rate schedule spans
+        cfg.epochs. `seed` (default cfg.seed) seeds the batch order; `extra_loss()`, when given, is
+        added to every batch's loss (FedProx's proximal term, for one)."""
+        cfg = self.cfg
+        pooled = cached.pooled
+        views, vfeats, vy_local, vidx = cached.views, cached.vfeats, cached.vy_local, cached.vidx
 
         def as_input(x: torch.Tensor) -> torch.Tensor:
             # Cached activations are stored in bfloat16; without autocast the tail computes in float32.
             return x if cfg.bf16 and not pooled else x.float()
 
-        class Tail(nn.Module):
-            """The trainable rest of the network, from cached activations to logits."""
-
-            def __init__(self):
-                super().__init__()
-                self.stages = nn.ModuleList(tail_stages)
-                self.dropout, self.head = model.dropout, model.head
-
-            def forward(self, f: torch.Tensor) -> torch.Tensor:
-                if not pooled:
-                    for st in self.stages:
-                        f = st(f)
-                    f = model.pool(f)
-                return self.head(self.dropout(f))
-
-        tail = Tail().to(self.device)
         trainable = nn.parallel.DistributedDataParallel(tail) if self.world > 1 else tail
-        if pooled:
-            opt = torch.optim.Adam(tail.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.AdamW(self._param_groups(model, tail_stages), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if resume and "optimizer" in resume:
-            with contextlib.suppress(ValueError):
-                opt.load_state_dict(resume["optimizer"])
-        y_t = torch.as_tensor(y_train, dtype=torch.long)
+        y_t = torch.as_tensor(cached.y_train, dtype=torch.long)
         history: list[dict] = []
         best = None
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         # Every rank takes the same number of steps, or DDP's all-reduce would wait forever.
         n_local = len(y_t)
         steps = max(D.gather_objects(math.ceil(n_local / cfg.batch_size)))
         schedule = self._schedule(steps, pooled)
         step = start_epoch * steps
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, end_epoch + 1):
             feats = views[(epoch - 1) % len(views)]
             tail.train()
             perm = torch.randperm(n_local, generator=g)
@@ -362,6 +416,8 @@ class Trainer:
                 with _autocast(self.device, cfg.bf16 and not pooled):
                     logits = trainable(as_input(x))
                 loss = criterion(logits.float(), yb)
+                if extra_loss is not None:
+                    loss = loss + extra_loss()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -375,7 +431,7 @@ class Trainer:
                                 for i in range(0, len(vfeats), 128)])
             vlogits, vy = _gather_rows(vl, vy_local, vidx)
             best = self._select(best, epoch, model, vlogits.numpy(), vy, history, total / max(count, 1),
-                                train.class_names)
+                                class_names)
         return history, best
 
     def _fit_probe(self, model, views, y_local, idx, vfeats, vy_local, vidx, criterion, class_names):

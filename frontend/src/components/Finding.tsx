@@ -23,10 +23,14 @@ export function Finding({ finding, variant = "card", disclaimer, notes, meta }: 
 
   if (variant === "compact") {
     return (
-      <span className={`finding-compact ${tone}`} data-prediction={finding.prediction}>
-        <span className="finding-call">{text}</span>
-        {consistent && <span className="finding-confidence"> · {percent(finding.confidence)} confidence</span>}
-        {review && <span className="badge badge-review">Review</span>}
+      <span className={`finding-compact ${tone}`} data-testid="finding-compact" data-prediction={finding.prediction}>
+        <span className="finding-call" data-testid="compact-finding">{text}</span>
+        {consistent && (
+          <span className="finding-confidence">
+            {" · "}<span data-testid="compact-confidence">{percent(finding.confidence)}</span> confidence
+          </span>
+        )}
+        {review && <span className="badge badge-review" data-testid="compact-review">Review</span>}
       </span>
     );
   }
@@ -57,7 +61,7 @@ export function Finding({ finding, variant = "card", disclaimer, notes, meta }: 
         </p>
       )}
       {consistent && finding.probabilities && (
-        <dl className="probabilities" aria-label="Model score per class">
+        <dl className="probabilities" aria-label="Model score per class" data-testid="probabilities">
           {Object.entries(finding.probabilities).map(([name, p]) => (
             <div key={name} className="probability">
               <dt>{name}</dt>

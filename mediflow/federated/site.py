@@ -1,0 +1,160 @@
+"""One hospital in the federation: the `mediflow train` recipe run locally, round by round.
+
+The site builds its model from the model registry, caches what the frozen stages compute once
+(through Trainer.cache_features), and each round runs local epochs with Trainer.fit_cached from the
+global weights it was sent. Only the tail's parameters (for the frozen recipe: the head) and
+aggregate numbers leave it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mediflow.data.dataset import ImageFolderDataset, Samples
+from mediflow.errors import MediFlowError
+from mediflow.models.registry import build_model, get_spec
+from mediflow.preprocessing import eval_transform
+from mediflow.training.config import TrainConfig
+from mediflow.training.train import (CachedFeatures, Trainer, cached_tail, class_weight_tensor,
+                                     source_jpeg_quality)
+
+log = logging.getLogger("mediflow.federated")
+
+
+def frozen_model(cfg: TrainConfig, n_classes: int):
+    """The federation's model with its frozen stages, identical at every site and the server:
+    registry weights ('imagenet' by default), or, with weights 'none', a seeded random init."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.arch, n_classes, weights=cfg.weights or get_spec(cfg.arch).default_weights)
+
+
+def backbone_fingerprint(model: nn.Module, k: int) -> str:
+    """sha256 of the frozen stages' tensors: a site refuses to train when its frozen part differs
+    from the server's (another weights file, another library version)."""
+    h = hashlib.sha256()
+    for name, t in nn.Sequential(*model.stages[:k]).state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """The site's own on-disk cache of pooled features, one file per preprocessing/model fingerprint,
+    keyed by each file's sha256: a site that joins another run (or a rerun) skips the backbone pass.
+    It never leaves the site."""
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.path = Path(root) / f"features-{fingerprint[:16]}.pt"
+        self.train: dict[str, torch.Tensor] = {}
+        self.val: dict[str, torch.Tensor] = {}
+        if self.path.is_file():
+            d = torch.load(self.path, map_location="cpu", weights_only=True)
+            self.train, self.val = d["train"], d["val"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({"train": self.train, "val": self.val}, tmp)
+        os.replace(tmp, self.path)
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+class Site:
+    """A hospital's local trainer. cfg: the federation's recipe (sent by the server); train/val:
+    this site's films (never sent anywhere); cache_dir: optional FeatureStore folder (frozen recipe)."""
+
+    def __init__(self, cfg: TrainConfig, train: Samples, val: Samples, cache_dir: str | Path | None = None):
+        if val.class_names != train.class_names:
+            raise MediFlowError(f"validation classes {val.class_names} differ from training classes {train.class_names}")
+        self.cfg, self.train, self.val = cfg, train, val
+        self.trainer = Trainer(cfg)
+        t = self.trainer
+        t.prep = replace(t.prep, source_jpeg_quality=source_jpeg_quality(cfg, train))
+        self.model = frozen_model(cfg, len(train.class_names)).to(t.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.k, self.pooled = t.trainable_split(self.model)
+        self.fingerprint = backbone_fingerprint(self.model, self.k)
+        self.criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(t.device),
+                                             label_smoothing=cfg.label_smoothing)
+        self.cached = self._features(cache_dir)
+        self.tail = cached_tail(self.model, self.k, self.pooled).to(t.device)
+
+    def _features(self, cache_dir) -> CachedFeatures:
+        t, cfg = self.trainer, self.cfg
+        val_ds = ImageFolderDataset(self.val, eval_transform(t.prep))
+        if cache_dir is None or not self.pooled:
+            return t.cache_features(self.model, self.train, val_ds)
+        key = hashlib.sha256(repr((self.fingerprint, t.prep.to_dict(), t.aug.to_dict(), cfg.feature_views,
+                                   cfg.seed)).encode()).hexdigest()
+        store = FeatureStore(Path(cache_dir), key)
+        tkeys = [_digest(p) for p in self.train.paths]
+        vkeys = [_digest(p) for p in self.val.paths]
+        miss_t = sorted({i for i, k in enumerate(tkeys) if k not in store.train})
+        miss_v = sorted({i for i, k in enumerate(vkeys) if k not in store.val})
+        self.model.freeze_stages(self.k)
+        if miss_t or miss_v:
+            log.info("site caches features of %d training and %d validation films", len(miss_t), len(miss_v))
+            # One pass of the trainer's own caching over what is missing ([0] stands in for an
+            # empty side, whose result is not stored).
+            c = t.cache_features(self.model, self.train.subset(miss_t or [0]),
+                                 ImageFolderDataset(self.val.subset(miss_v or [0]), eval_transform(t.prep)))
+            for j, i in enumerate(miss_t):
+                store.train[tkeys[i]] = torch.stack([v[j] for v in c.views])
+            for j, i in enumerate(miss_v):
+                store.val[vkeys[i]] = c.vfeats[j]
+            store.save()
+        stacked = torch.stack([store.train[k] for k in tkeys])  # N x views x D
+        views = [stacked[:, v].contiguous() for v in range(stacked.shape[1])]
+        return CachedFeatures(views, np.asarray(self.train.labels), torch.stack([store.val[k] for k in vkeys]),
+                              np.asarray(self.val.labels), list(range(len(self.val))), self.k, self.pooled)
+
+    # -- what the federation calls --------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """The exchanged parameters: the tail's state_dict (frozen recipe: head.weight, head.bias)."""
+        return {k: v.detach().cpu().clone() for k, v in self.tail.state_dict().items()}
+
+    def fit(self, weights: dict[str, torch.Tensor], server_round: int, local_epochs: int, total_rounds: int,
+            proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Local epochs from the global `weights` with the trainer's own loop; FedProx adds
+        mu/2 * ||w - w_global||^2 (Li et al. 2020, arXiv:1812.06127). Returns the new tail state and
+        aggregate metrics (num-examples, train-loss)."""
+        self.tail.load_state_dict(weights)
+        cfg = self.cfg
+        cfg.epochs = total_rounds * local_epochs  # the learning-rate schedule spans the federation
+        opt = self.trainer.cached_optimizer(self.model, self.tail, self.cached)
+        extra = None
+        if proximal_mu > 0:
+            anchor = [p.detach().clone() for p in self.tail.parameters()]
+            params = list(self.tail.parameters())
+
+            def extra() -> torch.Tensor:
+                return proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+        start = (server_round - 1) * local_epochs
+        history, _ = self.trainer.fit_cached(self.model, self.tail, opt, self.cached, self.criterion,
+                                             self.train.class_names, start, start + local_epochs,
+                                             seed=cfg.seed + server_round, extra_loss=extra)
+        return self.state(), {"num-examples": len(self.train), "train-loss": float(history[-1]["train_loss"])}
+
+    @torch.no_grad()
+    def validation_logits(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
+        """Raw logits (N_val, 2) of the site's validation films under `weights`; they stay here."""
+        self.tail.load_state_dict(weights)
+        self.tail.eval()
+        f = self.cached.vfeats
+        x = f.float() if self.pooled or not self.cfg.bf16 else f
+        return torch.cat([self.tail(x[i:i + 128].to(self.trainer.device)).float().cpu()
+                          for i in range(0, len(x), 128)]).numpy()
