@@ -426,3 +426,11 @@ def test_binary_model_without_a_threshold_is_called_by_argmax():
     assert decide(probs, None, 1).tolist() == [1, 0]
     m = compute_metrics(np.array([1, 0]), probs, NAMES, threshold=None)  # an ensemble member's AUC
     assert m["threshold"] is None and m["accuracy"] == 1.0 and m["auc"] == 1.0
+
+
+def test_fit_calibration_falls_back_when_the_temperature_is_implausible():
+    # a separable validation set with logit margins of 0.02: the NLL keeps falling as T -> 0 (about 0.001
+    # when LBFGS stops), which would call every film with certainty; the documented answer is (1, zeros)
+    z = np.array([[-0.01, 0.01]] * 20 + [[0.01, -0.01]] * 20)
+    y = np.array([1] * 20 + [0] * 20)
+    assert fit_calibration(z, y) == (1.0, [0.0, 0.0])
