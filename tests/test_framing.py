@@ -123,3 +123,33 @@ def test_probe_head_on_raw_features_reproduces_the_standardised_fit():
         fit_linear_probe(views, np.zeros(300, dtype=int), c=0.1)
     with pytest.raises(ValueError):
         fit_linear_probe(views, y, c=0)
+
+
+def test_probe_recipe_trains_with_normalised_preprocessing_and_site_calibration_refits(tmp_path, tiny_data):
+    """`mediflow train --recipe probe` end to end (trim + equalise stored in the checkpoint, the head
+    fitted by the probe), then `mediflow calibrate --data SITE_DIR` refits only the operating point."""
+    from mediflow.checkpoint import load_checkpoint
+    from mediflow.cli import main
+    from mediflow.inference.predictor import Predictor
+
+    out = tmp_path / "probe.pth"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--recipe", "probe", "--feature-views", "2",
+                 "--weights", "none", "--image-size", "64", "--no-progress", "--seed", "1"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt["preprocessing"]["framing"] == "trim" and ckpt["preprocessing"]["intensity"] == "equalize"
+    assert ckpt["train_config"]["recipe"] == "probe" and len(ckpt["history"]) == 1
+    assert Predictor.load(out, backend="torch").prep.intensity == "equalize"
+    site = tmp_path / "site.pth"
+    assert main(["calibrate", "--model", str(out), "--data", str(tiny_data / "val"), "--out", str(site),
+                 "--min-sensitivity", "1.0"]) == 0
+    refit = load_checkpoint(site)
+    assert refit["site_calibration"]["n"] == 8 and refit["site_calibration"]["counts"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    assert "labelled films of the site" in refit["threshold_rule"]
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(v, refit["state_dict"][k])  # weights unchanged
+    # sensitivity 1.0 on the site's films at the refitted operating point
+    p = Predictor.load(site, backend="torch")
+    from mediflow.data.dataset import scan_class_folders
+    films = scan_class_folders(tiny_data / "val")
+    calls = p.decide(p.probabilities_from_images([p.load_image(f) for f in films.paths]))
+    assert all(c == p.pos for c, y in zip(calls, films.labels) if films.class_names[y] == "PNEUMONIA")
