@@ -15,10 +15,10 @@ import numpy as np
 
 from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
-from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
+from mediflow.decision import choose_threshold, positive_index, softmax
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics
-from mediflow.training.site_calibration import samples_logits
+from mediflow.training.site_calibration import fit_operating_point, samples_logits
 
 log = logging.getLogger("mediflow.ensemble")
 
@@ -46,11 +46,9 @@ def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sens
     ckpt = load_checkpoint(path)
     names = ckpt["class_names"]
     logits, labels = val_logits(ckpt, data)
-    temperature, bias = fit_calibration(logits, labels)
-    probs = softmax(logits, temperature, bias)
+    fit = fit_operating_point(logits, labels, names, min_sensitivity=min_sensitivity)
+    temperature, bias, threshold, metrics = fit["temperature"], fit["logit_bias"], fit["threshold"], fit["metrics"]
     pos = positive_index(names)
-    threshold = choose_threshold(probs[:, pos], labels == pos, min_sensitivity) if pos is not None else None
-    metrics = compute_metrics(labels, probs, names, threshold=threshold)
     ckpt.update(temperature=temperature, logit_bias=bias, threshold=threshold, val_metrics=metrics,
                 best_val_acc=metrics["balanced_accuracy"],
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "

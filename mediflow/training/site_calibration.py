@@ -40,11 +40,8 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, class_names: lis
                         min_sensitivity: float) -> dict[str, Any]:
     """Bias-corrected temperature scaling and the sensitivity-floor threshold fitted on (logits
     (N, K), labels (N,) in class_names order): {"temperature", "logit_bias", "threshold",
-    "metrics"} (metrics: compute_metrics at that threshold, on the same films, so optimistic).
-    Raises MediFlowError when a class is missing from the labels."""
+    "metrics"} (metrics: compute_metrics at that threshold, on the same films, so optimistic)."""
     labels = np.asarray(labels, dtype=int)
-    if len(np.unique(labels)) < len(class_names):
-        raise MediFlowError(f"calibration needs films of every class {class_names}; got {np.bincount(labels).tolist()}")
     temperature, bias = fit_calibration(logits, labels)
     probs = softmax(logits, temperature, bias)
     pos = positive_index(class_names)
@@ -70,6 +67,9 @@ def site_calibrate(path: str | Path, site_dir: str | Path, out: str | Path, *, m
         raise MediFlowError(f"{site_dir}: class folders {sorted(unknown)} are not the model's classes {names}")
     remap = [names.index(n) for n in samples.class_names]
     labels = np.asarray([remap[y] for y in samples.labels])
+    if len(np.unique(labels)) < len(names):
+        raise MediFlowError(f"{site_dir}: calibration needs films of every class {names}; "
+                            f"got {np.bincount(labels, minlength=len(names)).tolist()}")
     fit = fit_operating_point(samples_logits(ckpt, samples), labels, names, min_sensitivity=min_sensitivity)
     pos = positive_index(names)
     m = fit["metrics"]
