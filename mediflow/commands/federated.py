@@ -31,6 +31,10 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-views", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--min-sensitivity", type=float)
+    p.add_argument("--augment", choices=["design", "xray", "xray_robust", "acquisition"],
+                   help="training augmentation, as in mediflow train (default: the recipe's)")
+    p.add_argument("--framing", choices=["squash", "trim"], help="framing normalisation, as in mediflow train")
+    p.add_argument("--intensity", choices=["none", "equalize"], help="grey-level normalisation, as in mediflow train")
     p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"])
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's mu (default 0.01)")
     p.add_argument("--dp-noise", type=float, default=0.0,
@@ -122,7 +126,8 @@ def _settings(args: argparse.Namespace, class_names: list[str], describe: dict, 
 
     cfg = TrainConfig(recipe=args.recipe, progress=False)
     explicit = set()
-    for f in ("arch", "weights", "unfreeze", "image_size", "lr", "batch_size", "feature_views", "seed", "min_sensitivity"):
+    for f in ("arch", "weights", "unfreeze", "image_size", "lr", "batch_size", "feature_views", "seed", "min_sensitivity",
+              "augment", "framing", "intensity"):
         v = getattr(args, f)
         if v is not None:
             setattr(cfg, f, v)

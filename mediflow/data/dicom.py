@@ -26,6 +26,9 @@ from mediflow.data.dicom_header import check_pixel_data_length, check_pixel_head
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 NOTES_KEY = "mediflow_notes"
+# Machine-readable codes a decoder attaches next to its notes (e.g. "window_fallback",
+# "exif_orientation"), read by the input check; the notes are the human sentences.
+FLAGS_KEY = "mediflow_flags"
 
 # pydicom both warns and logs about malformed elements, quoting their values (a patient's name or
 # age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
@@ -52,6 +55,18 @@ _INFLATE_OVERHEAD = 4 * 1024 * 1024
 def image_notes(img: Image.Image) -> list[str]:
     """Notes a decoder attached to an image (e.g. 'first frame of 12 used'); empty for plain images."""
     return list(img.info.get(NOTES_KEY, []))
+
+
+def image_flags(img: Image.Image) -> list[str]:
+    """Codes a decoder attached to an image (e.g. "window_fallback"); empty for plain images."""
+    return list(img.info.get(FLAGS_KEY, []))
+
+
+def add_note(img: Image.Image, note: str, flag: str | None = None) -> None:
+    """Attach a human-readable `note` and, optionally, a machine-readable `flag` code to `img`."""
+    img.info[NOTES_KEY] = [*img.info.get(NOTES_KEY, []), note]
+    if flag is not None:
+        img.info[FLAGS_KEY] = [*img.info.get(FLAGS_KEY, []), flag]
 
 
 def _file_meta_transfer_syntax(data: bytes) -> tuple[str | None, int]:
