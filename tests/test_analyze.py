@@ -114,11 +114,11 @@ class InterruptingPredictor:
     def __getattr__(self, name):
         return getattr(self._p, name)
 
-    def probabilities_from_tensors(self, batch):
+    def forward(self, batch, **kwargs):
         self.batches += 1
         if self.batches == 2:
             raise KeyboardInterrupt
-        return self._p.probabilities_from_tensors(batch)
+        return self._p.forward(batch, **kwargs)
 
 
 def test_interrupted_run_loses_at_most_the_current_batch(tmp_path, tiny_predictor):

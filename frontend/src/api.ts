@@ -9,8 +9,21 @@ export interface ModelRef {
   sha256: string;
 }
 
+/** The input check's verdict (mediflow/inference/input_check.py). */
+export interface CheckReason {
+  code: string;
+  message: string;
+  severity: "rejected" | "warning" | "note";
+}
+
+export interface InputCheck {
+  status: "ok" | "warning" | "rejected";
+  reasons: CheckReason[];
+}
+
 /** POST /api/vision/analyze (mediflow/serving/schemas.py: AnalysisResponse). */
 export interface Analysis {
+  input_check: InputCheck;
   prediction: string;
   confidence: number;
   disclaimer: string;
@@ -39,6 +52,25 @@ export interface StudySummary {
   reviewer: string | null;
   reviewed_at: string | null;
   has_image: boolean;
+  /** Null for studies saved before the input check existed. */
+  input_check?: InputCheck | null;
+}
+
+/** GET /api/studies/refused: uploads the input check refused (no finding, no pixels kept). */
+export interface RefusedInput {
+  id: string;
+  received_at: string;
+  source_format: string;
+  image_sha256: string;
+  detail: string;
+  input_check: InputCheck;
+}
+
+export interface RefusalList {
+  total: number;
+  limit: number;
+  offset: number;
+  items: RefusedInput[];
 }
 
 export interface Review {
@@ -129,11 +161,14 @@ export interface Evaluation {
 export class ApiError extends Error {
   readonly status: number;
   readonly detail: string;
+  /** Set when the input check refused the image (HTTP 422 with `input_check`): no finding. */
+  readonly inputCheck: InputCheck | null;
 
-  constructor(status: number, detail: string) {
-    super(explain(status, detail));
+  constructor(status: number, detail: string, inputCheck: InputCheck | null = null) {
+    super(inputCheck ? detail : explain(status, detail));
     this.status = status;
     this.detail = detail;
+    this.inputCheck = inputCheck;
   }
 }
 
@@ -225,7 +260,7 @@ export function analyze(file: File, onProgress: (fraction: number) => void): Pro
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
     xhr.onerror = () => reject(new ApiError(0, ""));
     xhr.onload = () => {
-      const body = xhr.response as { detail?: unknown } | null;
+      const body = xhr.response as { detail?: unknown; input_check?: InputCheck } | null;
       if (xhr.status >= 200 && xhr.status < 300 && body) {
         onProgress(1);
         resolve(body as Analysis);
@@ -233,7 +268,7 @@ export function analyze(file: File, onProgress: (fraction: number) => void): Pro
       }
       const detail = body ? detailText(body.detail) : "";
       if (xhr.status === 401) authFailed(detail);
-      reject(new ApiError(xhr.status, detail));
+      reject(new ApiError(xhr.status, detail, body?.input_check ?? null));
     };
     const form = new FormData();
     form.append("file", file, file.name);

@@ -11,6 +11,14 @@ export interface FindingData {
   probabilities?: Record<string, number>;
 }
 
+/** Why a finding is flagged for review, in words that never contradict the numbers shown: a high
+ * confidence is not called low when the flag came from the input check. */
+export function reviewText(needsReview: boolean, inputCheckWarned: boolean): string {
+  if (!needsReview) return "";
+  return inputCheckWarned ? "Manual review suggested: the input check found a problem with this image (see below)."
+    : "Low model confidence: manual review suggested.";
+}
+
 /** Careful, non-diagnostic phrasing of the called class. */
 export function findingText(prediction: string): string {
   const name = prediction.toUpperCase();

@@ -12,5 +12,6 @@ COMMAND_MODULES = [
     "db",
     "feedback",
     "export",
+    "fit_input_check",
     "federated",
 ]

@@ -10,7 +10,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse a folder of images into a CSV (resumable)",
                        description="Analyse every JPEG, PNG and DICOM file under DIR (recursively) and append "
                                    "one CSV row per file: file, prediction, confidence, p_<class>, needs_review, "
-                                   "notes, error. Re-running skips files already in the CSV, so an interrupted "
+                                   "input_check (ok, warning or rejected: no finding), input_check_reasons, notes, "
+                                   "error. Re-running skips files already in the CSV, so an interrupted "
                                    "run picks up where it stopped. Unreadable files get an error row. Exit status "
                                    "is non-zero only when nothing could be analysed.")
     p.add_argument("dir", metavar="DIR")
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.model, review_below=args.review_below)
     s = analyze_folder(predictor, args.dir, args.out, batch_size=args.batch_size, workers=args.workers,
                        progress=not args.no_progress and sys.stderr.isatty())
-    print(f"{s.found} image files: {s.analysed} analysed, {s.failed} unreadable (error rows), "
+    print(f"{s.found} image files: {s.analysed} analysed, {s.refused} refused by the input check (no finding), "
+          f"{s.failed} unreadable (error rows), "
           f"{s.skipped} already in {args.out}")
     if s.ok_in_csv == 0:
         print(f"mediflow analyze: error: no file under {args.dir} could be analysed (see the error column of "

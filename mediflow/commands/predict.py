@@ -52,7 +52,8 @@ def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
 
     s = analyze_folder(predictor, folder, args.out, batch_size=args.batch_size, workers=args.workers,
                        progress=sys.stderr.isatty(), heatmap_dir=args.heatmap)
-    print(f"mediflow predict: {s.found} image files: {s.analysed} predicted, {s.failed} unreadable (error rows), "
+    print(f"mediflow predict: {s.found} image files: {s.analysed} predicted, {s.refused} refused by the input "
+          f"check (no finding), {s.failed} unreadable (error rows), "
           f"{s.skipped} already in {args.out}", file=sys.stderr)
     if s.failed:
         print(f"mediflow predict: error: {s.failed} image(s) could not be read (see the 'error' column)",
@@ -62,22 +63,28 @@ def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
 
 
 def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
-    from mediflow.data.images import image_notes, load_image
+    from mediflow.data.images import decode_image, image_notes
     from mediflow.errors import ImageDecodeError
     from mediflow.inference.heatmap import blend
+    from mediflow.inference.input_check import InputRejected
+    from mediflow.inference.predictor import dicom_header
 
     heat_dir = Path(args.heatmap) if args.heatmap else None
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     written: set[str] = set()
-    failed = 0
+    failed = refused = 0
     for path in paths:
         try:
-            img = load_image(path, draft_size=predictor.draft_size)
-            response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None)
+            data = _read(path)
+            img = decode_image(data, name=str(path), draft_size=predictor.draft_size)
+            response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None, header=dicom_header(data))
             result = {"file": str(path), **response}
             if image_notes(img):
                 result["notes"] = image_notes(img)
+        except InputRejected as exc:  # no finding: what the API answers with 422
+            result, hmap = {"file": str(path), "detail": str(exc), "input_check": exc.input_check}, None
+            refused += 1
         except ImageDecodeError as exc:
             result, hmap = {"file": str(path), "error": str(exc)}, None
             failed += 1
@@ -94,7 +101,23 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     if failed:
         print(f"mediflow predict: error: {failed} of {len(paths)} images could not be read (see their 'error' "
               "field)", file=sys.stderr)
-    return 1 if failed else 0
+    if refused:
+        print(f"mediflow predict: error: {refused} of {len(paths)} images were refused by the input check, no "
+              "finding (see their 'input_check' field)", file=sys.stderr)
+    return 1 if failed or refused else 0
+
+
+def _read(path: Path) -> bytes:
+    from mediflow.errors import ImageDecodeError
+
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{path}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _unique(stem: str, used: set[str]) -> str:

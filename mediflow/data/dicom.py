@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore", module=r"pydicom\b")
 
 # Header fields kept with a study. Patient age and sex are clinical context; names and IDs are not read.
 METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge", "PatientSex",
-                   "BodyPartExamined", "ViewPosition")
+                   "BodyPartExamined", "ViewPosition", "SOPClassUID")
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 # pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust code

@@ -99,9 +99,21 @@ class OnnxBackend:
 
     def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:
         out = self.run(batch, ("logits", "cam"))
-        classes = [choose(row) for row in out["logits"]]
-        maps = np.stack([scale_map(out["cam"][i, c]) for i, c in enumerate(classes)])
+        maps, classes = cam_maps(out["logits"], out["cam"], choose)
         return out["logits"], maps, classes
+
+
+def cam_maps(logits: np.ndarray, cam: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, list[int]]:
+    """The graph's `cam` output (N, K, h, w) -> one scaled map per image (N, h, w) for the class
+    `choose` picks from its logits row, and those classes."""
+    classes = [choose(row) for row in logits]
+    return np.stack([scale_map(cam[i, c]) for i, c in enumerate(classes)]), classes
+
+
+def pooled_features(fmap: np.ndarray) -> np.ndarray:
+    """The graph's `features` output (N, C, h, w) -> (N, C) global average pool: what the linear
+    head sees (before dropout), and what the input check measures."""
+    return np.asarray(fmap, dtype=np.float32).mean(axis=(2, 3))
 
 
 def read_session_metadata(session: Any, path: Path) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from mediflow.data.dataset import IMAGE_SUFFIXES
-from mediflow.data.images import DEFAULT_MAX_PIXELS, image_notes, load_image, sniff_format
+from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, image_notes, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
 from mediflow.inference.batch import prefetched_batches
 from mediflow.inference.heatmap import blend
-from mediflow.inference.predictor import Predictor
+from mediflow.inference.input_check import Reason, rejected, summarize
+from mediflow.inference.predictor import Predictor, dicom_header
 
 
 @dataclass
@@ -32,11 +33,19 @@ class FolderSummary:
     skipped: int  # already in the CSV from an earlier run
     analysed: int  # analysed now, successfully
     failed: int  # analysed now, with an error row
-    ok_in_csv: int  # successful rows in the CSV after this run, earlier runs included
+    ok_in_csv: int  # rows with an answer (a finding or a refusal) in the CSV after this run, earlier runs included
+    refused: int = 0  # read now, but refused by the input check (no finding)
 
 
 def csv_columns(class_names: list[str]) -> list[str]:
-    return ["file", "prediction", "confidence", *[f"p_{c}" for c in class_names], "needs_review", "notes", "error"]
+    """`input_check`: ok, warning or rejected (no finding: prediction columns empty); `input_check_reasons`:
+    the check's reason codes, '; '-separated (docs/input_check.md)."""
+    return ["file", "prediction", "confidence", *[f"p_{c}" for c in class_names], "needs_review", "input_check",
+            "input_check_reasons", "notes", "error"]
+
+
+def reason_codes(input_check: dict) -> str:
+    return "; ".join(r["code"] for r in input_check["reasons"])
 
 
 def _is_dicom_without_suffix(path: Path) -> bool:
@@ -100,13 +109,23 @@ class _Loaded:
     notes: list[str]
     error: str | None
     image: Image.Image | None = None  # kept only for heatmap overlays
+    reasons: list[Reason] | None = None  # the input check's reasons before the model
+    header: dict | None = None  # DICOM header fields the input check reads
 
 
 def _load(path: Path, name: str, predictor: Predictor, max_pixels: int, keep_image: bool) -> _Loaded:
     try:
         # JPEGs decode at reduced scale (DCT draft), as the server decodes uploads.
-        img = load_image(path, max_pixels=max_pixels, draft_size=predictor.draft_size)
-        return _Loaded(predictor.preprocess_array(img), image_notes(img), None, img if keep_image else None)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{name}: cannot read ({exc.strerror})") from None
+        img = decode_image(data, name=str(path), max_pixels=max_pixels, draft_size=predictor.draft_size)
+        header = dicom_header(data)
+        reasons = predictor.check_before(img, header)
+        # A refused input is not sent through the model.
+        x = None if rejected(reasons) else predictor.preprocess_array(img)
+        return _Loaded(x, image_notes(img), None, img if keep_image else None, reasons, header)
     except ImageDecodeError as exc:
         # load_image names the absolute path; the CSV names files relative to the folder.
         return _Loaded(None, [], str(exc).replace(str(path), name, 1))
@@ -165,29 +184,34 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
         for batch in prefetched_batches(todo, load, batch_size, workers):
             loaded = [item for _, item in batch]
             good = [i for i, item in enumerate(loaded) if item.x is not None]
-            x = np.stack([loaded[i].x for i in good]) if good else None
-            maps: list = [None] * len(good)
-            if x is None:
-                probs = []
-            elif heat is not None:
-                probs, maps = predictor.heatmaps_from_tensors(x)
-            else:
-                probs = predictor.probabilities_from_tensors(x)
-            results = {i: (predictor.response(p, 0.0), m) for i, p, m in zip(good, probs, maps)}
+            results: dict[int, tuple[dict, np.ndarray | None]] = {}
+            if good:
+                probs, maps, pooled = predictor.forward(np.stack([loaded[i].x for i in good]),
+                                                        heatmap=heat is not None)
+                for j, i in enumerate(good):
+                    check = predictor.check_after(loaded[i].reasons or [], pooled[j], loaded[i].header)
+                    results[i] = ((predictor.response(probs[j], 0.0, check) if check["status"] != "rejected"
+                                   else {"input_check": check}), None if maps is None else maps[j])
+            empty = ["", "", *[""] * len(predictor.class_names), ""]
             for i, ((_, name), item) in enumerate(batch):
                 if item.error is not None:
-                    writer.writerow([name, "", "", *[""] * len(predictor.class_names), "", "", item.error])
+                    writer.writerow([name, *empty, "", "", "", item.error])
                     summary.failed += 1
                     continue
-                r, hmap = results[i]
+                r, hmap = results.get(i) or ({"input_check": summarize(item.reasons or [])}, None)
+                check = r["input_check"]
+                if check["status"] == "rejected":  # no finding for a refused input
+                    writer.writerow([name, *empty, "rejected", reason_codes(check), "; ".join(item.notes), ""])
+                    summary.refused += 1
+                    continue
                 if hmap is not None:
                     blend(item.image, hmap).save(heat / overlay_name(name))
                 writer.writerow([name, r["prediction"], r["confidence"],
                                  *[r["probabilities"][c] for c in predictor.class_names],
-                                 r["needs_review"], "; ".join(item.notes), ""])
+                                 r["needs_review"], check["status"], reason_codes(check), "; ".join(item.notes), ""])
                 summary.analysed += 1
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(batch))
-    summary.ok_in_csv += summary.analysed
+    summary.ok_in_csv += summary.analysed + summary.refused
     return summary

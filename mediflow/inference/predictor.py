@@ -22,12 +22,14 @@ from PIL import Image
 
 from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
-from mediflow.data.images import decode_image, image_notes, load_image
+from mediflow.data.images import decode_image, image_flags, image_notes, load_image, sniff_format
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend
+from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend, cam_maps, pooled_features
 from mediflow.inference.bundled import default_model_path
+from mediflow.inference.input_check import (InputCheck, InputRejected, Reason, header_age_known, rejected,
+                                            summarize)
 from mediflow.preprocessing import PreprocessConfig, eval_array
 
 if TYPE_CHECKING:
@@ -80,6 +82,19 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> OnnxBackend | None:
     return None
 
 
+def dicom_header(data: bytes) -> dict[str, Any] | None:
+    """The header fields the input check reads, for DICOM bytes; None for other formats or when the
+    header cannot be read (the pixels decoded, so the pixel and feature checks still run)."""
+    if sniff_format(data) != "dicom":
+        return None
+    from mediflow.data.dicom import dicom_metadata
+
+    try:
+        return dicom_metadata(data)
+    except MediFlowError:
+        return None
+
+
 class Predictor:
     def __init__(self, ckpt: dict[str, Any], *, backend: Backend | None = None, device: str = "cpu",
                  review_below: float = DEFAULT_REVIEW_BELOW, path: Path | None = None, sha256: str | None = None,
@@ -103,6 +118,10 @@ class Predictor:
         arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
                               sha256=sha, path=str(path or ""))
+        # Header and pixel checks always; the feature checks when statistics fitted on this model
+        # sit beside it (input_check.py).
+        self.input_check = InputCheck.for_model(path, sha, image_size=self.prep.image_size,
+                                                trims_borders=self.prep.framing == "trim")
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
@@ -196,54 +215,97 @@ class Predictor:
         logits, maps, _ = self.backend.heatmaps(np.asarray(batch, dtype=np.float32), self.choose_class)
         return self.probabilities_from_logits(logits), maps
 
+    def forward(self, batch: np.ndarray, *, heatmap: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(N, 3, S, S) preprocessed batch -> calibrated probabilities (N, K), heatmaps (N, h, w) in
+        [0, 1] of each image's predicted class (None unless `heatmap`), and the pooled last feature map
+        (N, C) the input check measures: one pass of the graph (two with the torch backend's
+        Grad-CAM, which cannot hand back the plain feature map)."""
+        x = np.asarray(batch, dtype=np.float32)
+        if heatmap and self.backend.name != "onnx":
+            logits, maps, _ = self.backend.heatmaps(x, self.choose_class)
+            pooled = pooled_features(self.backend.run(x, ("features",))["features"])
+            return self.probabilities_from_logits(logits), maps, pooled
+        out = self.backend.run(x, ("logits", "features", "cam") if heatmap else ("logits", "features"))
+        maps = cam_maps(out["logits"], out["cam"], self.choose_class)[0] if heatmap else None
+        return self.probabilities_from_logits(out["logits"]), maps, pooled_features(out["features"])
+
+    # -- the input check (input_check.py) --------------------------------------------------------
+    def check_before(self, img: Image.Image, header: dict[str, Any] | None = None) -> list[Reason]:
+        """Header, pixel and decoder-flag reasons for a decoded image, without the model."""
+        return self.input_check.before(img, header, image_flags(img))
+
+    def check_after(self, reasons: list[Reason], pooled_row: np.ndarray,
+                    header: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`reasons` from check_before plus the feature reasons for one image's pooled features (C,):
+        the `input_check` dict (status ok, warning or rejected)."""
+        return summarize([*reasons, *self.input_check.after(pooled_row, age_known=header_age_known(header))])
+
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """(N, K) calibrated probabilities -> (N,) called class indices."""
         return self.rule.decide(probs)
 
     # -- responses -------------------------------------------------------------------------------
-    def response(self, probs: np.ndarray, inference_ms: float) -> dict[str, Any]:
+    def response(self, probs: np.ndarray, inference_ms: float,
+                 input_check: dict[str, Any] | None = None) -> dict[str, Any]:
         """One image's calibrated probabilities (K,) -> the design's response plus MediFlow's extra
         fields. Probabilities are reported centred on the operating point (see decision.py), so the
-        called class is the one with the larger reported probability and `confidence` is that value."""
+        called class is the one with the larger reported probability and `confidence` is that value.
+        `input_check`: the check's verdict (status ok or warning), added as `input_check`; a warning
+        sets `needs_review`. None (evaluation code scoring films it chose itself): no such field."""
         f = self.rule.finding(probs, self.review_below)
+        warned = input_check is not None and input_check["status"] != "ok"
+        extra = {"input_check": input_check} if input_check is not None else {}
         return {
             "prediction": f["prediction"],
             "confidence": f["confidence"],
             "disclaimer": DISCLAIMER,
             "probabilities": f["probabilities"],
-            "needs_review": f["needs_review"],
+            "needs_review": bool(f["needs_review"] or warned),
             "threshold": f["threshold"],
             "operating_point": f["operating_point"],
             "model": {"architecture": self.info.architecture, "version": self.info.version, "sha256": self.info.sha256},
             "inference_ms": round(inference_ms, 2),
+            **extra,
         }
 
-    def predict_with_map(self, img: Image.Image, *, heatmap: bool, t0: float | None = None
-                         ) -> tuple[dict[str, Any], np.ndarray | None]:
-        """The response, and the raw heatmap ((h, w) in [0, 1]) of the predicted class when asked for.
-        `t0`: when the request started, for `inference_ms`."""
-        t0 = time.perf_counter() if t0 is None else t0
-        x = self.preprocess_array(img)[None]
-        if heatmap:
-            probs, maps = self.heatmaps_from_tensors(x)
-            return self.response(probs[0], (time.perf_counter() - t0) * 1000), maps[0]
-        return self.response(self.probabilities_from_tensors(x)[0], (time.perf_counter() - t0) * 1000), None
+    def predict_with_map(self, img: Image.Image, *, heatmap: bool, t0: float | None = None,
+                         header: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The response (with `input_check`), and the raw heatmap ((h, w) in [0, 1]) of the predicted
+        class when asked for. `t0`: when the request started, for `inference_ms`. `header`: the DICOM
+        header fields (dicom_metadata) when the image came from DICOM.
 
-    def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None) -> dict[str, Any]:
+        Raises InputRejected (carrying the check's verdict) for an input the check refuses: header
+        and pixel reasons before the model runs, feature reasons after; no finding either way."""
+        t0 = time.perf_counter() if t0 is None else t0
+        reasons = self.check_before(img, header)
+        if rejected(reasons):
+            raise InputRejected(summarize(reasons))
+        probs, maps, pooled = self.forward(self.preprocess_array(img)[None], heatmap=heatmap)
+        check = self.check_after(reasons, pooled[0], header)
+        if check["status"] == "rejected":
+            raise InputRejected(check)
+        return self.response(probs[0], (time.perf_counter() - t0) * 1000, check), None if maps is None else maps[0]
+
+    def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None,
+                      header: dict[str, Any] | None = None) -> dict[str, Any]:
         """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
-        `t0`: when the request started (decoding included), for `inference_ms`."""
-        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0)
+        `t0`: when the request started (decoding included), for `inference_ms`. Raises InputRejected
+        as predict_with_map does."""
+        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0, header=header)
         return self._with_heatmap(result, hmap)
 
     def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
                       heatmap: bool = False, preview: bool = False) -> dict[str, Any]:
         """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it.
         The result also carries the decoder's `notes` (e.g. frames of a multi-frame DICOM not
-        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM)."""
+        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM).
+        Raises ImageDecodeError for what cannot be decoded, InputRejected for what the input check
+        refuses."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
-        result = self.predict_image(img, heatmap=heatmap, t0=t0)
+        result = self.predict_image(img, heatmap=heatmap, t0=t0, header=dicom_header(data))
         result["notes"] = image_notes(img)
         if preview:
             result["preview"] = preview_data_url(img)

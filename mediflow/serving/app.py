@@ -21,11 +21,12 @@ from PIL import Image
 from mediflow import DISCLAIMER, __version__
 from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
+from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.evaluation import read_evaluation
-from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard
+from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard, RejectedResponse
 from mediflow.serving.settings import Settings
-from mediflow.serving.studies import install as install_studies, record_analysis
+from mediflow.serving.studies import install as install_studies, record_analysis, record_refusal
 from mediflow.serving.upload import format_size, read_file_field
 
 log = logging.getLogger("mediflow.serve")
@@ -63,7 +64,8 @@ def warm_up(predictor: Predictor) -> float:
     """One throw-away prediction, so the first doctor does not wait for lazy initialisation. Returns ms."""
     t0 = time.perf_counter()
     size = predictor.prep.image_size
-    predictor.predict_image(Image.new("RGB", (size, size), (128, 128, 128)))
+    # The model pass itself: a flat grey image would stop at the input check, before the model.
+    predictor.forward(predictor.preprocess_array(Image.new("RGB", (size, size), (128, 128, 128)))[None])
     return (time.perf_counter() - t0) * 1000
 
 
@@ -139,7 +141,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     @app.post("/api/vision/analyze", response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
               responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
                                                                        "or non-image upload"},
-                         413: {"model": ErrorResponse, "description": "upload larger than the size limit"}})
+                         413: {"model": ErrorResponse, "description": "upload larger than the size limit"},
+                         422: {"model": RejectedResponse, "description": "the input check refused the image (not a "
+                                                                         "chest radiograph, or blank): no finding; "
+                                                                         "or no `file` field"}})
     async def analyze(request: Request,
                       preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
                                                                "(at most 1024 px): browsers cannot show DICOM"),
@@ -155,6 +160,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         except RequestValidationError:
             log.info("refused upload: 422 no '%s' field", UPLOAD_FIELD)
             raise
+        refusal: InputRejected | None = None
         async with request.app.state.inference_lock:
             try:
                 # Decode and inference run in a worker thread so the event loop keeps serving /health.
@@ -165,6 +171,13 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                 log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
                          exc.reason)
                 raise HTTPException(400, detail=str(exc)) from None
+            except InputRejected as exc:
+                refusal = exc
+        if refusal is not None:
+            log.info("refused upload: %s, input check: %s", sniff_format(data) or "unknown type",
+                     ",".join(r["code"] for r in refusal.input_check["reasons"] if r["severity"] == "rejected"))
+            body = await record_refusal(request, data, {"detail": str(refusal), "input_check": refusal.input_check})
+            return JSONResponse(status_code=422, content=body)
         return await record_analysis(request, data, result)
 
     @app.exception_handler(Exception)

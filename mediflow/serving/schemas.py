@@ -22,6 +22,27 @@ class OperatingPoint(BaseModel):
                        "point is 0.5; p = sigmoid(logit(p') + logit(calibrated_threshold))")
 
 
+class CheckReason(BaseModel):
+    code: str = Field(description="not_chest_radiograph, blank_image (rejected); likely_adult, atypical_image, "
+                                  "low_resolution, window_fallback (warnings); framed (a note when the model's "
+                                  "preprocessing cuts the border, else a warning)")
+    message: str = Field(description="one sentence for the reader")
+    severity: str = Field(description="rejected, warning or note")
+
+
+class InputCheckResult(BaseModel):
+    status: str = Field(description="ok, warning (the finding needs review; needs_review is true) or rejected "
+                                    "(no finding: HTTP 422)")
+    reasons: list[CheckReason] = Field(default_factory=list, description="most severe first")
+
+
+class RejectedResponse(BaseModel):
+    detail: str = Field(description="one sentence: why no finding was given")
+    input_check: InputCheckResult
+    refusal_id: str | None = Field(default=None, description="the worklist's record of the refusal (GET "
+                                                              "/api/studies/refused), when the server keeps a study store")
+
+
 class AnalysisResponse(BaseModel):
     prediction: str = Field(description="class name, e.g. PNEUMONIA: the class with the larger reported probability")
     confidence: float = Field(description="reported probability of the predicted class, 4 decimals (>= 0.5 for a "
@@ -29,7 +50,10 @@ class AnalysisResponse(BaseModel):
     disclaimer: str
     probabilities: dict[str, float] = Field(description="per class, 4 decimals; for a two-class model centred on "
                                             "the operating point (see operating_point)")
-    needs_review: bool = Field(description="confidence below the review cut-off: manual review suggested")
+    needs_review: bool = Field(description="confidence below the review cut-off, or an input-check warning: manual "
+                                           "review suggested")
+    input_check: InputCheckResult = Field(description="is this a pediatric chest radiograph the model was made for? "
+                                                      "(status ok or warning here; rejected inputs get HTTP 422)")
     threshold: float | None = Field(description="reported PNEUMONIA probability at or above which PNEUMONIA is "
                                     "predicted: 0.5 on the centred scale; null for a model decided by argmax")
     operating_point: OperatingPoint | None = Field(default=None, description="the calibrated operating point "

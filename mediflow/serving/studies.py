@@ -24,7 +24,8 @@ from mediflow.decision import REPORTED_SCALE, positive_index
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys, route_template
 from mediflow.serving.settings import Settings
-from mediflow.serving.study_schemas import ReviewRequest, StudyDetail, StudyHeatmap, StudyList, StudySummary
+from mediflow.serving.study_schemas import (RefusalList, ReviewRequest, StudyDetail, StudyHeatmap, StudyList,
+                                            StudySummary)
 from mediflow.store import repository
 from mediflow.store.db import Store, describe_url
 from mediflow.store.models import Study
@@ -113,6 +114,22 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
     return {**result, "study_id": str(study_id)}
 
 
+async def record_refusal(request: Request, data: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    """Keep a record (no pixels) of an upload the input check refused, when a store is configured;
+    `body` ({"detail", "input_check"}) gains `refusal_id`."""
+    store: Store | None = request.app.state.store
+    if store is None:
+        return body
+    model_sha = request.app.state.predictor.info.sha256
+
+    def save() -> uuid.UUID:
+        with store.session() as s:
+            return repository.add_refusal(s, source_info(data), detail=body["detail"],
+                                          input_check=body["input_check"], model_sha256=model_sha).id
+
+    return {**body, "refusal_id": str(await run_in_threadpool(save))}
+
+
 # -- the worklist API ------------------------------------------------------------------------------
 def _store(request: Request) -> Store:
     store = request.app.state.store
@@ -128,6 +145,7 @@ def _summary(study: Study, has_image: bool) -> dict[str, Any]:
         "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
         "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
         "reviewer": study.reviewer, "reviewed_at": study.reviewed_at, "has_image": has_image,
+        "input_check": study.input_check,
     }
 
 
@@ -175,6 +193,18 @@ def list_studies(
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
         return {"total": total, "limit": limit, "offset": offset,
                 "items": [StudySummary(**_summary(st, has)) for st, has in rows]}
+
+
+@router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")
+def list_refused(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+                 ) -> dict[str, Any]:
+    """Newest first: when, what kind of file, and why no finding was given. No pixels are kept."""
+    with _store(request).session() as s:
+        total, rows = repository.list_refusals(s, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset,
+                "items": [{"id": r.id, "received_at": r.received_at, "source_format": r.source_format,
+                           "image_sha256": r.image_sha256, "detail": r.detail, "input_check": r.input_check}
+                          for r in rows]}
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses={404: {"description": "no such study"}})

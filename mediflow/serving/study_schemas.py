@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from mediflow.serving.schemas import ModelRef, OperatingPoint
+from mediflow.serving.schemas import InputCheckResult, ModelRef, OperatingPoint
 
 
 class ReviewRequest(BaseModel):
@@ -33,12 +33,15 @@ class StudySummary(BaseModel):
     confidence: float
     probability: float = Field(description="worklist priority: reported (operating-point-centred) probability of "
                                "the positive class (PNEUMONIA)")
-    uncertain: bool = Field(description="the model's confidence was below the review cut-off")
+    uncertain: bool = Field(description="the model's confidence was below the review cut-off, or the input check "
+                                        "warned (needs_review of the analysis)")
     review_state: str = Field(description="unreviewed, confirmed or corrected")
     review_label: str | None
     reviewer: str | None
     reviewed_at: datetime | None
     has_image: bool
+    input_check: InputCheckResult | None = Field(default=None, description="the input check's verdict (ok or "
+                                                 "warning); null for studies saved before the check existed")
 
 
 class StudyList(BaseModel):
@@ -46,6 +49,22 @@ class StudyList(BaseModel):
     limit: int
     offset: int
     items: list[StudySummary]
+
+
+class RefusedInput(BaseModel):
+    id: uuid.UUID
+    received_at: datetime
+    source_format: str
+    image_sha256: str
+    detail: str = Field(description="why no finding was given, as the analysis response said")
+    input_check: InputCheckResult
+
+
+class RefusalList(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[RefusedInput]
 
 
 class StudyDetail(StudySummary):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, Uuid
@@ -70,6 +71,9 @@ class Study(Base):
     model_version: Mapped[str] = mapped_column(String(100))
     model_sha256: Mapped[str] = mapped_column(String(64))
     needs_review: Mapped[bool] = mapped_column(Boolean)
+    # The input check's verdict as returned ({"status": "ok" | "warning", "reasons": [...]}); None for
+    # studies saved before the check existed.
+    input_check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Worklist orderings, computed once at analysis time so they can be sorted in SQL (see triage.py).
     priority: Mapped[float] = mapped_column(Float, index=True)
     margin: Mapped[float] = mapped_column(Float, index=True)
@@ -114,6 +118,24 @@ class StudyImage(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
     study: Mapped[Study] = relationship(back_populates="image")
+
+
+class RefusedInput(Base):
+    """An upload the input check refused (no finding was given): when, what kind of file, why. No
+    pixels are kept, whatever --store-images says: there is nothing for a reader to review."""
+
+    __tablename__ = "refused_inputs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source_format: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    # {"status": "rejected", "reasons": [{"code", "message", "severity"}, ...]}
+    input_check: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class AuditEntry(Base):

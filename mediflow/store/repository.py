@@ -9,7 +9,7 @@ from typing import Any, Literal
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from mediflow.store.models import AuditEntry, Review, Study, StudyImage, utcnow
+from mediflow.store.models import AuditEntry, RefusedInput, Review, Study, StudyImage, utcnow
 from mediflow.store.triage import triage_scores
 
 SortKey = Literal["priority", "uncertainty", "received"]
@@ -47,13 +47,32 @@ def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, p
         calibrated_threshold=(result.get("operating_point") or {}).get("calibrated_threshold"),
         model_architecture=model["architecture"], model_version=model["version"], model_sha256=model["sha256"],
         needs_review=bool(result["needs_review"]), priority=priority, margin=margin,
-        review_state="unreviewed",
+        review_state="unreviewed", input_check=result.get("input_check"),
     )
     if image is not None:
         study.image = StudyImage(media_type=media_type, data=image)
     session.add(study)
     session.flush()
     return study
+
+
+def add_refusal(session: Session, source: SourceInfo, *, detail: str, input_check: dict[str, Any],
+                model_sha256: str) -> RefusedInput:
+    """Record an upload the input check refused; never its pixels."""
+    row = RefusedInput(image_sha256=source.image_sha256, source_format=source.source_format,
+                       study_instance_uid=source.study_instance_uid, sop_instance_uid=source.sop_instance_uid,
+                       detail=detail, input_check=input_check, model_sha256=model_sha256)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_refusals(session: Session, *, limit: int = 50, offset: int = 0) -> tuple[int, list[RefusedInput]]:
+    """(total, one page of refused uploads, newest first)."""
+    total = session.scalar(select(func.count()).select_from(RefusedInput))
+    rows = session.scalars(select(RefusedInput).order_by(RefusedInput.received_at.desc(), RefusedInput.id)
+                           .limit(limit).offset(offset))
+    return int(total or 0), list(rows)
 
 
 def list_studies(session: Session, *, status: StatusFilter = "unreviewed", sort: SortKey = "priority",

@@ -1,7 +1,9 @@
 // THE way a finding is shown, on every view: the call, the model's confidence in it, the review
 // flag, and (in the card) per-class scores, notes about the input and the disclaimer.
 import { useId } from "react";
-import { findingText, isConsistent, percent, type FindingData } from "../finding";
+import type { InputCheck } from "../api";
+import { findingText, isConsistent, percent, reviewText, type FindingData } from "../finding";
+import { InputCheckBadge, InputCheckView } from "./InputCheckView";
 
 interface Props {
   finding: FindingData;
@@ -11,9 +13,11 @@ interface Props {
   notes?: string[];
   /** Shown under the card, e.g. the model and time. */
   meta?: string;
+  /** The input check's verdict on the image (null: a study saved before the check existed). */
+  inputCheck?: InputCheck | null;
 }
 
-export function Finding({ finding, variant = "card", disclaimer, notes, meta }: Props) {
+export function Finding({ finding, variant = "card", disclaimer, notes, meta, inputCheck }: Props) {
   const id = useId();
   const text = findingText(finding.prediction);
   const consistent = isConsistent(finding);
@@ -31,6 +35,7 @@ export function Finding({ finding, variant = "card", disclaimer, notes, meta }: 
           </span>
         )}
         {review && <span className="badge badge-review" data-testid="compact-review">Review</span>}
+        <InputCheckBadge check={inputCheck} />
       </span>
     );
   }
@@ -57,9 +62,10 @@ export function Finding({ finding, variant = "card", disclaimer, notes, meta }: 
       )}
       {finding.needsReview && (
         <p className="callout callout-warning" data-testid="review-warning">
-          <strong>Low model confidence: manual review suggested.</strong>
+          <strong>{reviewText(true, inputCheck?.status === "warning")}</strong>
         </p>
       )}
+      <InputCheckView check={inputCheck} />
       {consistent && finding.probabilities && (
         <dl className="probabilities" aria-label="Model score per class" data-testid="probabilities">
           {Object.entries(finding.probabilities).map(([name, p]) => (

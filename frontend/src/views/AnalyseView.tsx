@@ -1,11 +1,12 @@
 // Analyse: choose or drop one or more X-rays; each is analysed in turn, with upload progress; the
 // selected one is shown in the viewer beside its finding.
 import { useEffect, useRef, useState, type DragEvent } from "react";
-import { analyze, ApiError, isDicom, type Analysis } from "../api";
+import { analyze, ApiError, isDicom, type Analysis, type InputCheck } from "../api";
 import { config, formatBytes } from "../config";
 import { Finding } from "../components/Finding";
+import { InputCheckView } from "../components/InputCheckView";
 import { ImageViewer } from "../components/ImageViewer";
-import { findingText } from "../finding";
+import { findingText, reviewText } from "../finding";
 
 interface Item {
   id: number;
@@ -14,6 +15,8 @@ interface Item {
   progress: number;
   result?: Analysis;
   error?: string;
+  /** The input check's refusal (no finding). */
+  rejection?: InputCheck;
   /** What the viewer shows: the browser's own decoding, or the server's PNG for DICOM. */
   imageUrl?: string;
 }
@@ -51,11 +54,12 @@ export function AnalyseView() {
         urls.current.push(imageUrl);
       }
       update(item.id, { state: "done", progress: 1, result, imageUrl });
-      setStatus(`${item.file.name}: ${findingText(result.prediction)}` +
-                (result.needs_review ? ". Low model confidence: manual review suggested." : "."));
+      const why = reviewText(result.needs_review, result.input_check?.status === "warning");
+      setStatus(`${item.file.name}: ${findingText(result.prediction)}. ${why}`.trim());
     } catch (e) {
       const message = e instanceof ApiError ? e.message : String(e);
-      update(item.id, { state: "error", error: message });
+      const rejection = e instanceof ApiError && e.inputCheck ? e.inputCheck : undefined;
+      update(item.id, { state: "error", error: message, rejection });
       setStatus(`${item.file.name}: not analysed.`);
     }
   }
@@ -126,6 +130,7 @@ export function AnalyseView() {
             <p data-testid="error-detail">{current.error}</p>
           </div>
         )}
+        {current?.state === "error" && current.rejection && <InputCheckView check={current.rejection} />}
         {current && current.state !== "done" && current.state !== "error" && (
           <p className="hint">{stateText(current)}</p>
         )}
@@ -135,6 +140,7 @@ export function AnalyseView() {
               finding={{ prediction: current.result.prediction, confidence: current.result.confidence,
                          needsReview: current.result.needs_review, probabilities: current.result.probabilities }}
               notes={current.result.notes} disclaimer={current.result.disclaimer}
+              inputCheck={current.result.input_check}
               meta={`${current.file.name} · model ${current.result.model.architecture} ${current.result.model.version}` +
                     ` · ${Math.round(current.result.inference_ms)} ms on the server` +
                     (current.result.study_id ? " · saved to the worklist" : "")} />

@@ -1,8 +1,8 @@
 // Worklist: stored studies by suspicion or uncertainty, one-key reads (J/K move, Enter opens,
 // C confirms the model's call, N/P mark a class), and the study view beside the list.
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, getJSON, postJSON, request, type ModelCard, type StudyDetail, type StudyHeatmap,
-         type StudyList } from "../api";
+import { ApiError, getJSON, postJSON, request, type ModelCard, type RefusalList, type StudyDetail,
+         type StudyHeatmap, type StudyList } from "../api";
 import { Finding } from "../components/Finding";
 import { ImageViewer, type HeatmapLayer } from "../components/ImageViewer";
 import { findingText } from "../finding";
@@ -160,7 +160,7 @@ export function WorklistView() {
                     className={i === selected ? "selected" : undefined}>
                   <td>{when(s.received_at)}</td>
                   <td><Finding variant="compact" finding={{ prediction: s.prediction, confidence: s.confidence,
-                                                            needsReview: s.uncertain }} /></td>
+                                                            needsReview: s.uncertain }} inputCheck={s.input_check} /></td>
                   <td>{STATE_TEXT[s.review_state] ?? s.review_state}
                     {s.review_state === "corrected" && s.review_label ? ` → ${s.review_label}` : ""}</td>
                   <td>{s.reviewer ?? ""}</td>
@@ -175,6 +175,7 @@ export function WorklistView() {
           <button type="button" className="button" disabled={!list || offset + items.length >= total}
                   onClick={() => setOffset(offset + PAGE)}>Next page</button>
         </div>
+        <Refused refresh={list} />
       </section>
       <section className="panel" aria-labelledby="study-heading">
         <h2 id="study-heading" className="panel-title">Study</h2>
@@ -183,6 +184,27 @@ export function WorklistView() {
                : <p className="hint">Select a study (J, or click a row) to see its image and finding.</p>}
       </section>
     </div>
+  );
+}
+
+/** Uploads the input check refused: no finding and no pixels, only when and why. */
+function Refused({ refresh }: { refresh: unknown }) {
+  const [refused, setRefused] = useState<RefusalList | null>(null);
+  useEffect(() => {
+    getJSON<RefusalList>("/api/studies/refused?limit=10").then(setRefused, () => setRefused(null));
+  }, [refresh]);
+  if (!refused || refused.total === 0) return null;
+  return (
+    <details className="refused" data-testid="refused">
+      <summary>Refused by the input check: {refused.total} upload{refused.total === 1 ? "" : "s"} (no finding)</summary>
+      <ul>
+        {refused.items.map((r) => (
+          <li key={r.id} data-testid="refused-item" data-codes={r.input_check.reasons.map((x) => x.code).join(" ")}>
+            {when(r.received_at)} · {r.source_format} · {r.detail}
+          </li>
+        ))}
+      </ul>
+    </details>
   );
 }
 
@@ -255,7 +277,7 @@ function StudyView({ id, classes, keys, onReview, onNote }: StudyProps) {
   return (
     <div className="study" data-testid="study" data-study-id={s.id}>
       <Finding finding={{ prediction: s.prediction, confidence: s.confidence, needsReview: s.uncertain,
-                          probabilities: s.probabilities }} disclaimer={s.disclaimer} />
+                          probabilities: s.probabilities }} disclaimer={s.disclaimer} inputCheck={s.input_check} />
       {error && <p className="callout callout-error" role="alert">{error}</p>}
       {imageNote && <p className="hint" data-testid="image-note">{imageNote}</p>}
       {imageUrl && <ImageViewer src={imageUrl} alt={`Chest X-ray, study received ${when(s.received_at)}`}

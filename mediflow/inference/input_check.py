@@ -1,0 +1,384 @@
+"""The input check: is an upload a chest radiograph the model was made for? Run on every analysis.
+
+Three sources, cheapest first (docs/input_check.md gives the measured figures and thresholds):
+
+1. The DICOM header, when there is one (`header_reasons`): a Modality, SOP Class or
+   BodyPartExamined that names another modality or body part -> `not_chest_radiograph`; a
+   PatientAge of 18 years or more -> `likely_adult`.
+2. Pixel statistics of the decoded image (`pixel_reasons`, ~0.1 ms on a subsample of <= 128 x 128
+   pixels): (nearly) constant or all saturated -> `blank_image`; colour -> `not_chest_radiograph`
+   (radiographs are grey); shorter side under the model's input size -> `low_resolution`; uniform
+   borders around the film -> `framed`. Decoder flags (`window_fallback`) become warnings.
+3. The model's own pass (`InputCheck.feature_reasons`): the globally pooled last feature map the
+   network computes anyway. Its distance from the distribution of chest films (a Gaussian in a
+   principal subspace plus the residual energy, per reference group: the Mahalanobis distance of
+   probabilistic PCA; Tipping & Bishop 1999) -> `not_chest_radiograph` (rejected) or `atypical_image`
+   (warning); a linear (logistic) pediatric-vs-adult classifier on the same features ->
+   `likely_adult`.
+
+The fitted statistics live in `<model stem>.input_check.npz` next to the model (refit with
+`mediflow fit-input-check`); without that file, or when it was fitted on another model's features,
+only the header and pixel checks run. Steps 1-2 run before the model, so a blank or a CT DICOM costs no
+inference; a rejection raises `InputRejected` and no finding is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from PIL import Image
+
+from mediflow.errors import MediFlowError
+from mediflow.preprocessing import content_box
+
+log = logging.getLogger(__name__)
+
+REJECTED, WARNING, NOTE = "rejected", "warning", "note"
+SEVERITY_ORDER = {NOTE: 0, WARNING: 1, REJECTED: 2}
+STATS_SUFFIX = ".input_check.npz"
+STATS_FORMAT = "mediflow-input-check"
+STATS_VERSION = 1
+
+# -- pixel statistics ------------------------------------------------------------------------------
+PROBE = 128  # pixels per side of the strided subsample the pixel checks look at
+# Blank: the middle 90% of grey levels spans fewer than this many 8-bit levels, or this share of
+# pixels is at (within 4 levels of) black or white. Real films span > 100 levels (docs/input_check.md).
+BLANK_SPREAD = 12
+BLANK_SATURATED = 0.95
+# Colour: a pixel whose channels differ by more than CHROMA levels is coloured; radiographs saved
+# as RGB JPEG differ by a few levels (chroma subsampling). More than COLOUR_SHARE coloured pixels:
+# a photograph, a document or a screenshot with colour, not a radiograph.
+CHROMA = 40
+COLOUR_SHARE = 0.05
+# Framed: uniform borders (preprocessing.content_box) leave less than this share of the area.
+FRAMED_KEEP = 0.85
+
+# -- DICOM header ---------------------------------------------------------------------------------
+# DICOM PS3.3 C.7.3.1.1.1 defined terms. Projection radiography (CR, DX, RG, and the non-standard DR)
+# and unknown or generic values (OT) pass to the pixel and feature checks; these are other modalities.
+OTHER_MODALITIES = {
+    "CT": "CT", "MR": "MR", "US": "ultrasound", "MG": "mammography", "NM": "nuclear medicine", "PT": "PET",
+    "XA": "X-ray angiography", "RF": "fluoroscopy", "IO": "intra-oral radiography", "PX": "panoramic dental X-ray",
+    "OP": "ophthalmic photography", "OPT": "ophthalmic tomography", "OCT": "optical coherence tomography",
+    "SM": "slide microscopy", "ES": "endoscopy", "XC": "external-camera photography", "GM": "microscopy",
+    "ECG": "ECG", "EPS": "electrophysiology", "IVUS": "intravascular ultrasound", "BDUS": "bone densitometry",
+    "BMD": "bone densitometry", "DOC": "document", "SR": "structured report", "RTIMAGE": "radiotherapy image",
+    "RTDOSE": "radiotherapy dose", "RTSTRUCT": "radiotherapy structure set", "SEG": "segmentation",
+    "PR": "presentation state", "KO": "key object selection", "HD": "haemodynamic waveform",
+}
+# Storage SOP Classes (PS3.4 B.5) of other modalities, by UID prefix.
+OTHER_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT", "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.6": "ultrasound",
+    "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound", "1.2.840.10008.5.1.4.1.1.1.2": "mammography",
+    "1.2.840.10008.5.1.4.1.1.1.3": "intra-oral radiography", "1.2.840.10008.5.1.4.1.1.20": "nuclear medicine",
+    "1.2.840.10008.5.1.4.1.1.128": "PET", "1.2.840.10008.5.1.4.1.1.130": "PET",
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-ray angiography", "1.2.840.10008.5.1.4.1.1.12.2": "fluoroscopy",
+    "1.2.840.10008.5.1.4.1.1.13": "breast tomosynthesis", "1.2.840.10008.5.1.4.1.1.77": "visible light photography",
+    "1.2.840.10008.5.1.4.1.1.481": "radiotherapy", "1.2.840.10008.5.1.4.1.1.66": "segmentation",
+}
+# BodyPartExamined values (PS3.16 CID 4031 terms and common vendor spellings) that are not the chest.
+# Unknown values pass: sites write free text here, and the features still see the pixels.
+OTHER_BODY_PARTS = {
+    "HEAD", "SKULL", "BRAIN", "FACE", "SINUS", "JAW", "TMJ", "NECK", "CSPINE", "TSPINE", "LSPINE", "SSPINE",
+    "SPINE", "PELVIS", "HIP", "ABDOMEN", "KNEE", "LEG", "LOWER LIMB", "LOWERLIMB", "FOOT", "ANKLE", "HEEL",
+    "TOE", "FEMUR", "TIBIA", "FIBULA", "ARM", "UPPER LIMB", "UPPERLIMB", "HAND", "FINGER", "THUMB", "WRIST",
+    "ELBOW", "FOREARM", "HUMERUS", "SHOULDER", "CLAVICLE", "BREAST", "EXTREMITY", "ORBIT", "EAR", "TEETH",
+    "MANDIBLE", "SACRUM", "COCCYX", "KIDNEY", "BLADDER", "PROSTATE", "HEART", "LIVER",
+}
+ADULT_AGE_YEARS = 18.0
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+MESSAGES = {
+    "blank_image": "The image is blank (constant or nearly constant, or almost every pixel black or white): "
+                   "there is no film to analyse.",
+    "colour": "The image is in colour: a photograph, document or screenshot, not a radiograph.",
+    "features_far": "The image does not look like a chest radiograph (far from every chest film the check "
+                    "was fitted on): photographs, documents, other modalities and body parts are not analysed.",
+    "atypical_image": "The image is unlike the chest films the model was trained on (other view, body part, "
+                      "processing or equipment?): read it without relying on the finding.",
+    "likely_adult": "This looks like an adult chest film; the model is made for children aged 1-5 and its "
+                    "finding on adults is not validated.",
+    "likely_adult_header": "The DICOM header gives an age of 18 years or more; the model is made for children "
+                           "aged 1-5 and its finding on adults is not validated.",
+    "window_fallback": "The stored DICOM window left almost every pixel black or white, so a window from the "
+                       "image's own grey levels was used instead: check the picture before trusting the finding.",
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One finding of the input check. `severity`: 'rejected' (no finding is given), 'warning'
+    (the finding needs review) or 'note' (information only)."""
+
+    code: str
+    message: str
+    severity: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "severity": self.severity}
+
+
+def summarize(reasons: Iterable[Reason]) -> dict[str, Any]:
+    """Reasons -> the API's `input_check`: {"status": "ok" | "warning" | "rejected", "reasons": [...]}.
+    The status is the most severe reason's (a note alone leaves it "ok"); reasons are listed most
+    severe first, each code once."""
+    seen: dict[str, Reason] = {}
+    for r in reasons:
+        if r.code not in seen or SEVERITY_ORDER[r.severity] > SEVERITY_ORDER[seen[r.code].severity]:
+            seen[r.code] = r
+    ordered = sorted(seen.values(), key=lambda r: -SEVERITY_ORDER[r.severity])
+    worst = ordered[0].severity if ordered else NOTE
+    status = {REJECTED: "rejected", WARNING: "warning", NOTE: "ok"}[worst]
+    return {"status": status, "reasons": [r.to_dict() for r in ordered]}
+
+
+class InputRejected(MediFlowError):
+    """An input the check refuses: no finding. `input_check` is summarize()'s dict (status 'rejected');
+    the message is one sentence naming the first reason."""
+
+    def __init__(self, input_check: dict[str, Any]):
+        self.input_check = input_check
+        first = next(r for r in input_check["reasons"] if r["severity"] == REJECTED)
+        super().__init__(f"Not analysed: {first['message'][0].lower()}{first['message'][1:]}")
+
+
+def rejected(reasons: list[Reason]) -> bool:
+    return any(r.severity == REJECTED for r in reasons)
+
+
+# -- header ---------------------------------------------------------------------------------------
+def age_years(value: str | None) -> float | None:
+    """A DICOM Age String (PS3.5 6.2, 'nnnD|W|M|Y', e.g. '004Y') in years; None when absent or malformed."""
+    m = _AGE.match(value or "")
+    return None if m is None else int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
+
+
+def header_reasons(meta: dict[str, Any] | None) -> list[Reason]:
+    """Reasons from DICOM header fields (dicom_metadata's dict; None or {} for non-DICOM input)."""
+    if not meta:
+        return []
+    out: list[Reason] = []
+    modality = str(meta.get("Modality") or "").strip().upper()
+    if modality in OTHER_MODALITIES:
+        out.append(Reason("not_chest_radiograph", f"The DICOM header says Modality {modality} "
+                          f"({OTHER_MODALITIES[modality]}): the model reads chest radiographs only.", REJECTED))
+    sop = str(meta.get("SOPClassUID") or "").strip()
+    for prefix, kind in OTHER_SOP_CLASSES.items():
+        if sop == prefix or sop.startswith(prefix + "."):
+            out.append(Reason("not_chest_radiograph", f"The DICOM SOP Class ({sop}) is a {kind} image: the model "
+                              "reads chest radiographs only.", REJECTED))
+            break
+    part = re.sub(r"[^A-Z ]", "", str(meta.get("BodyPartExamined") or "").upper()).strip()
+    if part in OTHER_BODY_PARTS or part.replace(" ", "") in OTHER_BODY_PARTS:
+        out.append(Reason("not_chest_radiograph", f"The DICOM header says BodyPartExamined {part}: the model "
+                          "reads chest films only.", REJECTED))
+    age = age_years(meta.get("PatientAge"))
+    if age is not None and age >= ADULT_AGE_YEARS:
+        out.append(Reason("likely_adult", MESSAGES["likely_adult_header"], WARNING))
+    return out
+
+
+def header_age_known(meta: dict[str, Any] | None) -> bool:
+    return bool(meta) and age_years(meta.get("PatientAge")) is not None
+
+
+# -- pixels ---------------------------------------------------------------------------------------
+def probe(img: Image.Image) -> np.ndarray:
+    """A strided subsample of at most PROBE x PROBE pixels: (h, w) or (h, w, 3) uint8."""
+    a = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+    sy, sx = max(1, a.shape[0] // PROBE), max(1, a.shape[1] // PROBE)
+    return a[::sy, ::sx]
+
+
+def pixel_reasons(img: Image.Image, *, image_size: int, trims_borders: bool, flags: Iterable[str] = ()) -> list[Reason]:
+    """Reasons from the decoded image's pixels and the decoder's flags.
+
+    `image_size`: the model's input side (pixels); a shorter side is upsampled -> `low_resolution`.
+    `trims_borders`: the model's preprocessing cuts uniform borders (framing 'trim'): `framed` is then
+    a note; otherwise a warning (the border reaches the model)."""
+    out: list[Reason] = []
+    a = probe(img)
+    if a.ndim == 3:
+        chroma = a.max(axis=2).astype(np.int16) - a.min(axis=2)
+        colour_share = float(np.count_nonzero(chroma > CHROMA)) / chroma.size
+        grey = a.mean(axis=2, dtype=np.float32)
+    else:
+        colour_share, grey = 0.0, a.astype(np.float32)
+    p5, p95 = np.percentile(grey, (5, 95))
+    saturated = float(np.count_nonzero((grey <= 4) | (grey >= 251))) / grey.size
+    if p95 - p5 < BLANK_SPREAD or saturated >= BLANK_SATURATED:
+        return [Reason("blank_image", MESSAGES["blank_image"], REJECTED)]
+    if colour_share > COLOUR_SHARE:
+        out.append(Reason("not_chest_radiograph", MESSAGES["colour"], REJECTED))
+    w, h = img.size
+    if min(w, h) < image_size:
+        out.append(Reason("low_resolution", f"The image is {w} x {h} pixels, smaller than the model's "
+                          f"{image_size} x {image_size} input: fine detail is missing and the finding is less "
+                          "reliable.", WARNING))
+    box = content_box(Image.fromarray(grey.astype(np.uint8)))
+    keep = (box[2] - box[0]) * (box[3] - box[1]) / grey.size
+    if keep < FRAMED_KEEP:
+        if trims_borders:
+            out.append(Reason("framed", f"The film sits inside a uniform border ({1 - keep:.0%} of the image, e.g. "
+                              "a screenshot or a scan); the model analysed the film inside it (preprocessing "
+                              "cuts uniform borders).", NOTE))
+        else:
+            out.append(Reason("framed", f"The film sits inside a uniform border ({1 - keep:.0%} of the image, e.g. "
+                              "a screenshot); this model analyses the border with the film: crop to the film "
+                              "for a reliable finding.", WARNING))
+    if "window_fallback" in set(flags):
+        out.append(Reason("window_fallback", MESSAGES["window_fallback"], WARNING))
+    return out
+
+
+# -- features -------------------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """A group of chest films as a Gaussian in the pooled-feature space: mean (C,), the top-k
+    principal axes (k, C) with their variances (k,), and the mean variance left outside them."""
+
+    name: str
+    mean: np.ndarray
+    axes: np.ndarray
+    variances: np.ndarray
+    residual_variance: float
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """(N, C) features -> (N,) squared Mahalanobis distance of probabilistic PCA per feature
+        dimension (about 1 for films like the reference group)."""
+        d = x - self.mean
+        z = d @ self.axes.T
+        residual = np.einsum("nc,nc->n", d, d) - np.einsum("nk,nk->n", z, z)
+        inside = np.einsum("nk,k->n", z * z, 1.0 / self.variances)
+        return (inside + np.maximum(residual, 0.0) / self.residual_variance) / x.shape[1]
+
+
+@dataclass
+class InputCheckStats:
+    """What `mediflow fit-input-check` fits, for one model (by its checkpoint's SHA-256)."""
+
+    references: list[Reference]
+    adult_weights: np.ndarray  # (C,) on raw pooled features (the fit's standardisation folded in)
+    adult_bias: float
+    adult_threshold: float  # P(adult) at or above which `likely_adult` is raised
+    warn_distance: float  # min reference distance above which `atypical_image` is raised
+    reject_distance: float  # ... above which `not_chest_radiograph` rejects
+    meta: dict[str, Any]
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.meta.get("model_sha256", ""))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) pooled features -> (N,) distance to the nearest reference group."""
+        x = np.asarray(features, dtype=np.float64)
+        return np.min(np.stack([r.distance(x) for r in self.references]), axis=0)
+
+    def p_adult(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) pooled features -> (N,) P(adult film) from the linear classifier."""
+        z = np.asarray(features, dtype=np.float64) @ self.adult_weights + self.adult_bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "adult_weights": self.adult_weights.astype(np.float32),
+            "scalars": np.array([self.adult_bias, self.adult_threshold, self.warn_distance, self.reject_distance]),
+            "meta": np.array(json.dumps({**self.meta, "format": STATS_FORMAT, "format_version": STATS_VERSION,
+                                         "references": [r.name for r in self.references]})),
+        }
+        for i, r in enumerate(self.references):
+            arrays[f"ref{i}_mean"] = r.mean.astype(np.float32)
+            arrays[f"ref{i}_axes"] = r.axes.astype(np.float32)
+            arrays[f"ref{i}_variances"] = r.variances.astype(np.float64)
+            arrays[f"ref{i}_residual"] = np.array([r.residual_variance])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InputCheckStats":
+        """Raises MediFlowError for a file that is not a readable input-check file."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("format") != STATS_FORMAT:
+                    raise ValueError("not an input-check file")
+                refs = [Reference(name, z[f"ref{i}_mean"].astype(np.float64), z[f"ref{i}_axes"].astype(np.float64),
+                                  z[f"ref{i}_variances"], float(z[f"ref{i}_residual"][0]))
+                        for i, name in enumerate(meta["references"])]
+                bias, thr, warn, reject = (float(v) for v in z["scalars"])
+                return cls(refs, z["adult_weights"].astype(np.float64), bias, thr, warn, reject, meta)
+        except (OSError, ValueError, KeyError) as exc:
+            raise MediFlowError(f"{path}: not a readable input-check file ({exc})") from None
+
+
+def stats_path(model_path: str | Path) -> Path:
+    """Where the input-check statistics of a model file live: `<stem>.input_check.npz` beside it
+    (an export `x.onnx` / `x.int8.onnx` shares `x.pth`'s)."""
+    p = Path(model_path)
+    stem = p.name.split(".")[0]
+    return p.with_name(stem + STATS_SUFFIX)
+
+
+class InputCheck:
+    """The check as the predictor runs it: `before(img, header)` without the model, then
+    `after(pooled)` on the model's pooled features."""
+
+    def __init__(self, *, image_size: int, trims_borders: bool, stats: InputCheckStats | None = None):
+        self.image_size = image_size
+        self.trims_borders = trims_borders
+        self.stats = stats
+
+    @classmethod
+    def for_model(cls, model_path: str | Path | None, model_sha256: str, *, image_size: int,
+                  trims_borders: bool) -> "InputCheck":
+        """Loads the statistics beside `model_path` when they were fitted on this model (by SHA-256);
+        otherwise only header and pixel checks run (logged once)."""
+        stats = None
+        if model_path:
+            path = stats_path(model_path)
+            if path.is_file():
+                try:
+                    stats = InputCheckStats.load(path)
+                except MediFlowError as exc:
+                    log.warning("input check without feature statistics: %s", exc)
+                if stats is not None and stats.model_sha256 != model_sha256:
+                    log.warning("input check without feature statistics: %s was fitted on another model "
+                                "(refit with mediflow fit-input-check)", path.name)
+                    stats = None
+        return cls(image_size=image_size, trims_borders=trims_borders, stats=stats)
+
+    @property
+    def uses_features(self) -> bool:
+        return self.stats is not None
+
+    def before(self, img: Image.Image, header: dict[str, Any] | None = None, flags: Iterable[str] = ()) -> list[Reason]:
+        """Header and pixel reasons (no model needed)."""
+        reasons = header_reasons(header)
+        return reasons + pixel_reasons(img, image_size=self.image_size, trims_borders=self.trims_borders,
+                                       flags=flags)
+
+    def after(self, pooled: np.ndarray, *, age_known: bool = False) -> list[Reason]:
+        """Feature reasons for one image's pooled features (C,). `age_known`: the header gave an age,
+        which outranks the classifier's guess."""
+        if self.stats is None:
+            return []
+        x = np.asarray(pooled, dtype=np.float64)[None]
+        dist = float(self.stats.distance(x)[0])
+        if dist >= self.stats.reject_distance:
+            return [Reason("not_chest_radiograph", MESSAGES["features_far"], REJECTED)]
+        out = []
+        if dist >= self.stats.warn_distance:
+            out.append(Reason("atypical_image", MESSAGES["atypical_image"], WARNING))
+        if not age_known and float(self.stats.p_adult(x)[0]) >= self.stats.adult_threshold:
+            out.append(Reason("likely_adult", MESSAGES["likely_adult"], WARNING))
+        return out

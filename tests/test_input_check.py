@@ -1,0 +1,232 @@
+"""The input check (mediflow/inference/input_check.py): what it refuses, flags and lets through, and
+how every answer (API, study store, CLI) carries it. docs/input_check.md has the measured figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import REAL_224, SHARED_DATA, jpeg_bytes, png_bytes, xray_like
+from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
+from mediflow.data.images import add_note, decode_image
+from mediflow.evaluation import input_corpus
+from mediflow.inference.input_check import (InputCheckStats, InputRejected, Reason, age_years, header_reasons,
+                                            pixel_reasons, stats_path, summarize)
+
+ADULT = SHARED_DATA / "nih_adult"
+
+
+def codes(reasons) -> set[str]:
+    return {r.code if isinstance(r, Reason) else r["code"] for r in reasons}
+
+
+def film(size: int = 256, seed: int = 0) -> Image.Image:
+    """xray_like with film grain everywhere: its plain background would otherwise read as a border."""
+    a = np.asarray(xray_like(0, seed, size=size), dtype=np.float64)
+    a += np.random.default_rng(seed).normal(0, 12, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+# -- pixels and header, no model ------------------------------------------------------------------
+@pytest.mark.parametrize("name,kind,data", list(input_corpus.blanks()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_generated_blank_is_rejected_before_the_model(name, kind, data):
+    img = decode_image(data, keep_gray=True)
+    reasons = pixel_reasons(img, image_size=224, trims_borders=True)
+    assert summarize(reasons)["status"] == "rejected" and codes(reasons) == {"blank_image"}, name
+
+
+def test_a_film_passes_the_pixel_checks_and_colour_does_not():
+    assert pixel_reasons(film(), image_size=224, trims_borders=True) == []
+    rgb = np.asarray(film().convert("RGB")).copy()
+    rgb[..., 0] = np.clip(rgb[..., 0].astype(int) + 90, 0, 255)  # a tinted photo of the same picture
+    reasons = pixel_reasons(Image.fromarray(rgb), image_size=224, trims_borders=True)
+    assert codes(reasons) == {"not_chest_radiograph"} and "colour" in reasons[0].message
+
+
+def test_low_resolution_is_relative_to_the_model_input():
+    assert codes(pixel_reasons(film(160), image_size=224, trims_borders=True)) == {"low_resolution"}
+    assert pixel_reasons(film(160), image_size=128, trims_borders=True) == []
+
+
+def test_a_film_in_a_wide_border_is_framed_a_note_when_preprocessing_trims_it():
+    canvas = Image.new("L", (600, 600), 0)
+    canvas.paste(film(300), (150, 150))
+    note = pixel_reasons(canvas, image_size=224, trims_borders=True)
+    assert [(r.code, r.severity) for r in note] == [("framed", "note")]
+    assert summarize(note)["status"] == "ok" and "cuts uniform borders" in note[0].message
+    warn = pixel_reasons(canvas, image_size=224, trims_borders=False)
+    assert [(r.code, r.severity) for r in warn] == [("framed", "warning")]
+
+
+def test_the_decoders_window_fallback_flag_is_a_warning():
+    img = film()
+    add_note(img, "window fell back to percentiles", flag="window_fallback")
+    reasons = pixel_reasons(img, image_size=224, trims_borders=True, flags=["window_fallback"])
+    assert summarize(reasons)["status"] == "warning" and codes(reasons) == {"window_fallback"}
+
+
+@pytest.mark.parametrize("meta,expected", [
+    ({"Modality": "CT"}, {"not_chest_radiograph"}),
+    ({"Modality": "mr"}, {"not_chest_radiograph"}),
+    ({"Modality": "DX", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.2"}, {"not_chest_radiograph"}),  # mammography
+    ({"Modality": "CR", "BodyPartExamined": "KNEE"}, {"not_chest_radiograph"}),
+    ({"Modality": "DX", "BodyPartExamined": "CHEST", "PatientAge": "045Y"}, {"likely_adult"}),
+    ({"Modality": "DX", "BodyPartExamined": "CHEST", "PatientAge": "004Y"}, set()),
+    ({"Modality": "CR", "BodyPartExamined": "THORAX", "PatientAge": "018M"}, set()),
+    ({"Modality": "OT", "BodyPartExamined": "Torax"}, set()),  # unknown values pass to the pixels
+    (None, set()),
+])
+def test_dicom_header(meta, expected):
+    assert codes(header_reasons(meta)) == expected
+
+
+def test_age_strings():
+    assert age_years("004Y") == 4 and age_years("018M") == 1.5 and age_years("bad") is None and age_years(None) is None
+
+
+def test_summary_is_most_severe_first_and_rejection_names_it():
+    check = summarize([Reason("low_resolution", "small.", "warning"), Reason("framed", "border.", "note"),
+                       Reason("blank_image", "Blank.", "rejected")])
+    assert check["status"] == "rejected" and [r["code"] for r in check["reasons"]] == \
+        ["blank_image", "low_resolution", "framed"]
+    assert str(InputRejected(check)) == "Not analysed: blank."
+
+
+# -- the served path, with a real (tiny) model ----------------------------------------------------
+def upload(client, data: bytes, name: str = "x.png"):
+    return client.post("/api/vision/analyze", files={"file": (name, data, "application/octet-stream")})
+
+
+def test_api_contract_ok_warning_and_rejected_with_the_refusal_kept_without_pixels(make_client, database_url):
+    from sqlalchemy import inspect, select
+
+    from mediflow.store.models import RefusedInput, StudyImage
+
+    client = make_client(database_url=database_url, store_images=True)
+    ok = upload(client, png_bytes(film(256)))
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["input_check"] == {"status": "ok", "reasons": []}
+
+    small = upload(client, png_bytes(film(40)))  # under the tiny model's 64 px input
+    assert small.status_code == 200
+    s = small.json()
+    assert s["input_check"]["status"] == "warning" and codes(s["input_check"]["reasons"]) == {"low_resolution"}
+    assert s["needs_review"] is True and s["prediction"] in ("NORMAL", "PNEUMONIA")
+    detail = client.get(f"/api/studies/{s['study_id']}").json()
+    assert detail["input_check"] == s["input_check"] and detail["uncertain"] is True
+
+    blank = png_bytes(Image.new("L", (300, 300), 255))
+    r = upload(client, blank)
+    assert r.status_code == 422
+    refused = r.json()
+    assert refused["input_check"]["status"] == "rejected"
+    assert codes(refused["input_check"]["reasons"]) == {"blank_image"}
+    assert refused["detail"].startswith("Not analysed:") and refused["detail"].count(". ") == 0
+    assert "prediction" not in refused and "probabilities" not in refused
+    listed = client.get("/api/studies/refused").json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == refused["refusal_id"]
+    assert listed["items"][0]["input_check"] == refused["input_check"]
+    store = client.app.state.store
+    with store.session() as sess:
+        assert sess.scalars(select(RefusedInput)).one().source_format == "png"
+        # --store-images keeps the analysed films, never a refused upload's pixels
+        assert len(sess.scalars(select(StudyImage)).all()) == 2
+    columns = {c["name"] for c in inspect(store.engine).get_columns("refused_inputs")}
+    assert not columns & {"data", "image", "pixels"}
+    # the worklist shows the two findings, not the refusal
+    assert client.get("/api/studies", params={"status": "all"}).json()["total"] == 2
+
+
+def test_a_ct_dicom_is_refused_by_its_header_whatever_its_pixels(make_client):
+    client = make_client()
+    arr = np.asarray(film(256))
+    data = next(d for n, _, d in input_corpus.other_modality_dicoms(arr) if n == "film-as-ct.dcm")
+    r = upload(client, data, "x.dcm")
+    assert r.status_code == 422, r.text
+    assert "Modality CT" in r.json()["detail"]
+
+
+def test_cli_analyze_csv_carries_the_check(tmp_path, tiny_model):
+    from mediflow.cli import main
+
+    root = tmp_path / "films"
+    root.mkdir()
+    (root / "film.png").write_bytes(png_bytes(film(256)))
+    (root / "small.png").write_bytes(png_bytes(film(40)))
+    (root / "blank.png").write_bytes(png_bytes(Image.new("L", (300, 300), 0)))
+    out = tmp_path / "r.csv"
+    assert main(["analyze", str(root), "--out", str(out), "--model", str(tiny_model), "--no-progress"]) == 0
+    rows = {r["file"]: r for r in csv.DictReader(open(out, newline=""))}
+    assert rows["film.png"]["input_check"] == "ok" and rows["film.png"]["prediction"]
+    assert rows["small.png"]["input_check"] == "warning" and rows["small.png"]["input_check_reasons"] == "low_resolution"
+    assert rows["small.png"]["needs_review"] == "True"
+    assert rows["blank.png"]["input_check"] == "rejected" and rows["blank.png"]["prediction"] == ""
+    assert rows["blank.png"]["input_check_reasons"] == "blank_image" and rows["blank.png"]["error"] == ""
+
+
+def test_cli_predict_json_line_of_a_refused_image(tmp_path, tiny_model, capsys):
+    from mediflow.cli import main
+
+    blank = tmp_path / "blank.jpeg"
+    blank.write_bytes(jpeg_bytes(Image.new("L", (300, 300), 128)))
+    assert main(["predict", str(blank), "--model", str(tiny_model)]) == 1
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["input_check"]["status"] == "rejected" and "prediction" not in out
+
+
+# -- the bundled model and its fitted statistics --------------------------------------------------
+@pytest.fixture(scope="module")
+def bundled():
+    from mediflow.inference.predictor import Predictor
+
+    p = Predictor.load()
+    assert p.input_check.uses_features, f"no input-check statistics beside the bundled model ({stats_path(p.info.path)})"
+    return p
+
+
+def verdict(predictor, data: bytes) -> dict:
+    try:
+        return predictor.predict_bytes(data)["input_check"]
+    except InputRejected as exc:
+        return exc.input_check
+
+
+def test_bundled_statistics_match_the_bundled_model(bundled):
+    stats = InputCheckStats.load(stats_path(bundled.info.path))
+    assert stats.model_sha256 == bundled.info.sha256
+    assert 0 < stats.warn_distance < stats.reject_distance
+
+
+@pytest.mark.parametrize("kind", ["natural", "document", "ct_like", "mr_like", "ultrasound_like"])
+def test_bundled_model_refuses_generated_non_radiographs(bundled, kind):
+    gen = {"natural": input_corpus.natural_images, "document": lambda: input_corpus.documents(6),
+           "ct_like": lambda: input_corpus.ct_like(4), "mr_like": lambda: input_corpus.mr_like(3),
+           "ultrasound_like": lambda: input_corpus.ultrasound_like(3)}[kind]
+    items = list(gen())[:12]
+    passed = [name for name, _, data in items if verdict(bundled, data)["status"] != "rejected"]
+    assert passed == [], f"not refused: {passed}"
+
+
+@pytest.mark.realdata
+def test_bundled_model_lets_pediatric_films_through_and_flags_adults(bundled):
+    if not (REAL_224.is_dir() and ADULT.is_dir()):
+        pytest.skip(f"real data not present at {SHARED_DATA} (a user's clone has no ../shared)")
+    from mediflow.training.input_check_fit import adult_halves
+
+    kids = sorted((REAL_224 / "test_dev").rglob("*.jpeg"))[::10]
+    kid_checks = [verdict(bundled, p.read_bytes()) for p in kids]
+    assert sum(c["status"] == "rejected" for c in kid_checks) == 0
+    assert sum(c["status"] != "ok" for c in kid_checks) <= max(1, len(kids) // 20)
+    _, held, _ = adult_halves(ADULT)
+    adults = held[::20]
+    flagged = [c for c in (verdict(bundled, p.read_bytes()) for p in adults)
+               if any(r["code"] == "likely_adult" for r in c["reasons"])]
+    assert len(flagged) >= 0.9 * len(adults)
+    assert all(c["status"] == "warning" for c in flagged)  # a warning, not a refusal
