@@ -120,9 +120,7 @@ def overhead(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
 def check_cost(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
     """p50 ms of the check's own steps: header + pixels (before), features (after)."""
     imgs = [(decode_image(d, draft_size=predictor.draft_size, keep_gray=True), dicom_header(d)) for d in uploads]
-    pooled = np.zeros(1280, np.float32)
-    if predictor.input_check.uses_features:
-        pooled = predictor.input_check.stats.references[0].mean.astype(np.float32)
+    pooled = predictor.forward(predictor.preprocess_array(imgs[0][0])[None])[2][0]
     before, after = [], []
     for k in range(repeats):
         img, header = imgs[k % len(imgs)]

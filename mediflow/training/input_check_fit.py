@@ -1,16 +1,18 @@
 """Fit the input check's statistics (inference/input_check.py) for one model.
 
-- Pediatric reference: pooled features of films from the training part of the checkpoint's own
+- Pediatric films: pooled features of films from the training part of the checkpoint's own
   patient-grouped split (never its validation part, never test_dev).
-- Adult reference and classifier: one half of an adult chest-film folder (nih_adult: patients split
-  in two by the NIH patient id in the file name; films of patients under 18 left out), the other half
-  left for benchmarks/input_check.py to measure on.
-- Each reference group is a Gaussian in its top-k principal subspace plus an isotropic residual
-  (probabilistic PCA, Tipping & Bishop 1999). The warning distance is a high quantile of the
-  distances of held-out films (those not used for the Gaussians: a within-sample quantile would
-  be optimistic); rejection sits REJECT_FACTOR times further out.
-- The adult classifier is an L2 logistic regression on standardised features; its threshold keeps
-  (1 - PEDIATRIC_FLAG_RATE) of out-of-fold pediatric films unflagged.
+- Adult films: one half of an adult chest-film folder (nih_adult: patients split in two by the NIH
+  patient id in the file name; films of patients under 18 left out), the other half left for
+  benchmarks/input_check.py to measure on.
+- Distance from chest films: both groups form the bank of a k-nearest-neighbour cosine distance
+  (Sun et al., ICML 2022) in the features' top DIMS principal axes. Thresholds come from films left
+  out of the bank (5 folds): `atypical_image` above the WARN_QUANTILE quantile of their distances,
+  `not_chest_radiograph` beyond the largest (x REJECT_FACTOR). No non-radiograph is used to fit.
+- The adult classifier is an L2 logistic regression on standardised features, fitted on each film as
+  it is and re-encoded the way the other group's files are (format_variant), so that file size and
+  JPEG texture do not tell children from adults (the re-encoded copies join the distance's bank too);
+  likely_adult at P(adult) >= 0.5, the balanced classifier's own decision point.
 
 `mediflow fit-input-check` runs this; features are cached per file so that a refit is quick.
 """
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -28,14 +31,16 @@ import numpy as np
 from mediflow.checkpoint import utc_now
 from mediflow.errors import DatasetError
 from mediflow.inference.backends import pooled_features
-from mediflow.inference.input_check import InputCheckStats, Reference
+from mediflow.inference.input_check import InputCheckStats
 from mediflow.inference.predictor import Predictor
 from mediflow.inference.quantize import training_split
 
-COMPONENTS = 32  # principal axes per reference group
+K = 10  # the k-th nearest neighbour's distance (Sun et al. 2022 use k = 50 of a far larger bank)
+DIMS = 64  # principal axes the features are projected on
 WARN_QUANTILE = 0.995  # of held-out chest films' distances -> atypical_image above it
-REJECT_FACTOR = 3.0  # not_chest_radiograph at this multiple of the warning distance
-PEDIATRIC_FLAG_RATE = 0.01  # out-of-fold pediatric films the adult classifier may flag
+REJECT_FACTOR = 1.0  # not_chest_radiograph beyond this multiple of the largest held-out distance
+# P(adult) at which likely_adult is raised: the balanced classifier's own decision point (equal priors).
+ADULT_THRESHOLD = 0.5
 ADULT_C = 0.05  # inverse L2 strength of the logistic regression (sklearn's C)
 N_PEDIATRIC = 1600
 SEED = 0
@@ -126,22 +131,29 @@ def extract_features(predictor: Predictor, paths: Sequence[Path], cache: Feature
     return np.stack([source[str(p)] for p in paths]).astype(np.float64)
 
 
-def fit_reference(name: str, x: np.ndarray, k: int = COMPONENTS) -> Reference:
-    """A probabilistic-PCA Gaussian of features x (N, C)."""
-    mean = x.mean(axis=0)
-    d = x - mean
-    # Economy SVD: the top-k axes and their variances; the residual variance is the average of the
-    # remaining eigenvalues (the PPCA maximum-likelihood noise variance).
-    _, s, vt = np.linalg.svd(d, full_matrices=False)
-    eig = s**2 / max(1, len(x) - 1)
-    k = min(k, len(eig) - 1)
-    rest = (np.sum(d * d) / max(1, len(x) - 1) - eig[:k].sum()) / (x.shape[1] - k)
-    return Reference(name, mean, vt[:k], np.maximum(eig[:k], 1e-12), float(max(rest, 1e-12)))
+def knn_distance_fn(bank: np.ndarray, projection: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    rows = bank @ projection
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def f(x: np.ndarray) -> np.ndarray:
+        z = x @ projection
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        return 1.0 - np.partition(z @ rows.T, -k, axis=1)[:, -k]
+
+    return f
 
 
-def fit_adult_classifier(ped: np.ndarray, adult: np.ndarray, *, seed: int = SEED) -> tuple[np.ndarray, float, float]:
-    """(weights (C,), bias, threshold) of P(adult) on raw features; the threshold from out-of-fold
-    pediatric probabilities (5 folds)."""
+def principal_axes(bank: np.ndarray, dims: int = DIMS) -> np.ndarray:
+    """(C, dims): the top right-singular vectors of the (uncentred) bank, the directions cosine
+    similarity between films depends on most."""
+    _, _, vt = np.linalg.svd(bank, full_matrices=False)
+    return vt[:dims].T.copy()
+
+
+def fit_adult_classifier(ped: np.ndarray, adult: np.ndarray, *, seed: int = SEED
+                         ) -> tuple[np.ndarray, float, float, float]:
+    """(weights (C,), bias) of P(adult) on raw features, and the out-of-fold (5 folds) share of
+    pediatric and of adult films at or above ADULT_THRESHOLD."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -158,30 +170,88 @@ def fit_adult_classifier(ped: np.ndarray, adult: np.ndarray, *, seed: int = SEED
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
         w, b = fit(x[tr], y[tr])
         oof[te] = 1 / (1 + np.exp(-(x[te] @ w + b)))
-    threshold = float(np.quantile(oof[y == 0], 1 - PEDIATRIC_FLAG_RATE))
     w, b = fit(x, y)
-    return w, b, threshold
+    # Out-of-fold rates at the threshold, for the record (meta), not to choose it.
+    return w, b, float(np.mean(oof[y == 0] >= ADULT_THRESHOLD)), float(np.mean(oof[y == 1] >= ADULT_THRESHOLD))
 
 
-def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed: int = SEED) -> InputCheckStats:
-    """Statistics from pediatric (N1, C) and adult (N2, C) pooled features."""
+def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed: int = SEED,
+              ped_other_format: np.ndarray | None = None, adult_other_format: np.ndarray | None = None
+              ) -> InputCheckStats:
+    """Statistics from pediatric (N1, C) and adult (N2, C) pooled features. `*_other_format`: the
+    same films re-encoded the way the other group's files are (see format_variant), given to the adult
+    classifier only, so that it cannot tell the groups apart by file size and JPEG texture."""
     rng = np.random.default_rng(seed)
-    held = {}
-    for name, x in (("pediatric", ped), ("adult", adult)):
-        order = rng.permutation(len(x))
-        cut = int(0.8 * len(x))
-        held[name] = (x[order[:cut]], x[order[cut:]])
-    # Distances of the held-out fifth of each group to Gaussians fitted on the other four fifths.
-    refs80 = [fit_reference(n, held[n][0]) for n in ("pediatric", "adult")]
-    heldout = np.concatenate([held["pediatric"][1], held["adult"][1]])
-    dist = np.min(np.stack([r.distance(heldout) for r in refs80]), axis=0)
-    warn = float(np.quantile(dist, WARN_QUANTILE))
-    w, b, thr = fit_adult_classifier(ped, adult, seed=seed)
-    refs = [fit_reference("pediatric", ped), fit_reference("adult", adult)]
-    meta = {**meta, "created": utc_now(), "components": COMPONENTS, "warn_quantile": WARN_QUANTILE,
-            "reject_factor": REJECT_FACTOR, "pediatric_flag_rate": PEDIATRIC_FLAG_RATE, "adult_c": ADULT_C,
-            "heldout_distance_max": float(dist.max()), "n_pediatric": len(ped), "n_adult": len(adult)}
-    return InputCheckStats(refs, w, b, thr, warn, warn * REJECT_FACTOR, meta)
+    parts = [ped, adult] + [v for v in (ped_other_format, adult_other_format) if v is not None]
+    bank = np.concatenate(parts)
+    # Film ids: a film and its re-encoded copy are one group.
+    films = np.r_[np.arange(len(ped)), len(ped) + np.arange(len(adult))]
+    if ped_other_format is not None:
+        films = np.r_[films, np.arange(len(ped))]
+    if adult_other_format is not None:
+        films = np.r_[films, len(ped) + np.arange(len(adult))]
+    # Thresholds from films left out of the bank (5 folds, each film with its copy): a film's
+    # distance to a bank that holds the film itself would be 0.
+    folds = np.array_split(rng.permutation(len(ped) + len(adult)), 5)
+    held = []
+    for fold in folds:
+        out = np.isin(films, fold)
+        rest = bank[~out]
+        held.append(knn_distance_fn(rest, principal_axes(rest), K)(bank[out]))
+    dist = np.concatenate(held)
+    warn, reject = float(np.quantile(dist, WARN_QUANTILE)), float(dist.max() * REJECT_FACTOR)
+    p_all = ped if ped_other_format is None else np.concatenate([ped, ped_other_format])
+    a_all = adult if adult_other_format is None else np.concatenate([adult, adult_other_format])
+    w, b, oof_ped, oof_adult = fit_adult_classifier(p_all, a_all, seed=seed)
+    proj = principal_axes(bank)
+    rows = bank @ proj
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    meta = {**meta, "created": utc_now(), "k": K, "dims": DIMS, "warn_quantile": WARN_QUANTILE,
+            "reject": f"{REJECT_FACTOR} x the largest held-out chest film distance",
+            "adult_c": ADULT_C, "oof_pediatric_flagged": oof_ped, "oof_adult_flagged": oof_adult,
+            "heldout_distance_max": float(dist.max()), "n_pediatric": len(ped), "n_adult": len(adult),
+            "format_balanced": ped_other_format is not None}
+    return InputCheckStats(proj.astype(np.float32), rows.astype(np.float16), K, w, b, ADULT_THRESHOLD, warn, reject,
+                           meta)
+
+
+def format_variant(path: Path, kind: str) -> bytes:
+    """A film re-encoded as the other group's files are: 'up' (a 224 px pediatric copy upscaled to
+    448 px, JPEG quality 90, as the adult files are larger, cleaner JPEGs) or 'small' (an adult film
+    squashed to 224 x 224, JPEG quality 75, as the Kermany copies were made)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L")
+        if kind == "up":
+            out, q = im.resize((448, 448), Image.Resampling.LANCZOS), 90
+        else:
+            out, q = im.resize((224, 224), Image.Resampling.BILINEAR), 75
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=q)
+    return buf.getvalue()
+
+
+def extract_variant_features(predictor: Predictor, paths: Sequence[Path], kind: str, cache: FeatureCache | None,
+                             batch_size: int = 32) -> np.ndarray:
+    from mediflow.data.images import decode_image
+
+    keys = [f"{p}#{kind}" for p in paths]
+    todo = [(p, key) for p, key in zip(paths, keys) if cache is None or key not in cache.features]
+    got: dict[str, np.ndarray] = {}
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        x = np.stack([predictor.preprocess_array(decode_image(format_variant(p, kind), draft_size=predictor.draft_size))
+                      for p, _ in chunk])
+        got.update(zip((key for _, key in chunk), pooled_features(predictor.backend.run(x, ("features",))["features"])))
+        if cache is not None and (i // batch_size) % 10 == 9:
+            cache.features.update(got)
+            cache.save()
+    if cache is not None:
+        cache.features.update(got)
+        cache.save()
+    source = cache.features if cache is not None else got
+    return np.stack([source[key] for key in keys]).astype(np.float64)
 
 
 def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path, out: str | Path, *,
@@ -193,12 +263,14 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
     fc = FeatureCache(cache, predictor.info.sha256)
     ped = extract_features(predictor, ped_paths, fc, progress=progress)
     adult = extract_features(predictor, adult_fit, fc, progress=progress)
+    ped_up = extract_variant_features(predictor, ped_paths, "up", fc)
+    adult_small = extract_variant_features(predictor, adult_fit, "small", fc)
     meta = {"model_sha256": predictor.info.sha256, "model_architecture": predictor.info.architecture,
             "pediatric_source": f"{len(ped_paths)} films of the training part of the checkpoint's split of {data} "
                                 f"(seed {seed})",
             "adult_source": f"{len(adult_fit)} films of the fit half (by patient, seed {seed}) of {adult_dir}, age >= 18",
             "command": f"mediflow fit-input-check --data {data} --adult {adult_dir}"}
-    stats = fit_stats(ped, adult, meta=meta, seed=seed)
+    stats = fit_stats(ped, adult, meta=meta, seed=seed, ped_other_format=ped_up, adult_other_format=adult_small)
     stats.save(out)
     return stats
 
