@@ -73,7 +73,7 @@ def test_mixed_formats_and_error_rows(tmp_path, tiny_model, tiny_predictor, caps
     assert by_file["broken.jpeg"]["error"].startswith("broken.jpeg: corrupt or truncated JPEG")
     assert by_file["report.dcm"]["error"].startswith("report.dcm: DICOM has no image (SOP class Basic Text SR")
     assert by_file["report.dcm"]["prediction"] == ""
-    assert "8 image files: 6 analysed, 2 unreadable" in capsys.readouterr().out
+    assert "8 image files: 6 analysed, 0 refused by the input check (no finding), 2 unreadable" in capsys.readouterr().out
 
 
 def test_resume_after_lost_and_cut_rows(tmp_path, tiny_predictor):
@@ -98,7 +98,7 @@ def test_files_already_in_the_csv_are_not_analysed_again(tmp_path, tiny_predicto
     with open(out, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
-        w.writerow(["NORMAL/a.jpeg", "FROM-EARLIER-RUN", "0.5", "0.5", "0.5", "False", "", ""])
+        w.writerow(["NORMAL/a.jpeg", "FROM-EARLIER-RUN", "0.5", "0.5", "0.5", "False", "ok", "", "", ""])
     analyze_folder(tiny_predictor, root, out, progress=False)
     rows = read_rows(out)
     assert [r["prediction"] for r in rows if r["file"] == "NORMAL/a.jpeg"] == ["FROM-EARLIER-RUN"]

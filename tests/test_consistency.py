@@ -80,13 +80,16 @@ def sweep(tiny_model: Path, tmp_path_factory) -> dict:
 
 
 def assert_consistent(where: str, prediction: str, confidence: float, probabilities: dict[str, float],
-                      needs_review: bool, threshold: float | None, p_calibrated: float) -> None:
-    """One finding agrees with itself, and with the calibrated probability behind it."""
-    msg = f"{where}: {prediction} {confidence} {probabilities} review={needs_review} (P {p_calibrated:.5f})"
+                      needs_review: bool, threshold: float | None, p_calibrated: float, input_check: str) -> None:
+    """One finding agrees with itself, and with the calibrated probability behind it. `input_check`:
+    the input check's status shown with it (a warning also asks for review)."""
+    msg = (f"{where}: {prediction} {confidence} {probabilities} review={needs_review} check={input_check} "
+           f"(P {p_calibrated:.5f})")
+    assert input_check in ("ok", "warning"), msg
     assert prediction == ("PNEUMONIA" if p_calibrated >= THRESHOLD else "NORMAL"), msg
     assert confidence == probabilities[prediction], msg
     assert confidence >= 0.5 and probabilities[prediction] == max(probabilities.values()), msg
-    assert needs_review == (confidence < REVIEW_BELOW), msg
+    assert needs_review == (confidence < REVIEW_BELOW or input_check == "warning"), msg
     assert threshold == 0.5, msg
     assert (prediction == "PNEUMONIA") == (probabilities["PNEUMONIA"] >= threshold), msg
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=2e-4), msg
@@ -121,7 +124,7 @@ def test_api_and_worklist_agree_with_themselves(sweep, tmp_path):
             assert r.status_code == 200, r.text
             b = r.json()
             assert_consistent(f"API {f.name}", b["prediction"], b["confidence"], b["probabilities"],
-                              b["needs_review"], b["threshold"], sweep["p"][f.name])
+                              b["needs_review"], b["threshold"], sweep["p"][f.name], b["input_check"]["status"])
             assert b["operating_point"] == {"positive_class": "PNEUMONIA", "calibrated_threshold": THRESHOLD,
                                             "scale": "operating-point-centred"}
             ids[b["study_id"]] = (f.name, b)
@@ -133,7 +136,8 @@ def test_api_and_worklist_agree_with_themselves(sweep, tmp_path):
             name, answer = ids[item["id"]]
             detail = client.get(f"/api/studies/{item['id']}").json()
             assert_consistent(f"worklist {name}", item["prediction"], item["confidence"], detail["probabilities"],
-                              item["uncertain"], detail["threshold"], sweep["p"][name])
+                              item["uncertain"], detail["threshold"], sweep["p"][name], item["input_check"]["status"])
+            assert item["input_check"] == answer["input_check"] == detail["input_check"]
             assert item["probability"] == detail["probabilities"]["PNEUMONIA"]
             assert detail["probabilities"] == answer["probabilities"] and item["confidence"] == answer["confidence"]
             assert detail["operating_point"] == answer["operating_point"]
@@ -147,7 +151,7 @@ def test_cli_predict_and_analyze_agree_with_themselves(sweep, tmp_path, capsys):
     for r in lines:
         name = Path(r["file"]).name
         assert_consistent(f"predict {name}", r["prediction"], r["confidence"], r["probabilities"],
-                          r["needs_review"], r["threshold"], sweep["p"][name])
+                          r["needs_review"], r["threshold"], sweep["p"][name], r["input_check"]["status"])
 
     out = tmp_path / "results.csv"
     assert main(["analyze", str(sweep["dir"]), "--out", str(out), "--model", str(sweep["model"]),
@@ -158,7 +162,7 @@ def test_cli_predict_and_analyze_agree_with_themselves(sweep, tmp_path, capsys):
         probs = {"NORMAL": float(row["p_NORMAL"]), "PNEUMONIA": float(row["p_PNEUMONIA"])}
         assert row["needs_review"] in ("True", "False") and row["error"] == ""
         assert_consistent(f"analyze {row['file']}", row["prediction"], float(row["confidence"]), probs,
-                          row["needs_review"] == "True", 0.5, sweep["p"][Path(row["file"]).name])
+                          row["needs_review"] == "True", 0.5, sweep["p"][Path(row["file"]).name], row["input_check"])
 
 
 # -- studies stored before the centred scale -------------------------------------------------------
