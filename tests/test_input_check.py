@@ -41,6 +41,12 @@ def test_every_generated_blank_is_rejected_before_the_model(name, kind, data):
     assert summarize(reasons)["status"] == "rejected" and codes(reasons) == {"blank_image"}, name
 
 
+def test_a_two_level_picture_is_not_blank():
+    a = np.zeros((200, 200), np.uint8)
+    a[50:150, 60:140] = 255  # a fifth white, the rest black: structure, not a saturated window
+    assert "blank_image" not in codes(pixel_reasons(Image.fromarray(a), image_size=224, trims_borders=True))
+
+
 def test_a_film_passes_the_pixel_checks_and_colour_does_not():
     assert pixel_reasons(film(), image_size=224, trims_borders=True) == []
     rgb = np.asarray(film().convert("RGB")).copy()
@@ -54,14 +60,14 @@ def test_low_resolution_is_relative_to_the_model_input():
     assert pixel_reasons(film(160), image_size=128, trims_borders=True) == []
 
 
-def test_a_film_in_a_wide_border_is_framed_a_note_when_preprocessing_trims_it():
+def test_a_film_in_a_wide_border_is_framed_a_note_saying_what_preprocessing_does():
     canvas = Image.new("L", (600, 600), 0)
     canvas.paste(film(300), (150, 150))
     note = pixel_reasons(canvas, image_size=224, trims_borders=True)
     assert [(r.code, r.severity) for r in note] == [("framed", "note")]
     assert summarize(note)["status"] == "ok" and "cuts uniform borders" in note[0].message
-    warn = pixel_reasons(canvas, image_size=224, trims_borders=False)
-    assert [(r.code, r.severity) for r in warn] == [("framed", "warning")]
+    other = pixel_reasons(canvas, image_size=224, trims_borders=False)
+    assert [(r.code, r.severity) for r in other] == [("framed", "note")] and "cropping" in other[0].message
 
 
 def test_the_decoders_window_fallback_flag_is_a_warning():

@@ -47,7 +47,7 @@ STATS_VERSION = 1
 # -- pixel statistics ------------------------------------------------------------------------------
 PROBE = 96  # pixels per side of the nearest-neighbour subsample the pixel checks look at
 # Blank: the middle 90% of grey levels spans fewer than this many 8-bit levels, or this share of
-# pixels is at (within 4 levels of) black or white. Real films span > 100 levels (docs/input_check.md).
+# pixels is at (within 4 levels of) black, or at white (a window that saturated everything).
 BLANK_SPREAD = 12
 BLANK_SATURATED = 0.95
 # Colour: a pixel whose channels differ by more than CHROMA levels is coloured; radiographs saved
@@ -204,8 +204,10 @@ def pixel_reasons(img: Image.Image, *, image_size: int, trims_borders: bool, fla
     """Reasons from the decoded image's pixels and the decoder's flags.
 
     `image_size`: the model's input side (pixels); a shorter side is upsampled -> `low_resolution`.
-    `trims_borders`: the model's preprocessing cuts uniform borders (framing 'trim'): `framed` is then
-    a note; otherwise a warning (the border reaches the model)."""
+    `trims_borders`: the model's preprocessing cuts uniform borders (framing 'trim'), which the
+    `framed` note then says; otherwise it advises cropping. `framed` is a note either way: on a
+    JPEG decoded at reduced scale the air beside a film's body is as flat as a border, so as a
+    warning it would flag ordinary films."""
     out: list[Reason] = []
     a = probe(img)
     if a.ndim == 3:
@@ -217,7 +219,7 @@ def pixel_reasons(img: Image.Image, *, image_size: int, trims_borders: bool, fla
     # Percentiles from the 256-bin histogram: a sort would cost more than the rest of the check.
     cdf = np.cumsum(np.bincount(grey.ravel(), minlength=256)) / grey.size
     p5, p95 = int(np.searchsorted(cdf, 0.05)), int(np.searchsorted(cdf, 0.95))
-    saturated = float(cdf[4] + 1.0 - cdf[250])
+    saturated = float(max(cdf[4], 1.0 - cdf[250]))  # all black or all white, not a mix of both
     if p95 - p5 < BLANK_SPREAD or saturated >= BLANK_SATURATED:
         return [Reason("blank_image", MESSAGES["blank_image"], REJECTED)]
     if colour_share > COLOUR_SHARE:
@@ -236,8 +238,8 @@ def pixel_reasons(img: Image.Image, *, image_size: int, trims_borders: bool, fla
                               "cuts uniform borders).", NOTE))
         else:
             out.append(Reason("framed", f"The film sits inside a uniform border ({1 - keep:.0%} of the image, e.g. "
-                              "a screenshot); this model analyses the border with the film: crop to the film "
-                              "for a reliable finding.", WARNING))
+                              "a screenshot); this model analyses the border with the film: cropping to the film "
+                              "may give a better reading.", NOTE))
     if "window_fallback" in set(flags):
         out.append(Reason("window_fallback", MESSAGES["window_fallback"], WARNING))
     return out

@@ -24,8 +24,8 @@ class OperatingPoint(BaseModel):
 
 class CheckReason(BaseModel):
     code: str = Field(description="not_chest_radiograph, blank_image (rejected); likely_adult, atypical_image, "
-                                  "low_resolution, window_fallback (warnings); framed (a note when the model's "
-                                  "preprocessing cuts the border, else a warning)")
+                                  "low_resolution, window_fallback (warnings); framed (a note: borders around "
+                                  "the film)")
     message: str = Field(description="one sentence for the reader")
     severity: str = Field(description="rejected, warning or note")
 
