@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mediflow.data.dicom import add_note, decode_dicom, image_flags, image_notes, looks_like_dicom  # noqa: F401 (re-exported)
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
@@ -36,6 +36,36 @@ def sniff_format(data: bytes) -> str | None:
     if looks_like_dicom(data):
         return "dicom"
     return None
+
+
+# EXIF Orientation (tag 0x0112, CIPA DC-008 / TIFF 6.0): what a viewer does to show the stored pixels upright.
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {
+    2: "flipped left to right",
+    3: "rotated 180°",
+    4: "flipped top to bottom",
+    5: "flipped about its main diagonal",
+    6: "rotated 90° clockwise",
+    7: "flipped about its anti-diagonal",
+    8: "rotated 90° counter-clockwise",
+}
+
+
+def _exif_orientation(img: Image.Image) -> int | None:
+    """The image's EXIF Orientation when it asks for a transform (2..8), else None."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001  a garbled EXIF block is metadata, not a reason to refuse the film
+        return None
+    return value if isinstance(value, int) and value in EXIF_ORIENTATIONS else None
+
+
+def _apply_orientation(img: Image.Image, orientation: int | None) -> Image.Image:
+    """Turn the stored pixels the way an image viewer (and the doctor's browser) shows them, so the
+    model, the preview and the heatmap all see the film as it is displayed."""
+    if orientation is None:
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _to_rgb(img: Image.Image, *, keep_gray: bool = False) -> Image.Image:
@@ -71,6 +101,8 @@ def decode_image(
     keeping both sides >= draft_size; far cheaper than decoding full resolution and resizing.
     `keep_gray`: return 8-bit grayscale images as "L" instead of RGB, for a caller that resizes
     before converting (a third of the resize work; preprocessing.harmonize gives the same pixels).
+    A JPEG or PNG with an EXIF Orientation is returned turned upright, with a note and the flag
+    "exif_orientation" (see `image_notes`, `image_flags`).
     """
     if not data:
         raise ImageDecodeError(f"{name}: file is empty")
@@ -104,7 +136,12 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})",
                                reason=f"corrupt or truncated {fmt.upper()} ({type(exc).__name__})") from None
-    return _to_rgb(img, keep_gray=keep_gray)
+    orientation = _exif_orientation(img)
+    out = _to_rgb(_apply_orientation(img, orientation), keep_gray=keep_gray)
+    if orientation is not None:
+        add_note(out, f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation]} "
+                      "before analysis, as image viewers show it", flag="exif_orientation")
+    return out
 
 
 def load_image(path: str | Path, **kwargs) -> Image.Image:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
-from mediflow.data.images import decode_image, image_notes, load_image
+from mediflow.data.images import decode_image, image_flags, image_notes, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
@@ -239,13 +239,16 @@ class Predictor:
                       heatmap: bool = False, preview: bool = False) -> dict[str, Any]:
         """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it.
         The result also carries the decoder's `notes` (e.g. frames of a multi-frame DICOM not
-        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM)."""
+        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM); the
+        preview is always sent for an image turned by its EXIF Orientation."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
         result = self.predict_image(img, heatmap=heatmap, t0=t0)
         result["notes"] = image_notes(img)
-        if preview:
+        # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,
+        # so the page must draw that image (the preview), not the file as the browser may show it.
+        if preview or "exif_orientation" in image_flags(img):
             result["preview"] = preview_data_url(img)
         return result
 
