@@ -3,7 +3,8 @@
 Display pipeline, in the order the DICOM standard (PS3.4 N.2) applies it: stored values (only the
 Bits Stored low bits of each word, sign-extended when signed, whatever decoder produced them) ->
 Modality LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max
-when the file has none; a percentile window when the stored one saturates almost every pixel) ->
+when the file has none; a percentile window when the stored one turns almost every pixel black,
+or almost every pixel white) ->
 MONOCHROME1 inversion -> 8 bits. Only the first frame of a multi-frame object is decoded. What the
 decoder assumed or corrected is attached to the image as notes and flag codes (`image_notes`,
 `image_flags`); docs/dicom.md lists them.
@@ -58,9 +59,10 @@ _INFLATE_OVERHEAD = 4 * 1024 * 1024
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 # Window fallback: a stored VOI window (or VOI LUT) that leaves at least this share of the pixels at
-# the ends of its output range (black or white after 8-bit rounding) shows no anatomy; MediFlow's own
-# rule, chosen well above any real film's collimation border and background (measured < 60 % on
-# test_dev films) yet below the 100 % of a window that misses the pixel values altogether.
+# one end of its output range (all black or all white after 8-bit rounding) shows no anatomy.
+# MediFlow's own rule: far above the share a real film's background or collimation border gives,
+# just below the 100 % of a window that misses the pixel values altogether (issue 10). One end, not
+# both: a LUT may binarise on purpose.
 SATURATED_SHARE = 0.99
 # ...and it is replaced by the 0.5th-99.5th percentile of the modality values: robust to the few
 # burnt-in labels or dead pixels at the extremes that a min-max window would stretch to.
@@ -307,10 +309,13 @@ def _to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _saturated_share(unit: np.ndarray) -> float:
-    """Share of pixels (0..1) that an 8-bit rendering of `unit` (values in [0, 1]) shows pure black or white."""
+def _saturated(unit: np.ndarray) -> tuple[float, str]:
+    """(share 0..1, "black" or "white"): the larger share of pixels that an 8-bit rendering of `unit`
+    (values in [0, 1]) shows at one end of the range, and which end."""
     edge = 0.5 / 255.0
-    return (np.count_nonzero(unit < edge) + np.count_nonzero(unit > 1.0 - edge)) / max(unit.size, 1)
+    black, white = np.count_nonzero(unit < edge), np.count_nonzero(unit > 1.0 - edge)
+    size = max(unit.size, 1)
+    return (black / size, "black") if black >= white else (white / size, "white")
 
 
 def _percentile_window(values: np.ndarray) -> np.ndarray:
@@ -324,8 +329,8 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
 def _grayscale(arr: np.ndarray, ds, notes: list[tuple[str, str | None]]) -> np.ndarray:
     """Monochrome stored values -> display values in [0, 1], white = dense (bone).
 
-    A stored window or VOI LUT that leaves >= SATURATED_SHARE of the pixels black or white is
-    replaced by a percentile window; (note, flag) pairs saying so are appended to `notes`."""
+    A stored window or VOI LUT that leaves >= SATURATED_SHARE of the pixels black, or as many white,
+    is replaced by a percentile window; (note, flag) pairs saying so are appended to `notes`."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     arr = apply_modality_lut(arr, ds)
@@ -343,11 +348,11 @@ def _grayscale(arr: np.ndarray, ds, notes: list[tuple[str, str | None]]) -> np.n
     else:
         unit = _to_unit_range(arr, float(arr.min()), float(arr.max()))
     if stored is not None and float(arr.max()) > float(arr.min()):
-        share = _saturated_share(unit)
+        share, end = _saturated(unit)
         if share >= SATURATED_SHARE:
             unit = _percentile_window(arr)
             p_lo, p_hi = FALLBACK_PERCENTILES
-            notes.append((f"the stored {stored} shows {share:.1%} of the pixels pure black or white; "
+            notes.append((f"the stored {stored} shows {share:.1%} of the pixels pure {end}; "
                           f"a {p_lo:g}th-{p_hi:g}th percentile window was used instead", "window_fallback"))
     if ds.PhotometricInterpretation == "MONOCHROME1":
         unit = 1.0 - unit  # MONOCHROME1: the lowest value is white
