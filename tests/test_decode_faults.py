@@ -259,8 +259,10 @@ def test_true_rgb_jpeg_with_adobe_transform_0_is_left_alone():
     assert np.abs(np.asarray(img, dtype=np.float64) - rgb).mean() < 3
 
 
-def test_ycbcr_mislabel_is_noted():
-    img = decode_image(rgb_jpeg_dicom(synthetic_film(), photometric="RGB", jfif=False))
+@pytest.mark.parametrize("jfif", [False, True], ids=["no-jfif", "jfif"])
+def test_ycbcr_mislabel_is_noted(jfif):
+    """With or without a JFIF marker (pydicom itself heeds JFIF): converted once, grey, noted."""
+    img = decode_image(rgb_jpeg_dicom(synthetic_film(), photometric="RGB", jfif=jfif))
     assert image_flags(img) == ["ycbcr_mislabel"]
     assert "YCbCr" in image_notes(img)[0]
     r, g, b = np.moveaxis(np.asarray(img, dtype=np.int16), -1, 0)

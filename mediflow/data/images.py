@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mediflow.data.dicom import add_note, decode_dicom, image_flags, image_notes, looks_like_dicom  # noqa: F401 (re-exported)
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
@@ -38,16 +38,18 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-# EXIF Orientation (tag 0x0112, CIPA DC-008 / TIFF 6.0): what a viewer does to show the stored pixels upright.
+# EXIF Orientation (tag 0x0112; CIPA DC-008 4.6.4, TIFF 6.0): how a viewer turns the stored pixels to
+# show them upright. The same table as PIL.ImageOps.exif_transpose, applied here without rewriting
+# the EXIF block (which that function does, and which can fail on a garbled block).
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ORIENTATIONS = {
-    2: "flipped left to right",
-    3: "rotated 180°",
-    4: "flipped top to bottom",
-    5: "flipped about its main diagonal",
-    6: "rotated 90° clockwise",
-    7: "flipped about its anti-diagonal",
-    8: "rotated 90° counter-clockwise",
+    2: ("flipped left to right", Image.Transpose.FLIP_LEFT_RIGHT),
+    3: ("rotated 180°", Image.Transpose.ROTATE_180),
+    4: ("flipped top to bottom", Image.Transpose.FLIP_TOP_BOTTOM),
+    5: ("flipped about its main diagonal", Image.Transpose.TRANSPOSE),
+    6: ("rotated 90° clockwise", Image.Transpose.ROTATE_270),
+    7: ("flipped about its anti-diagonal", Image.Transpose.TRANSVERSE),
+    8: ("rotated 90° counter-clockwise", Image.Transpose.ROTATE_90),
 }
 
 
@@ -62,10 +64,13 @@ def _exif_orientation(img: Image.Image) -> int | None:
 
 def _apply_orientation(img: Image.Image, orientation: int | None) -> Image.Image:
     """Turn the stored pixels the way an image viewer (and the doctor's browser) shows them, so the
-    model, the preview and the heatmap all see the film as it is displayed."""
+    model, the preview and the heatmap all see the film as it is displayed. The result carries no
+    EXIF block, so nothing downstream turns it again."""
     if orientation is None:
         return img
-    return ImageOps.exif_transpose(img)
+    turned = img.transpose(EXIF_ORIENTATIONS[orientation][1])
+    turned.info.pop("exif", None)
+    return turned
 
 
 def _to_rgb(img: Image.Image, *, keep_gray: bool = False) -> Image.Image:
@@ -139,7 +144,7 @@ def decode_image(
     orientation = _exif_orientation(img)
     out = _to_rgb(_apply_orientation(img, orientation), keep_gray=keep_gray)
     if orientation is not None:
-        add_note(out, f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation]} "
+        add_note(out, f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation][0]} "
                       "before analysis, as image viewers show it", flag="exif_orientation")
     return out
 
