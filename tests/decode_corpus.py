@@ -172,3 +172,13 @@ def _deflated(arr: np.ndarray) -> bytes:
     ds = image_dataset(arr, bits_stored=12)
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     return to_bytes(ds)
+
+
+def bundled_fp32():
+    """The bundled model's fp32 predictor: its fp32 ONNX export when shipped (never an int8 one, whose
+    answers differ slightly), else the checkpoint on torch."""
+    from mediflow.inference.bundled import BUNDLED_MODEL
+    from mediflow.inference.predictor import Predictor
+
+    fp32 = BUNDLED_MODEL.with_suffix(".onnx")
+    return Predictor.load(fp32) if fp32.is_file() else Predictor.load(BUNDLED_MODEL, backend="torch")

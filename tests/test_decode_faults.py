@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REAL_224
-from decode_corpus import exif_jpeg, rgb_jpeg_dicom, synthetic_film, twelve_bit
+from decode_corpus import bundled_fp32, exif_jpeg, rgb_jpeg_dicom, synthetic_film, twelve_bit
 from dicom_factory import gradient, image_dataset, to_bytes
 from dicom_raw import TAGS, image_elements, raw_dicom
 from PIL import Image
@@ -96,9 +96,7 @@ def _normal_films(n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def predictor():
-    from mediflow.inference.predictor import Predictor
-
-    return Predictor.load(backend="onnx")  # the bundled model's fp32 export
+    return bundled_fp32()
 
 
 def _p(result: dict) -> float:
