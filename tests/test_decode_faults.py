@@ -277,3 +277,13 @@ def test_every_missing_attribute_is_named():
         decode_image(raw_dicom(els), name="film.dcm")
     assert ("image lacks Rows (0028,0010), Columns (0028,0011) and Photometric Interpretation (0028,0004)"
             in str(info.value))
+
+
+def test_rgb_bits_above_bits_stored_are_ignored():
+    """Colour too: 16-bit RGB words holding 12-bit samples plus stray high bits."""
+    rgb = np.stack([twelve_bit(synthetic_film())] * 3, axis=-1)
+    clean = np.asarray(decode_image(to_bytes(image_dataset(rgb, photometric="RGB", bits_stored=12))))
+    ds = image_dataset(with_high_bits(rgb), photometric="RGB", bits_stored=12)
+    img = decode_image(to_bytes(ds))
+    np.testing.assert_array_equal(np.asarray(img), clean)
+    assert image_flags(img) == ["high_bits_masked"]

@@ -4,10 +4,9 @@ Display pipeline, in the order the DICOM standard (PS3.4 N.2) applies it: stored
 Bits Stored low bits of each word, sign-extended when signed, whatever decoder produced them) ->
 Modality LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max
 when the file has none; a percentile window when the stored one turns almost every pixel black,
-or almost every pixel white) ->
-MONOCHROME1 inversion -> 8 bits. Only the first frame of a multi-frame object is decoded. What the
-decoder assumed or corrected is attached to the image as notes and flag codes (`image_notes`,
-`image_flags`); docs/dicom.md lists them.
+or almost every pixel white) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a
+multi-frame object is decoded. What the decoder assumed or corrected is attached to the image as
+notes and flag codes (`image_notes`, `image_flags`); docs/dicom.md lists them.
 
 Header values can identify a patient: nothing here logs them, and pydicom's warnings and log
 records (which may quote element values) are kept out of MediFlow's logs.
@@ -472,11 +471,10 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
             found.append(("the JPEG data is YCbCr (no Adobe marker saying RGB) although Photometric "
                           "Interpretation says RGB; decoded as YCbCr", "ycbcr_mislabel"))
         arr = pixel_array(ds, index=0, decoding_plugin=_PLUGIN.get(ts, ""), **options)
-        if header.photometric in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
-            arr, masked = _stored_bits_only(arr, header)
-            if masked:
-                found.append((f"bits above Bits Stored ({header.bits_stored}) set in the pixel data "
-                              "(e.g. overlay planes) were ignored", "high_bits_masked"))
+        arr, masked = _stored_bits_only(arr, header)
+        if masked:
+            found.append((f"bits above Bits Stored ({header.bits_stored}) set in the pixel data "
+                          "(e.g. overlay planes) were ignored", "high_bits_masked"))
         if header.photometric.startswith("MONOCHROME"):
             unit = _grayscale(arr, ds, found)
         else:
