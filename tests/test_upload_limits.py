@@ -9,10 +9,7 @@ application starts reading the body, so receiving it proves the upload holds a s
 
 from __future__ import annotations
 
-import http.client
-import io
-import json
-import socket
+import importlib.util
 import sys
 import threading
 import time
@@ -20,59 +17,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
-from conftest import png_bytes, xray_like
+from conftest import REPO, png_bytes, xray_like
 from server_process import ServerProcess
+
+# The raw-socket client and the /proc readers are shared with benchmarks/upload_memory.py.
+_spec = importlib.util.spec_from_file_location("upload_memory_benchmark", REPO / "benchmarks" / "upload_memory.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+RawUpload, multipart, proc_kib = bench.RawUpload, bench.multipart, bench.proc_kib
 
 MiB = 1024 * 1024
 LIMIT = 2
 RETRY_AFTER = 7
-BOUNDARY = "mediflow-limits-test"
-CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
-
-
-def multipart(image: bytes, name: str = "film.png") -> bytes:
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
-    return head + image + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-class RawUpload:
-    """One POST /api/vision/analyze on its own connection, sent piece by piece."""
-
-    def __init__(self, port: int, body: bytes, *, expect_continue: bool):
-        self.body = body
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        head = (f"POST /api/vision/analyze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {CONTENT_TYPE}\r\n"
-                f"Content-Length: {len(body)}\r\n" + ("Expect: 100-continue\r\n" if expect_continue else "") + "\r\n")
-        self.sock.sendall(head.encode())
-
-    def read_head(self) -> tuple[int, dict[str, str]]:
-        """Status and headers of the next response (interim or final); reads nothing past them."""
-        raw = b""
-        while not raw.endswith(b"\r\n\r\n"):
-            byte = self.sock.recv(1)
-            if not byte:
-                raise ConnectionError(f"connection closed after {raw!r}")
-            raw += byte
-        status_line, *lines = raw.decode("latin-1").strip().split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-        return int(status_line.split()[1]), headers
-
-    def read_response(self) -> tuple[int, dict[str, str], dict]:
-        status, headers = self.read_head()
-        length = int(headers["content-length"])
-        body = b""
-        while len(body) < length:
-            chunk = self.sock.recv(length - len(body))
-            if not chunk:
-                raise ConnectionError("connection closed inside the response body")
-            body += chunk
-        return status, headers, json.loads(body)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def analyze(url: str, image: bytes) -> httpx.Response:
@@ -146,43 +103,32 @@ def test_bodies_of_other_routes_are_capped(limited_server):
 
 
 @pytest.mark.slow
-def test_upload_that_does_not_arrive_in_time_gets_408_and_frees_its_slot(tiny_model, tmp_path):
-    server = start_server(tiny_model, tmp_path, "--max-uploads-in-flight", "1", "--upload-timeout", "1.5")
+def test_upload_that_does_not_arrive_in_time_gets_408_and_frees_its_slot(tiny_model, thread_server):
+    from mediflow.inference.predictor import Predictor
+    from mediflow.serving.app import create_app
+    from mediflow.serving.settings import Settings
+
+    settings = Settings(database_url=None, max_uploads_in_flight=1, upload_timeout_s=1.5)
+    url = thread_server(create_app(settings, predictor=Predictor.load(tiny_model, backend="torch")))
+    film = png_bytes(xray_like(0, seed=5, size=128))
+    slow = RawUpload(int(url.rsplit(":", 1)[1]), multipart(film), expect_continue=True)
     try:
-        film = png_bytes(xray_like(0, seed=5, size=128))
-        slow = RawUpload(server.port, multipart(film), expect_continue=True)
-        try:
-            assert slow.read_head()[0] == 100
-            slow.sock.sendall(slow.body[:100])
-            t0 = time.monotonic()
-            status, headers, body = slow.read_response()
-            waited = time.monotonic() - t0
-            assert status == 408 and "1.5 seconds" in body["detail"], body
-            assert headers.get("connection") == "close" and slow.sock.recv(1) == b""
-            assert 1.0 < waited < 30, waited
-        finally:
-            slow.close()
-        r = analyze(server.url, film)
-        assert r.status_code == 200, r.text
+        assert slow.read_head()[0] == 100
+        slow.sock.sendall(slow.body[:100])
+        t0 = time.monotonic()
+        assert analyze(url, film).status_code == 503  # it holds the one slot while it trickles
+        status, headers, body = slow.read_response()
+        waited = time.monotonic() - t0
+        assert status == 408 and "1.5 seconds" in body["detail"], body
+        assert headers.get("connection") == "close" and slow.sock.recv(1) == b""  # and the server hung up
+        assert waited < 30, waited
     finally:
-        server.stop()
+        slow.close()
+    r = analyze(url, film)
+    assert r.status_code == 200, r.text
 
 
 # -- memory ----------------------------------------------------------------------------------------
-def proc_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def big_film() -> bytes:
-    """A valid PNG of about 17.6 MiB (4300 x 4300 8-bit, stored uncompressed), under the 20 MB limit."""
-    buf = io.BytesIO()
-    xray_like(1, seed=3, size=512).resize((4300, 4300)).save(buf, format="PNG", compress_level=0)
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads peak RSS from /proc (Linux only)")
 def test_server_memory_is_bounded_by_the_limit_not_by_the_clients(limited_server):
@@ -190,9 +136,9 @@ def test_server_memory_is_bounded_by_the_limit_not_by_the_clients(limited_server
     limit the server would hold (LIMIT + REFUSED) x 17.6 MiB; with it, its peak RSS grows by less
     than LIMIT x 2 x 20 MiB (each body plus the parser's copy) + 24 MiB."""
     refused_clients = 6
-    body = multipart(big_film())
+    body = multipart(bench.big_png(xray_like(1, seed=3, size=512)))
     pid = limited_server.proc.pid
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    bench.reset_peak_rss(pid)
     base = proc_kib(pid, "VmRSS")
 
     held = [RawUpload(limited_server.port, body, expect_continue=True) for _ in range(LIMIT)]
@@ -239,3 +185,23 @@ def test_server_memory_is_bounded_by_the_limit_not_by_the_clients(limited_server
     print(f"\npeak RSS growth {peak_mib:.0f} MiB with {LIMIT} of {LIMIT + refused_clients} uploads of "
           f"{len(body) / MiB:.1f} MiB admitted (bound {bound_mib} MiB; unbounded >= {unbounded_mib:.0f} MiB)")
     assert LIMIT * len(body) / MiB * 0.9 < peak_mib < bound_mib
+
+
+# -- settings --------------------------------------------------------------------------------------
+def test_limit_flags_and_environment_become_settings(monkeypatch):
+    from mediflow.cli import build_parser
+    from mediflow.commands.serve import settings_from_args
+    from mediflow.errors import MediFlowError
+
+    def settings(*argv: str):
+        return settings_from_args(build_parser().parse_args(["serve", *argv]))
+
+    s = settings("--max-uploads-in-flight", "3", "--retry-after", "9", "--upload-timeout", "2.5")
+    assert (s.max_uploads_in_flight, s.retry_after_s, s.upload_timeout_s) == (3, 9, 2.5)
+    monkeypatch.setenv("MEDIFLOW_MAX_UPLOADS_IN_FLIGHT", "4")
+    monkeypatch.setenv("MEDIFLOW_RETRY_AFTER_S", "11")
+    s = settings("--retry-after", "2")
+    assert (s.max_uploads_in_flight, s.retry_after_s) == (4, 2)
+    for bad in (["--max-uploads-in-flight", "0"], ["--retry-after", "0"], ["--upload-timeout", "-1"]):
+        with pytest.raises(MediFlowError, match="^invalid setting"):
+            settings(*bad)
