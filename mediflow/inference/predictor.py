@@ -26,7 +26,7 @@ from mediflow.data.images import decode_image, image_notes, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend
+from mediflow.inference.backends import Backend, GuardedInt8Backend, OnnxBackend, TorchBackend
 from mediflow.inference.bundled import default_model_path
 from mediflow.preprocessing import PreprocessConfig, eval_array
 
@@ -58,26 +58,40 @@ def onnx_candidates(checkpoint: Path) -> list[Path]:
     return [checkpoint.with_suffix(".int8.onnx"), checkpoint.with_suffix(".onnx")]
 
 
-def matching_export(checkpoint: Path, **backend_kwargs) -> OnnxBackend | None:
-    """An ONNX export next to `checkpoint` made from exactly this file (by SHA-256); int8 only when
-    its measured AUC change was acceptable. Stale exports are skipped with a warning."""
-    sha = None
+def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
+    """The fastest ONNX export next to `checkpoint` made from exactly this file (by SHA-256) that
+    computes its decisions: the int8 export, guarded by the fp32 one near the operating point
+    (GuardedInt8Backend), when its export measured agreement was accepted and this CPU computes it
+    as recorded; else the fp32 export. Stale exports are skipped with a warning."""
+    sha = file_sha256(checkpoint) if any(c.is_file() for c in onnx_candidates(checkpoint)) else None
+    found: dict[str, OnnxBackend] = {}
     for cand in onnx_candidates(checkpoint):
         if not cand.is_file():
             continue
-        sha = sha or file_sha256(checkpoint)
         backend = OnnxBackend(cand, **backend_kwargs)
-        meta = backend.metadata
-        if (meta.get("source_checkpoint") or {}).get("sha256") != sha:
+        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
             log.warning("ignoring %s: exported from a different checkpoint than %s", cand.name, checkpoint.name)
             continue
-        quant = (meta.get("onnx") or {}).get("quantization")
-        if quant and not quant.get("accepted"):
-            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", cand.name,
+        found["int8" if (backend.metadata.get("onnx") or {}).get("quantization") else "fp32"] = backend
+    int8, fp32 = found.get("int8"), found.get("fp32")
+    if int8 is not None:
+        quant = int8.metadata["onnx"]["quantization"]
+        if not quant.get("accepted"):
+            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", int8.path.name,
                      quant.get("decision_agreement"), quant.get("auc_change"))
-            continue
-        return backend
-    return None
+        elif quant.get("fallback_band") is None:
+            return int8  # an export from before the guarded rule: accepted on its own agreement
+        elif fp32 is None:
+            log.info("not using %s: its fp32 original %s is missing", int8.path.name, checkpoint.with_suffix(".onnx").name)
+        elif not GuardedInt8Backend.computes_as_recorded(int8, quant.get("probe_logits") or [],
+                                                         PreprocessConfig.from_dict(
+                                                             checkpoint_members(int8.metadata)[0].get("preprocessing", {})).image_size):
+            log.warning("not using %s: this CPU computes the int8 model differently from the CPU that measured it "
+                        "(no VNNI?); serving fp32", int8.path.name)
+        else:
+            return GuardedInt8Backend(int8, fp32, DecisionRule.from_checkpoint(int8.metadata).margin,
+                                      quant["fallback_band"])
+    return fp32
 
 
 class Predictor:
@@ -128,13 +142,15 @@ class Predictor:
         return cls(load_checkpoint(p), device=device, path=p, **kwargs)
 
     @classmethod
-    def from_onnx(cls, backend: OnnxBackend, **kwargs) -> "Predictor":
+    def from_onnx(cls, backend: OnnxBackend | GuardedInt8Backend, **kwargs) -> "Predictor":
         meta = backend.metadata
         # The checkpoint's hash, not the export's: both backends report the same model.
         sha = (meta.get("source_checkpoint") or {}).get("sha256", "")
         predictor = cls(meta, backend=backend, path=backend.path, sha256=sha, **kwargs)
-        if (meta.get("onnx") or {}).get("quantization"):
-            # Same checkpoint, but its own threshold and slightly different answers: say so.
+        if isinstance(backend, GuardedInt8Backend):
+            predictor.info.architecture += " (int8, fp32 near the operating point)"
+        elif (meta.get("onnx") or {}).get("quantization"):
+            # Same checkpoint, slightly different answers: say so.
             predictor.info.architecture += " (int8)"
         return predictor
 
