@@ -1,7 +1,10 @@
-"""Serving benchmark: the design's code path vs MediFlow's torch, onnx and onnx-int8 backends, in one run.
+"""Serving benchmark: the design's code path vs MediFlow's torch and fp32 ONNX backends and the served
+default (`mediflow serve --model M.pth`: int8 with fp32 near the operating point when its export was
+accepted and this CPU computes it as recorded, else fp32), in one run.
 
 For each configuration it measures, on the same full-resolution JPEGs:
-- model-only latency (one preprocessed 224x224 image, median),
+- model-only latency (one preprocessed upload at a time, median; the served default's includes its
+  fp32 re-runs),
 - end-to-end HTTP latency p50/p95 of `POST /api/vision/analyze` against a real uvicorn server on
   127.0.0.1 in its own process (and with `?heatmap=true` for MediFlow),
 - batch throughput in images/s on 224x224 JPEGs (decode + preprocess + model; MediFlow through
@@ -98,38 +101,24 @@ def post(client, server: Server, name: str, data: bytes, heatmap: bool) -> float
     return ms
 
 
-def ensure_exports(model: Path, work: Path, data224: Path) -> tuple[Path, Path, Path]:
-    """model.pth, model.onnx and model.int8.onnx in `work` (reusing exports next to `model` when they
-    were made from it)."""
+def ensure_exports(model: Path, work: Path) -> tuple[Path, Path]:
+    """model.pth and model.onnx in `work`, with model.int8.onnx when one made from `model` sits next
+    to it (`mediflow export --int8`; served by default only if its export was accepted)."""
     from mediflow.checkpoint import file_sha256, load_checkpoint
     from mediflow.inference.backends import OnnxBackend
     from mediflow.inference.onnx_export import export_checkpoint
-    from mediflow.inference.quantize import calibration_batches, quantize_int8, training_split
-    from mediflow.preprocessing import PreprocessConfig
 
     pth = work / "model.pth"
     shutil.copy(model, pth)
     sha = file_sha256(pth)
-    out = {}
     for suffix in (".onnx", ".int8.onnx"):
         src = model.with_suffix(suffix)
         if src.is_file() and (OnnxBackend(src).metadata.get("source_checkpoint") or {}).get("sha256") == sha:
             shutil.copy(src, work / f"model{suffix}")
-            out[suffix] = work / f"model{suffix}"
-    ckpt = load_checkpoint(pth)
-    if ".onnx" not in out:
+    if not (work / "model.onnx").is_file():
         print("exporting fp32 ONNX ...", file=sys.stderr)
-        export_checkpoint(ckpt, pth, work / "model.onnx")
-        out[".onnx"] = work / "model.onnx"
-    if ".int8.onnx" not in out:
-        print("quantizing int8 (200 training images; the AUC check is `mediflow export --int8`) ...", file=sys.stderr)
-        train, _ = training_split(ckpt, data224)
-        rng = np.random.default_rng(0)
-        pick = sorted(rng.choice(len(train), 200, replace=False))
-        prep = PreprocessConfig.from_dict(ckpt["preprocessing"])
-        quantize_int8(out[".onnx"], work / "model.int8.onnx", calibration_batches([train.paths[i] for i in pick], prep))
-        out[".int8.onnx"] = work / "model.int8.onnx"
-    return pth, out[".onnx"], out[".int8.onnx"]
+        export_checkpoint(load_checkpoint(pth), pth, work / "model.onnx")
+    return pth, work / "model.onnx"
 
 
 def median_ms(fn, n: int) -> float:
@@ -142,29 +131,41 @@ def median_ms(fn, n: int) -> float:
     return float(np.median(ts))
 
 
-def model_only(pth: Path, onnx: Path, int8: Path, n: int) -> dict[str, float]:
+def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[str, float], float]:
+    """Median ms of one image through each model, cycling over `inputs` ((M, 3, 224, 224), the
+    uploads preprocessed), and the share of them the served default re-runs in fp32."""
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from design_server import build_model
 
+    from mediflow.inference.backends import GuardedInt8Backend
     from mediflow.inference.predictor import Predictor
 
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     design = build_model()
+    it = iter(range(10**9))
+
+    def one() -> np.ndarray:
+        return inputs[next(it) % len(inputs)][None]
 
     def run_design():
         with torch.no_grad():
-            design(torch.from_numpy(x))
+            design(torch.from_numpy(one()))
 
     res = {"design": median_ms(run_design, n)}
-    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("onnx-int8", int8, "onnx")):
+    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
         p = Predictor.load(path, backend=backend)
-        res[name] = median_ms(lambda: p.backend.run(x), n)
-    return res
+        res[name] = median_ms(lambda: p.backend.run(one()), n)
+    served = Predictor.load(pth).backend
+    deferred = float("nan")
+    if isinstance(served, GuardedInt8Backend):
+        served.images = served.deferred = 0
+        served.run(inputs)
+        deferred = served.deferred / served.images
+    return res, deferred
 
 
-def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batch_size: int,
+def batch_throughput(pth: Path, onnx: Path, images: list[Path], batch_size: int,
                      work: Path) -> dict[str, float]:
     import torch
 
@@ -190,7 +191,7 @@ def batch_throughput(pth: Path, onnx: Path, int8: Path, images: list[Path], batc
     for i, p in enumerate(images):  # the sample as one folder, for `mediflow predict DIR`
         (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
         (folder / p.parent.name / f"{i:05d}{p.suffix}").symlink_to(p.resolve())
-    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("onnx-int8", int8, "onnx")):
+    for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
         p = Predictor.load(path, backend=backend)
         p.probabilities_from_tensors(np.zeros((batch_size, 3, 224, 224), np.float32))  # warm-up (arena)
         t = time.perf_counter()
@@ -240,7 +241,12 @@ def main() -> int:
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="mediflow-bench-"))
     try:
-        pth, onnx, int8 = ensure_exports(args.model, work, args.data224)
+        pth, onnx = ensure_exports(args.model, work)
+        from mediflow.inference.predictor import Predictor
+
+        default = Predictor.load(pth)
+        default_name = "onnx fp32" if default.backend.path == onnx else "int8, fp32 near the operating point"
+        inputs = np.stack([default.preprocess_array(default.load_image(p)) for p in images])
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         # --no-store: like the design, keep no studies (and never write to the user's default store);
@@ -249,10 +255,11 @@ def main() -> int:
         servers = [
             Server("design (torchvision B0, eager, full decode)", [py, str(REPO / "benchmarks" / "design_server.py")], False),
             Server("MediFlow torch", serve + ["--no-store", "--model", str(pth), "--backend", "torch"], True),
-            Server("MediFlow onnx", serve + ["--no-store", "--model", str(onnx)], True),
-            Server("MediFlow onnx int8", serve + ["--no-store", "--model", str(int8)], True),
-            Server("MediFlow onnx int8 + study store", serve + ["--database-url", f"sqlite:///{work / 'studies.db'}",
-                                                                "--model", str(int8)], True),
+            *([Server("MediFlow onnx fp32", serve + ["--no-store", "--model", str(onnx)], True)]
+              if default.backend.path != onnx else []),
+            Server(f"MediFlow served default ({default_name})", serve + ["--no-store", "--model", str(pth)], True),
+            Server("MediFlow served default + study store",
+                   serve + ["--database-url", f"sqlite:///{work / 'studies.db'}", "--model", str(pth)], True),
         ]
         for s in servers:
             start(s, env)
@@ -282,19 +289,19 @@ def main() -> int:
             s.proc.terminate()
             s.proc.wait(30)
         print("model-only latency ...", file=sys.stderr)
-        mo = model_only(pth, onnx, int8, args.model_runs)
+        mo, deferred = model_only(pth, onnx, inputs, args.model_runs)
         print("batch throughput ...", file=sys.stderr)
         pool = find_images(args.data224)
         rng = np.random.default_rng(0)
         batch_imgs = [pool[i] for i in sorted(rng.choice(len(pool), min(args.batch_images, len(pool)), replace=False))]
-        bt = batch_throughput(pth, onnx, int8, batch_imgs, args.batch_size, work)
+        bt = batch_throughput(pth, onnx, batch_imgs, args.batch_size, work)
     finally:
         for s in locals().get("servers", []):
             if s.proc and s.proc.poll() is None:
                 s.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    keys = ["design", "torch", "onnx", "onnx-int8", "onnx-int8"]
+    keys = ["design", "torch", *(["onnx"] if len(servers) == 5 else []), "default", "default"]
     base = pct(servers[0].plain_ms, 50)
     rows = []
     for key, s in zip(keys, servers):
@@ -318,7 +325,9 @@ def main() -> int:
         f"{args.heatmap_requests} heatmap requests per server, one at a time, servers interleaved in blocks of "
         f"{BLOCK} (RSS read after all of them); "
         f"batch: {len(batch_imgs)} "
-        f"224x224 JPEGs, batch size {args.batch_size}.",
+        f"224x224 JPEGs, batch size {args.batch_size}. Served default: {default.info.architecture}"
+        + ("" if deferred != deferred else f"; {deferred:.0%} of the uploads re-run in fp32 (near the operating point)")
+        + ".",
         "",
         "| configuration | model only, ms | HTTP p50, ms | HTTP p95, ms | p50 speed-up | heatmap p50, ms "
         "| heatmap p95, ms | heatmap speed-up | batch, images/s | peak RSS, MB | RSS at end, MB |",

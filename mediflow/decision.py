@@ -184,6 +184,20 @@ class DecisionRule:
         """(N, K) calibrated probabilities -> (N,) called class indices."""
         return decide(probs, self.threshold, self.pos)
 
+    def margin(self, logits: np.ndarray) -> np.ndarray:
+        """(N, K) raw logits -> (N,) how far each image is from the other call, in calibrated logit
+        units: logit(p) - logit(threshold) of the calibrated P(positive) for a binary model with an
+        operating point (>= 0 exactly when the positive class is called), else log p(top class) -
+        log p(runner-up) (>= 0). Its absolute value is how far the logits may move before the call
+        changes: the band in which an int8 model defers to fp32."""
+        probs = np.clip(self.probabilities(np.asarray(logits, dtype=np.float64)), _EPS, 1.0)
+        if self.centred:
+            p = np.clip(probs[:, self.pos], _EPS, 1 - _EPS)
+            t = min(max(float(self.threshold), _EPS), 1 - _EPS)
+            return (np.log(p) - np.log1p(-p)) - (np.log(t) - np.log1p(-t))
+        top2 = np.sort(np.log(probs), axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0] if probs.shape[1] > 1 else np.full(len(probs), np.inf)
+
     def reported(self, probs: np.ndarray) -> np.ndarray:
         """(N, K) calibrated probabilities -> (N, K) probabilities on the reported scale: centred on the
         operating point for a binary model with a threshold, unchanged otherwise. Their argmax (ties

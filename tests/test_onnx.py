@@ -22,7 +22,7 @@ from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint, s
 from mediflow.cli import main
 from mediflow.data.images import decode_image, load_image
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import OnnxBackend
+from mediflow.inference.backends import GuardedInt8Backend, OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
 from mediflow.inference.graph import build_graph
 from mediflow.inference.heatmap import OVERLAY_SIZE
@@ -361,21 +361,59 @@ def test_int8_export_reports_decision_agreement_and_is_default_only_when_accepte
     ckpt = load_checkpoint(pth)
     assert (meta["threshold"], meta["temperature"]) == (ckpt["threshold"], ckpt["temperature"])
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(onnx)
+    # The guard band and its cost are recorded; the CPU fingerprint too.
+    assert q["fallback_band"] >= 0 and 0 <= v["fp32_fraction"] <= 1
+    assert np.asarray(q["probe_logits"]).shape == (2, 2)
     chosen = Predictor.load(pth)
     assert chosen.backend.path == (int8 if q["accepted"] else onnx)
+    if q["accepted"]:
+        assert isinstance(chosen.backend, GuardedInt8Backend) and "fp32 near the operating point" in chosen.info.architecture
+    # Accepted, but this CPU computes other logits on the probe than the exporting one: fp32 is served.
+    record_quantization(int8, {"accepted": True, "probe_logits": (np.asarray(q["probe_logits"]) + 0.5).tolist()})
+    assert Predictor.load(pth).backend.path == onnx
     # A rejected int8 model is not served by default.
-    record_quantization(int8, {"auc_change": -0.01, "decision_agreement": 0.9, "accepted": False})
+    record_quantization(int8, {"auc_change": -0.01, "decision_agreement": 0.9, "accepted": False,
+                               "probe_logits": q["probe_logits"]})
     assert Predictor.load(pth).backend.path == onnx
     # ... but can still be served on purpose.
     assert Predictor.load(int8).backend.path == int8
 
 
+def test_guarded_int8_reruns_in_fp32_exactly_the_images_near_the_operating_point(tiny_model: Path, tmp_path: Path):
+    """Rows whose int8 margin lies inside the band carry fp32's outputs (logits and CAM), the others
+    int8's; band 0 is pure int8, an infinite band pure fp32."""
+    pth = tmp_path / "model.pth"
+    shutil.copy(tiny_model, pth)
+    data = load_checkpoint(pth)["train_config"]["data"]
+    onnx = _export(pth, "--int8", "--data", data)
+    b32, b8 = OnnxBackend(onnx), OnnxBackend(pth.with_suffix(".int8.onnx"))
+    rule = Predictor.from_onnx(b32).rule
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (12, 3, 64, 64)).astype(np.float32) * np.linspace(0.2, 1.0, 12, dtype=np.float32)[:, None, None, None]
+    z32, z8 = b32.run(x, ("logits", "cam")), b8.run(x, ("logits", "cam"))
+    m8 = np.abs(rule.margin(z8["logits"]))
+    band = float(np.median(m8))
+    g = GuardedInt8Backend(b8, b32, rule.margin, band)
+    out = g.run(x, ("logits", "cam"))
+    near = m8 < band
+    assert 0 < near.sum() < len(x)
+    for k in ("logits", "cam"):  # fp32 on a sub-batch: the same up to float rounding
+        np.testing.assert_allclose(out[k][near], z32[k][near], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(out[k][~near], z8[k][~near])
+        assert np.abs(z8[k][near] - z32[k][near]).max() > 1e-4  # the two models do differ there
+    assert (g.images, g.deferred) == (12, int(near.sum()))
+    np.testing.assert_array_equal(GuardedInt8Backend(b8, b32, rule.margin, 0.0).run(x)["logits"], z8["logits"])
+    np.testing.assert_allclose(GuardedInt8Backend(b8, b32, rule.margin, np.inf).run(x)["logits"], z32["logits"],
+                               rtol=0, atol=1e-5)
+    _, maps, classes = g.heatmaps(x, lambda row: int(np.argmax(row)))
+    assert maps.shape[0] == 12 and classes == [int(np.argmax(r)) for r in out["logits"]]
+
+
 @pytest.mark.realdata
-def test_shipped_int8_export_computes_the_fp32_model_on_this_cpu():
-    """The int8 file must compute the same model on every CPU. With full-range int8 weights, ONNX
-    Runtime's kernels on CPUs without VNNI saturate: on an AVX2 VM the shipped file's PNEUMONIA-vs-
-    NORMAL logit margins correlated 0.92 with the fp32 export's, at half their scale. 7-bit weights
-    (reduce_range) cannot saturate."""
+def test_shipped_int8_export_makes_the_fp32_calls_on_this_cpu():
+    """The served int8 path (int8, fp32 near the operating point) makes fp32's calls. Full-range int8
+    weights saturate ONNX Runtime's kernels on CPUs without VNNI (on an AVX2 VM such a file's logit
+    margins correlated 0.92 with fp32's, at half their scale): there the probe check must refuse it."""
     fp32, int8 = BUNDLED_MODEL.with_suffix(".onnx"), BUNDLED_MODEL.with_suffix(".int8.onnx")
     if not (fp32.is_file() and int8.is_file()):
         pytest.skip("no bundled int8 export: the bundled model's int8 export did not meet the agreement rule "
@@ -384,9 +422,16 @@ def test_shipped_int8_export_computes_the_fp32_model_on_this_cpu():
     if not files:
         pytest.skip("real data not present")
     b32, b8 = OnnxBackend(fp32), OnnxBackend(int8)
+    q = b8.metadata["onnx"]["quantization"]
+    served = Predictor.load(BUNDLED_MODEL)
+    if not GuardedInt8Backend.computes_as_recorded(b8, q["probe_logits"], 224):
+        assert served.backend.path == fp32  # this CPU computes another int8 model: not served
+        pytest.skip("this CPU computes the int8 export differently (no VNNI): fp32 is served, as it must be")
+    assert isinstance(served.backend, GuardedInt8Backend)
     p = Predictor.from_onnx(b32)
     x = np.stack([p.preprocess_array(load_image(f)) for f in files])
     z32, z8 = b32.run(x)["logits"], b8.run(x)["logits"]
-    m32, m8 = z32[:, 1] - z32[:, 0], z8[:, 1] - z8[:, 0]
-    slope = np.polyfit(m32, m8, 1)[0]
-    assert np.corrcoef(m32, m8)[0, 1] >= 0.97 and 0.8 <= slope <= 1.25, (np.corrcoef(m32, m8)[0, 1], slope)
+    m32, m8 = p.rule.margin(z32), p.rule.margin(z8)
+    assert np.corrcoef(m32, m8)[0, 1] >= 0.97 and 0.8 <= np.polyfit(m32, m8, 1)[0] <= 1.25
+    np.testing.assert_array_equal(p.decide(p.probabilities_from_logits(served.backend.run(x)["logits"])),
+                                  p.decide(p.probabilities_from_logits(z32)))

@@ -51,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
         q = int8_path(out)
         report = int8_export(ckpt, out, q, data, n_calibration=args.calibration_images, progress=sys.stderr.isatty())
         print(f"wrote {q} ({q.stat().st_size / 1e6:.1f} MB); int8 against fp32, both with the checkpoint's "
-              "calibration and operating point:")
+              f"calibration and operating point; served int8 re-runs in fp32 the films within "
+              f"{report['fallback_band']:.2f} calibrated logits of the operating point (the 99th percentile of "
+              "int8's error on validation):")
         for name in ("validation", "test_dev"):
             if name not in report:
                 continue
             r = report[name]
             note = "" if name != "validation" or r["same_files_as_training"] else ", NOT the checkpoint's own split"
-            print(f"  {name} ({r['n']} films{note}): decisions agree on {r['decision_agreement']:.1%}; AUC "
+            print(f"  {name} ({r['n']} films{note}): {r['fp32_fraction']:.1%} re-run in fp32; decisions agree on "
+                  f"{r['decision_agreement']:.1%} (int8 alone {r['int8_alone_agreement']:.1%}); AUC "
                   f"{r['fp32']['auc']:.4f} -> {r['int8']['auc']:.4f}; sensitivity {r['fp32']['sensitivity']:.4f} -> "
                   f"{r['int8']['sensitivity']:.4f}; specificity {r['fp32']['specificity']:.4f} -> "
                   f"{r['int8']['specificity']:.4f}")

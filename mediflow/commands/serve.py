@@ -25,6 +25,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")
+    p.add_argument("--max-uploads-in-flight", type=int,
+                   help="uploads read, queued or analysed at once; more get 503 with Retry-After (default 16)")
+    p.add_argument("--retry-after", type=int, help="seconds in the Retry-After header of a busy 503 (default 5)")
+    p.add_argument("--upload-timeout", type=float,
+                   help="seconds a client has to send a whole upload; slower ones get 408 (default 120)")
     p.add_argument("--review-below", type=float, help="confidence under which needs_review is set (default 0.70)")
     p.add_argument("--cors-origin", action="append",
                    help="allowed cross-origin caller, e.g. https://ris.example.org (repeatable); default none")
@@ -45,6 +50,9 @@ def settings_from_args(args: argparse.Namespace):
         "host": args.host,
         "port": args.port,
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * MB),
+        "max_uploads_in_flight": args.max_uploads_in_flight,
+        "retry_after_s": args.retry_after,
+        "upload_timeout_s": args.upload_timeout,
         "review_below": args.review_below,
         "cors_origins": args.cors_origin,
         **clinical.overrides(args, os.environ.get("MEDIFLOW_DATABASE_URL")),

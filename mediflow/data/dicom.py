@@ -1,9 +1,12 @@
 """DICOM bytes -> an RGB PIL image for the model, and the few header fields a study needs.
 
-Display pipeline, in the order the DICOM standard (PS3.4 N.2) applies it: stored values -> Modality
-LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max when the
-file has none) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a multi-frame object is
-decoded; the decoded image carries a note saying so (see `image_notes`).
+Display pipeline, in the order the DICOM standard (PS3.4 N.2) applies it: stored values (only the
+Bits Stored low bits of each word, sign-extended when signed, whatever decoder produced them) ->
+Modality LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max
+when the file has none; a percentile window when the stored one turns almost every pixel black,
+or almost every pixel white) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a
+multi-frame object is decoded. What the decoder assumed or corrected is attached to the image as
+notes and flag codes (`image_notes`, `image_flags`); docs/dicom.md lists them.
 
 Header values can identify a patient: nothing here logs them, and pydicom's warnings and log
 records (which may quote element values) are kept out of MediFlow's logs.
@@ -50,6 +53,19 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PLUGIN = {"1.2.840.10008.1.2.5": "pydicom"}
 # Deflated DICOM is inflated whole by pydicom; cap what a small upload may expand to.
 _INFLATE_OVERHEAD = 4 * 1024 * 1024
+
+# Lossy JPEG syntaxes whose 3-component codestreams follow JFIF's colour convention (ITU T.871).
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+# Window fallback: a stored VOI window (or VOI LUT) that leaves at least this share of the pixels at
+# one end of its output range (all black or all white after 8-bit rounding) shows no anatomy.
+# MediFlow's own rule: far above the share a real film's background or collimation border gives,
+# just below the 100 % of a window that misses the pixel values altogether (issue 10). One end, not
+# both: a LUT may binarise on purpose.
+SATURATED_SHARE = 0.99
+# ...and it is replaced by the 0.5th-99.5th percentile of the modality values: robust to the few
+# burnt-in labels or dead pixels at the extremes that a min-max window would stretch to.
+FALLBACK_PERCENTILES = (0.5, 99.5)
 
 
 def image_notes(img: Image.Image) -> list[str]:
@@ -292,24 +308,119 @@ def _to_unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _grayscale(arr: np.ndarray, ds) -> np.ndarray:
-    """Monochrome stored values -> display values in [0, 1], white = dense (bone)."""
+def _saturated(unit: np.ndarray) -> tuple[float, str]:
+    """(share 0..1, "black" or "white"): the larger share of pixels that an 8-bit rendering of `unit`
+    (values in [0, 1]) shows at one end of the range, and which end."""
+    edge = 0.5 / 255.0
+    black, white = np.count_nonzero(unit < edge), np.count_nonzero(unit > 1.0 - edge)
+    size = max(unit.size, 1)
+    return (black / size, "black") if black >= white else (white / size, "white")
+
+
+def _percentile_window(values: np.ndarray) -> np.ndarray:
+    """`values` -> [0, 1] by the FALLBACK_PERCENTILES window (min-max if those two coincide)."""
+    lo, hi = (float(v) for v in np.percentile(values, FALLBACK_PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return _to_unit_range(values, lo, hi)
+
+
+def _grayscale(arr: np.ndarray, ds, notes: list[tuple[str, str | None]]) -> np.ndarray:
+    """Monochrome stored values -> display values in [0, 1], white = dense (bone).
+
+    A stored window or VOI LUT that leaves >= SATURATED_SHARE of the pixels black, or as many white,
+    is replaced by a percentile window; (note, flag) pairs saying so are appended to `notes`."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     arr = apply_modality_lut(arr, ds)
+    stored = None
     if ds.get("VOILUTSequence"):
         if not np.issubdtype(arr.dtype, np.integer):
             arr = np.rint(arr).astype(np.int64)  # a LUT is indexed by integers
         lo, hi = _output_range(ds, "lut")
         unit = _to_unit_range(apply_voi_lut(arr, ds, index=0), lo, hi)
+        stored = "VOI LUT"
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         lo, hi = _output_range(ds, "window")
         unit = _to_unit_range(apply_voi_lut(arr, ds, index=0, prefer_lut=False), lo, hi)
+        stored = f"window (centre {float(ds.WindowCenter):g}, width {float(ds.WindowWidth):g})"
     else:
         unit = _to_unit_range(arr, float(arr.min()), float(arr.max()))
+    if stored is not None and float(arr.max()) > float(arr.min()):
+        share, end = _saturated(unit)
+        if share >= SATURATED_SHARE:
+            unit = _percentile_window(arr)
+            p_lo, p_hi = FALLBACK_PERCENTILES
+            notes.append((f"the stored {stored} shows {share:.1%} of the pixels pure {end}; "
+                          f"a {p_lo:g}th-{p_hi:g}th percentile window was used instead", "window_fallback"))
     if ds.PhotometricInterpretation == "MONOCHROME1":
         unit = 1.0 - unit  # MONOCHROME1: the lowest value is white
     return unit
+
+
+def _stored_bits_only(arr: np.ndarray, header) -> tuple[np.ndarray, bool]:
+    """Keep the Bits Stored low bits of each stored value and sign-extend signed ones (PS3.5 8.1.1:
+    the bits above High Bit are not pixel data; overlays and junk may sit there). Returns the array
+    and whether any value changed. Done here after every decoder, because pydicom 3 does it for
+    native, RLE and JPEG lossless data but not for JPEG 2000 or JPEG-LS (it only fixes the
+    codestream's signedness there, and a codestream may carry all 16 bits)."""
+    if not np.issubdtype(arr.dtype, np.integer):
+        return arr, False
+    shift = arr.dtype.itemsize * 8 - header.bits_stored
+    if shift <= 0:
+        return arr, False
+    if header.signed:
+        wide = arr.astype(np.int64) if arr.dtype.kind == "u" else arr
+        fixed = ((wide << shift).astype(arr.dtype.str.replace("u", "i")) >> shift)
+    else:
+        fixed = arr & np.array((1 << header.bits_stored) - 1, dtype=arr.dtype)
+    changed = bool(np.any(fixed != arr))
+    return fixed, changed
+
+
+def _jpeg_markers(frame: bytes) -> tuple[dict[int, bytes], list[int]]:
+    """APPn payloads (by n) and the frame header's component identifiers of a JPEG codestream,
+    read from SOI up to the first SOS (ITU T.81 B.2); malformed streams give what was read."""
+    apps: dict[int, bytes] = {}
+    ids: list[int] = []
+    pos = 2 if frame[:2] == b"\xff\xd8" else len(frame)
+    while pos + 4 <= len(frame):
+        if frame[pos] != 0xFF:
+            break
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack_from(">H", frame, pos + 2)
+        body = frame[pos + 4:pos + 2 + length]
+        if 0xE0 <= marker <= 0xEF:
+            apps.setdefault(marker - 0xE0, body)
+        elif marker in (0xC0, 0xC1, 0xC2, 0xC3) and len(body) >= 6:
+            count = body[5]
+            ids = [body[6 + 3 * i] for i in range(count) if 6 + 3 * i < len(body)]
+        elif marker == 0xDA:  # start of scan: the headers are over
+            break
+        pos += 2 + length
+    return apps, ids
+
+
+def _jpeg_is_ycbcr(frame: bytes) -> bool:
+    """Whether a 3-component lossy JPEG holds YCbCr, by libjpeg's rule (jdapimin.c
+    default_decompress_parms, after JFIF ITU T.871 and Adobe TN 5116): an Adobe APP14 marker's
+    transform flag decides (0 = RGB); else component identifiers 'R','G','B' mean RGB; else YCbCr."""
+    apps, ids = _jpeg_markers(frame)
+    adobe = apps.get(14, b"")
+    if adobe.startswith(b"Adobe") and len(adobe) >= 12:
+        return adobe[11] != 0
+    if 0 in apps and apps[0].startswith(b"JFIF"):
+        return True
+    return ids not in ([82, 71, 66], [114, 103, 98])
+
+
+def _first_frame(ds, frames: int) -> bytes:
+    from pydicom.encaps import get_frame
+
+    return get_frame(ds.PixelData, 0, number_of_frames=frames)
 
 
 def _color(arr: np.ndarray, ds) -> np.ndarray:
@@ -327,7 +438,8 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     """Decode the first frame of a DICOM image to 8-bit RGB, or raise ImageDecodeError.
 
     Rows x Columns is checked against `max_pixels` before any pixel data is decoded.
-    Notes (e.g. frames skipped) are in `image_notes(img)`.
+    Notes (e.g. frames skipped, a window replaced) are in `image_notes(img)`, their codes
+    ("window_fallback", "ycbcr_mislabel", "high_bits_masked") in `image_flags(img)`.
     """
     from pydicom.pixels import pixel_array
 
@@ -350,10 +462,21 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     else:
         check_pixel_data_length(ds, header, name)
     check_value_transforms(ds, header, name)
+    found: list[tuple[str, str | None]] = []  # (note, flag) from decoding
+    options: dict[str, Any] = {"correct_unused_bits": False}  # done by _stored_bits_only, for every syntax
     try:
-        arr = pixel_array(ds, index=0, decoding_plugin=_PLUGIN.get(ts, ""))
+        if ts in _JPEG_LOSSY and header.photometric == "RGB" and _jpeg_is_ycbcr(_first_frame(ds, header.frames)):
+            # A common modality mislabel (issue 10): pydicom would show the YCbCr samples as RGB.
+            options["force_rgb"] = True
+            found.append(("the JPEG data is YCbCr (no Adobe marker saying RGB) although Photometric "
+                          "Interpretation says RGB; decoded as YCbCr", "ycbcr_mislabel"))
+        arr = pixel_array(ds, index=0, decoding_plugin=_PLUGIN.get(ts, ""), **options)
+        arr, masked = _stored_bits_only(arr, header)
+        if masked:
+            found.append((f"bits above Bits Stored ({header.bits_stored}) set in the pixel data "
+                          "(e.g. overlay planes) were ignored", "high_bits_masked"))
         if header.photometric.startswith("MONOCHROME"):
-            unit = _grayscale(arr, ds)
+            unit = _grayscale(arr, ds, found)
         else:
             unit = _color(arr, ds)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -372,9 +495,10 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(f"{name}: DICOM Rescale Slope/Intercept or window values take pixels beyond the "
                                "range of a number", reason="DICOM pixel values not finite after rescale/window")
     img = Image.fromarray(np.rint(unit * 255.0).astype(np.uint8)).convert("RGB")
-    notes = list(header.notes)
+    for note in header.notes:
+        add_note(img, note)
     if header.frames > 1:
-        notes.append(f"multi-frame DICOM: first frame of {header.frames} analysed")
-    if notes:
-        img.info[NOTES_KEY] = notes
+        add_note(img, f"multi-frame DICOM: first frame of {header.frames} analysed")
+    for note, flag in found:
+        add_note(img, note, flag=flag)
     return img

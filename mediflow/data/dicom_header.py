@@ -139,13 +139,30 @@ def _set(ds, keyword: str, value: Any) -> None:
     ds.add_new(tag, vr, value)
 
 
+# PS3.3 C.7.6.3: the Image Pixel attributes of type 1 this decoder needs whatever the image.
+REQUIRED = ("Rows", "Columns", "PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+            "PixelRepresentation")
+
+
+def _check_present(ds, name: str) -> None:
+    """Raise one ImageDecodeError naming every required attribute that is absent or empty, e.g.
+    'image lacks Rows (0028,0010) and Bits Stored (0028,0101)', so a file is fixed in one go."""
+    missing = [label(k) for k in REQUIRED if _value(ds, k, name) is _MISSING]
+    if not missing:
+        return
+    listed = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+    raise _fail(name, f"image lacks {listed}")
+
+
 def check_pixel_header(ds, name: str, *, native: bool) -> PixelHeader:
     """Check and normalise the Image Pixel attributes of `ds` (a pydicom Dataset), in place.
 
     `native`: the transfer syntax is uncompressed (Planar Configuration is then required for colour).
-    Raises ImageDecodeError naming the first faulty attribute (missing, empty, not a number,
-    multi-valued, out of its PS3.3 C.7.6.3 range, or inconsistent with another).
+    Raises ImageDecodeError naming every missing or empty required attribute, or else the first
+    faulty one (not a number, multi-valued, out of its PS3.3 C.7.6.3 range, or inconsistent with
+    another).
     """
+    _check_present(ds, name)
     rows = _integer(ds, "Rows", name, required=True, lo=0, hi=2**32)
     cols = _integer(ds, "Columns", name, required=True, lo=0, hi=2**32)
     if rows == 0 or cols == 0:

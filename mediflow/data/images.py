@@ -38,6 +38,41 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# EXIF Orientation (tag 0x0112; CIPA DC-008 4.6.4, TIFF 6.0): how a viewer turns the stored pixels to
+# show them upright. The same table as PIL.ImageOps.exif_transpose, applied here without rewriting
+# the EXIF block (which that function does, and which can fail on a garbled block).
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {
+    2: ("flipped left to right", Image.Transpose.FLIP_LEFT_RIGHT),
+    3: ("rotated 180°", Image.Transpose.ROTATE_180),
+    4: ("flipped top to bottom", Image.Transpose.FLIP_TOP_BOTTOM),
+    5: ("flipped about its main diagonal", Image.Transpose.TRANSPOSE),
+    6: ("rotated 90° clockwise", Image.Transpose.ROTATE_270),
+    7: ("flipped about its anti-diagonal", Image.Transpose.TRANSVERSE),
+    8: ("rotated 90° counter-clockwise", Image.Transpose.ROTATE_90),
+}
+
+
+def _exif_orientation(img: Image.Image) -> int | None:
+    """The image's EXIF Orientation when it asks for a transform (2..8), else None."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001  a garbled EXIF block is metadata, not a reason to refuse the film
+        return None
+    return value if isinstance(value, int) and value in EXIF_ORIENTATIONS else None
+
+
+def _apply_orientation(img: Image.Image, orientation: int | None) -> Image.Image:
+    """Turn the stored pixels the way an image viewer (and the doctor's browser) shows them, so the
+    model, the preview and the heatmap all see the film as it is displayed. The result carries no
+    EXIF block, so nothing downstream turns it again."""
+    if orientation is None:
+        return img
+    turned = img.transpose(EXIF_ORIENTATIONS[orientation][1])
+    turned.info.pop("exif", None)
+    return turned
+
+
 def _to_rgb(img: Image.Image, *, keep_gray: bool = False) -> Image.Image:
     """Any supported mode -> 8-bit RGB (or 8-bit "L" with keep_gray). 16-bit grayscale is min-max
     windowed to 8 bits, because X-ray PNGs often use only 10-12 of their 16 bits and would
@@ -71,6 +106,8 @@ def decode_image(
     keeping both sides >= draft_size; far cheaper than decoding full resolution and resizing.
     `keep_gray`: return 8-bit grayscale images as "L" instead of RGB, for a caller that resizes
     before converting (a third of the resize work; preprocessing.harmonize gives the same pixels).
+    A JPEG or PNG with an EXIF Orientation is returned turned upright, with a note and the flag
+    "exif_orientation" (see `image_notes`, `image_flags`).
     """
     if not data:
         raise ImageDecodeError(f"{name}: file is empty")
@@ -104,7 +141,12 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})",
                                reason=f"corrupt or truncated {fmt.upper()} ({type(exc).__name__})") from None
-    return _to_rgb(img, keep_gray=keep_gray)
+    orientation = _exif_orientation(img)
+    out = _to_rgb(_apply_orientation(img, orientation), keep_gray=keep_gray)
+    if orientation is not None:
+        add_note(out, f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation][0]} "
+                      "before analysis, as image viewers show it", flag="exif_orientation")
+    return out
 
 
 def load_image(path: str | Path, **kwargs) -> Image.Image:

@@ -26,7 +26,8 @@ from mediflow.data.images import decode_image, image_flags, image_notes, load_im
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import Backend, OnnxBackend, TorchBackend, cam_maps, pooled_features
+from mediflow.inference.backends import (Backend, GuardedInt8Backend, OnnxBackend, TorchBackend, cam_heatmaps,
+                                         pooled_features)
 from mediflow.inference.bundled import default_model_path
 from mediflow.inference.input_check import (InputCheck, InputRejected, Reason, header_age_known, rejected,
                                             summarize)
@@ -60,26 +61,40 @@ def onnx_candidates(checkpoint: Path) -> list[Path]:
     return [checkpoint.with_suffix(".int8.onnx"), checkpoint.with_suffix(".onnx")]
 
 
-def matching_export(checkpoint: Path, **backend_kwargs) -> OnnxBackend | None:
-    """An ONNX export next to `checkpoint` made from exactly this file (by SHA-256); int8 only when
-    its measured AUC change was acceptable. Stale exports are skipped with a warning."""
-    sha = None
+def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
+    """The fastest ONNX export next to `checkpoint` made from exactly this file (by SHA-256) that
+    computes its decisions: the int8 export, guarded by the fp32 one near the operating point
+    (GuardedInt8Backend), when its export measured agreement was accepted and this CPU computes it
+    as recorded; else the fp32 export. Stale exports are skipped with a warning."""
+    sha = file_sha256(checkpoint) if any(c.is_file() for c in onnx_candidates(checkpoint)) else None
+    found: dict[str, OnnxBackend] = {}
     for cand in onnx_candidates(checkpoint):
         if not cand.is_file():
             continue
-        sha = sha or file_sha256(checkpoint)
         backend = OnnxBackend(cand, **backend_kwargs)
-        meta = backend.metadata
-        if (meta.get("source_checkpoint") or {}).get("sha256") != sha:
+        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
             log.warning("ignoring %s: exported from a different checkpoint than %s", cand.name, checkpoint.name)
             continue
-        quant = (meta.get("onnx") or {}).get("quantization")
-        if quant and not quant.get("accepted"):
-            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", cand.name,
+        found["int8" if (backend.metadata.get("onnx") or {}).get("quantization") else "fp32"] = backend
+    int8, fp32 = found.get("int8"), found.get("fp32")
+    if int8 is not None:
+        quant = int8.metadata["onnx"]["quantization"]
+        if not quant.get("accepted"):
+            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", int8.path.name,
                      quant.get("decision_agreement"), quant.get("auc_change"))
-            continue
-        return backend
-    return None
+        elif quant.get("fallback_band") is None:
+            return int8  # an export from before the guarded rule: accepted on its own agreement
+        elif fp32 is None:
+            log.info("not using %s: its fp32 original %s is missing", int8.path.name, checkpoint.with_suffix(".onnx").name)
+        elif not GuardedInt8Backend.computes_as_recorded(int8, quant.get("probe_logits") or [],
+                                                         PreprocessConfig.from_dict(
+                                                             checkpoint_members(int8.metadata)[0].get("preprocessing", {})).image_size):
+            log.warning("not using %s: this CPU computes the int8 model differently from the CPU that measured it "
+                        "(no VNNI?); serving fp32", int8.path.name)
+        else:
+            return GuardedInt8Backend(int8, fp32, DecisionRule.from_checkpoint(int8.metadata).margin,
+                                      quant["fallback_band"])
+    return fp32
 
 
 def dicom_header(data: bytes) -> dict[str, Any] | None:
@@ -147,13 +162,15 @@ class Predictor:
         return cls(load_checkpoint(p), device=device, path=p, **kwargs)
 
     @classmethod
-    def from_onnx(cls, backend: OnnxBackend, **kwargs) -> "Predictor":
+    def from_onnx(cls, backend: OnnxBackend | GuardedInt8Backend, **kwargs) -> "Predictor":
         meta = backend.metadata
         # The checkpoint's hash, not the export's: both backends report the same model.
         sha = (meta.get("source_checkpoint") or {}).get("sha256", "")
         predictor = cls(meta, backend=backend, path=backend.path, sha256=sha, **kwargs)
-        if (meta.get("onnx") or {}).get("quantization"):
-            # Same checkpoint, but its own threshold and slightly different answers: say so.
+        if isinstance(backend, GuardedInt8Backend):
+            predictor.info.architecture += " (int8, fp32 near the operating point)"
+        elif (meta.get("onnx") or {}).get("quantization"):
+            # Same checkpoint, slightly different answers: say so.
             predictor.info.architecture += " (int8)"
         return predictor
 
@@ -227,7 +244,7 @@ class Predictor:
             pooled = pooled_features(self.backend.run(x, ("features",))["features"])
             return self.probabilities_from_logits(logits), maps, pooled
         out = self.backend.run(x, ("logits", "features", "cam") if heatmap else ("logits", "features"))
-        maps = cam_maps(out["logits"], out["cam"], self.choose_class)[0] if heatmap else None
+        maps = cam_heatmaps(out, self.choose_class)[1] if heatmap else None
         return self.probabilities_from_logits(out["logits"]), maps, pooled_features(out["features"])
 
     # -- the input check (input_check.py) --------------------------------------------------------
@@ -299,15 +316,17 @@ class Predictor:
                       heatmap: bool = False, preview: bool = False) -> dict[str, Any]:
         """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it.
         The result also carries the decoder's `notes` (e.g. frames of a multi-frame DICOM not
-        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM).
-        Raises ImageDecodeError for what cannot be decoded, InputRejected for what the input check
-        refuses."""
+        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM); the
+        preview is always sent for an image turned by its EXIF Orientation. Raises ImageDecodeError
+        for what cannot be decoded, InputRejected for what the input check refuses."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
         result = self.predict_image(img, heatmap=heatmap, t0=t0, header=dicom_header(data))
         result["notes"] = image_notes(img)
-        if preview:
+        # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,
+        # so the page must draw that image (the preview), not the file as the browser may show it.
+        if preview or "exif_orientation" in image_flags(img):
             result["preview"] = preview_data_url(img)
         return result
 

@@ -24,6 +24,7 @@ from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.evaluation import read_evaluation
+from mediflow.serving.limits import UploadLimitMiddleware
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard, RejectedResponse
 from mediflow.serving.settings import Settings
 from mediflow.serving.studies import install as install_studies, record_analysis, record_refusal
@@ -32,6 +33,9 @@ from mediflow.serving.upload import format_size, read_file_field
 log = logging.getLogger("mediflow.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 UPLOAD_FIELD = "file"
+ANALYZE_PATH = "/api/vision/analyze"
+# Every route that takes an upload body: they share the in-flight limit (limits.py).
+UPLOAD_PATHS = (ANALYZE_PATH,)
 
 # The endpoint reads the body itself (see upload.py), so the multipart form is declared here for /docs.
 UPLOAD_OPENAPI = {
@@ -111,6 +115,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # One inference at a time per process: torch already uses every core for one image, and
     # queuing keeps latency predictable instead of thrashing.
     app.state.inference_lock = asyncio.Lock()
+    # Added first, so it runs inside CORS (a 503 still carries the CORS headers) and the access
+    # middleware (a refusal is authenticated and audited like any other answer).
+    app.add_middleware(UploadLimitMiddleware, upload_paths=UPLOAD_PATHS,
+                       max_in_flight=settings.max_uploads_in_flight, retry_after_s=settings.retry_after_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
@@ -138,13 +146,18 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         checkpoint (written by benchmarks/generalization.py), as it is on disk."""
         return read_evaluation(get_predictor(request).info.path)
 
-    @app.post("/api/vision/analyze", response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
+    @app.post(ANALYZE_PATH, response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
               responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
                                                                        "or non-image upload"},
+                         408: {"model": ErrorResponse, "description": "the body did not arrive within the "
+                                                                      "upload timeout"},
                          413: {"model": ErrorResponse, "description": "upload larger than the size limit"},
                          422: {"model": RejectedResponse, "description": "the input check refused the image (not a "
                                                                          "chest radiograph, or blank): no finding; "
-                                                                         "or no `file` field"}})
+                                                                         "or no `file` field"},
+                         503: {"model": ErrorResponse, "description": "busy: too many uploads in flight "
+                                                                      "(see the Retry-After header), or the "
+                                                                      "model is not loaded yet"}})
     async def analyze(request: Request,
                       preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
                                                                "(at most 1024 px): browsers cannot show DICOM"),
@@ -153,7 +166,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         """Multipart field `file`: a chest X-ray. Returns the finding; never a diagnosis."""
         predictor = get_predictor(request)
         try:
-            data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
+            data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes,
+                                         timeout_s=settings.upload_timeout_s)
         except HTTPException as exc:  # malformed multipart, oversized: details quote nothing from the body
             log.info("refused upload: %d %s", exc.status_code, exc.detail)
             raise

@@ -62,7 +62,9 @@ class AnalysisResponse(BaseModel):
     inference_ms: float = Field(description="decode + preprocessing + model time on the server")
     notes: list[str] = Field(default_factory=list, description="about the input, e.g. 'multi-frame DICOM: first "
                                                                 "frame of 3 analysed'")
-    preview: str | None = Field(default=None, description="with ?preview=true: the decoded image as a PNG data URL")
+    preview: str | None = Field(default=None, description="the decoded image as a PNG data URL: with ?preview=true, "
+                                                      "and always for an image turned upright by its EXIF "
+                                                      "Orientation (the heatmap is laid out on it)")
     heatmap: str | None = Field(default=None, description="with ?heatmap=true: PNG data URL, a square colour map "
                                 "of where the model looked, to be stretched over the uploaded image")
     heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")

@@ -8,6 +8,8 @@ body through python-multipart itself and keeps only the wanted field, in memory.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from python_multipart.exceptions import FormParserError
@@ -43,9 +45,17 @@ def check_content_length(request: Request, limit: int) -> None:
         raise too_large(limit)
 
 
-async def read_file_field(request: Request, field: str, limit: int) -> bytes:
+def too_slow(timeout_s: float) -> HTTPException:
+    # Connection: close: the client is still sending; draining the rest of its body would keep
+    # the connection busy for as long as it likes.
+    return HTTPException(408, detail=f"the upload did not arrive within {timeout_s:g} seconds",
+                         headers={"Connection": "close"})
+
+
+async def read_file_field(request: Request, field: str, limit: int, timeout_s: float | None = None) -> bytes:
     """The bytes of multipart field `field`; 413 once it exceeds `limit`, 422 when absent, 400 when
-    the body is not valid multipart. Never buffers more than `limit` (+ framing) bytes."""
+    the body is not valid multipart, 408 when the whole body has not arrived within `timeout_s`
+    seconds (None: no deadline). Never buffers more than `limit` (+ framing) bytes."""
     check_content_length(request, limit)
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
@@ -56,14 +66,13 @@ async def read_file_field(request: Request, field: str, limit: int) -> bytes:
 
     state = _FieldCollector(field.encode(), limit)
     parser = MultipartParser(boundary, state.callbacks())
-    received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + FRAMING_ALLOWANCE:
-                raise too_large(limit)
-            parser.write(chunk)
-        parser.finalize()
+        # A slow client holds its buffer and one of the server's upload slots (limits.py) while it
+        # sends, so the whole body has a deadline, not just each chunk.
+        async with asyncio.timeout(timeout_s):
+            await _stream_into(request, parser, limit)
+    except TimeoutError:
+        raise too_slow(timeout_s) from None
     except FormParserError:
         raise HTTPException(400, detail="malformed multipart body") from None
     except ClientDisconnect:
@@ -76,6 +85,16 @@ async def read_file_field(request: Request, field: str, limit: int) -> bytes:
     if state.count > 1:
         raise HTTPException(400, detail=f"send one image per request (got {state.count} '{field}' fields)")
     return bytes(state.data)
+
+
+async def _stream_into(request: Request, parser: MultipartParser, limit: int) -> None:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit + FRAMING_ALLOWANCE:
+            raise too_large(limit)
+        parser.write(chunk)
+    parser.finalize()
 
 
 class _FieldCollector:
