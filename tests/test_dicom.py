@@ -350,7 +350,7 @@ def test_metadata_fields_and_nothing_identifying():
     assert meta == {
         "StudyInstanceUID": ds.StudyInstanceUID, "SOPInstanceUID": ds.SOPInstanceUID, "Modality": "DX",
         "PatientAge": "004Y", "PatientSex": "F", "BodyPartExamined": "CHEST", "ViewPosition": "AP",
-        "NumberOfFrames": 2,
+        "SOPClassUID": ds.SOPClassUID, "NumberOfFrames": 2,
     }
     assert "Synthetic" not in repr(meta) and "SYN0001" not in repr(meta)
 
