@@ -219,4 +219,5 @@ def test_analyze_cli_keeps_going_over_every_refused_kind(tmp_path, tiny_model):
     faults = list(FAULTS.items())
     for i, (_, (_, detail)) in enumerate(faults):
         assert detail in rows[f"fault-{i:02d}.dcm"]["error"]
-    assert f"{len(good) + len(bad)} image files: {len(good)} analysed, {len(bad)} unreadable" in r.stdout
+    assert (f"{len(good) + len(bad)} image files: {len(good)} analysed, 0 refused by the input check (no finding), "
+            f"{len(bad)} unreadable (error rows)") in r.stdout
