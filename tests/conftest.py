@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import struct
 import zlib
 from pathlib import Path
 
@@ -101,6 +102,23 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid, tiny PNG whose header claims width x height 8-bit grey pixels (a decompression bomb)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG with its baseline frame header patched to claim width x height pixels."""
+    data = bytearray(jpeg_bytes(xray_like(1, 0, 32)))
+    sof = data.index(b"\xff\xc0")  # baseline frame: FFC0, length(2), precision(1), height(2), width(2)
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def make_dataset(root: Path, n_per_class: int = 12, size: int = 64, classes=("NORMAL", "PNEUMONIA")) -> Path:

@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import socket
-import struct
-import zlib
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ALLOWED_ORIGIN, jpeg_bytes, png_bytes, xray_like
+from conftest import ALLOWED_ORIGIN, jpeg_bytes, jpeg_declaring, png_bytes, png_declaring, xray_like
 
 DISCLAIMER_TEXT = "AI-assisted preliminary reading. Clinical correlation required."
 RESPONSE_FIELDS = {"prediction", "confidence", "disclaimer", "probabilities", "needs_review", "threshold",
@@ -31,23 +29,6 @@ BOUNDARY = "mediflowtestboundary"
 
 def xray_jpeg(seed: int = 0, size: int = 224) -> bytes:
     return jpeg_bytes(xray_like(1, seed, size))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid, tiny PNG whose header claims width x height 8-bit grey pixels (a decompression bomb)."""
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A small real JPEG with its frame header patched to claim width x height pixels."""
-    data = bytearray(xray_jpeg(size=32))
-    sof = data.index(b"\xff\xc0")  # baseline frame: FFC0, length(2), precision(1), height(2), width(2)
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def corrupt_png() -> bytes:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import jpeg_bytes, make_dataset, png_bytes, xray_like
+from conftest import jpeg_bytes, jpeg_declaring, make_dataset, png_bytes, png_declaring, xray_like
 from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, ImageTooLargeError
@@ -51,28 +51,6 @@ def test_decode_errors_say_what_is_wrong():
         decode_image(b"just some text")
     with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
         decode_image(good[: len(good) // 2])
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid, tiny PNG whose header claims width x height 8-bit grey pixels (a decompression bomb)."""
-    import struct
-    import zlib
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A small real JPEG with its baseline frame header patched to claim width x height pixels."""
-    import struct
-
-    data = bytearray(jpeg_bytes(xray_like(1, 0, 32)))
-    sof = data.index(b"\xff\xc0")  # FFC0, length(2), precision(1), height(2), width(2)
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 @pytest.fixture
