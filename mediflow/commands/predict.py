@@ -63,7 +63,7 @@ def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
 
 
 def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
-    from mediflow.data.images import decode_image, image_notes
+    from mediflow.data.images import decode_image, image_notes, read_image_file
     from mediflow.errors import ImageDecodeError
     from mediflow.inference.heatmap import blend
     from mediflow.inference.input_check import InputRejected
@@ -76,7 +76,7 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     failed = refused = 0
     for path in paths:
         try:
-            data = _read(path)
+            data = read_image_file(path)
             img = decode_image(data, name=str(path), draft_size=predictor.draft_size)
             response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None, header=dicom_header(data))
             result = {"file": str(path), **response}
@@ -105,19 +105,6 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
         print(f"mediflow predict: error: {refused} of {len(paths)} images were refused by the input check, no "
               "finding (see their 'input_check' field)", file=sys.stderr)
     return 1 if failed or refused else 0
-
-
-def _read(path: Path) -> bytes:
-    from mediflow.errors import ImageDecodeError
-
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(f"{path}: is a directory, not an image") from None
-    except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _unique(stem: str, used: set[str]) -> str:

@@ -149,15 +149,20 @@ def decode_image(
     return out
 
 
-def load_image(path: str | Path, **kwargs) -> Image.Image:
-    """Decode an image file; errors name the file."""
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file; ImageDecodeError naming the file when it is missing, a directory
+    or unreadable."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise ImageDecodeError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise ImageDecodeError(f"{p}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageDecodeError(f"{p}: cannot read ({exc.strerror})") from None
-    return decode_image(data, name=str(p), **kwargs)
+
+
+def load_image(path: str | Path, **kwargs) -> Image.Image:
+    """Decode an image file; errors name the file."""
+    return decode_image(read_image_file(path), name=str(Path(path)), **kwargs)
