@@ -150,3 +150,19 @@ def test_grayscale_uploads_resized_before_rgb_give_the_same_pixels(quality):
     assert gray.mode == "L" and rgb.mode == "RGB"
     cfg = PreprocessConfig(image_size=64, source_jpeg_quality=quality)
     assert np.array_equal(eval_array(gray, cfg), eval_array(rgb, cfg))
+
+
+def test_command_line_offers_exactly_the_preprocessing_names():
+    """`mediflow train` / `federated` spell out the augmentation, framing and intensity names (so the
+    CLI starts without numpy and PIL); each must be one preprocessing accepts, and every intensity mode
+    must be offered."""
+    from mediflow.commands import _preprocessing_options as options
+    from mediflow.preprocessing import INTENSITY_MODES, AugmentConfig
+
+    assert tuple(options.INTENSITY_MODES) == INTENSITY_MODES
+    for name in options.AUGMENT_PRESETS:
+        AugmentConfig.named(name)
+    for framing in options.FRAMING_MODES:
+        harmonize(Image.new("L", (40, 30), 128), PreprocessConfig(framing=framing))
+    with pytest.raises(ValueError):
+        harmonize(Image.new("L", (40, 30), 128), PreprocessConfig(framing="not-a-framing"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from mediflow.commands.train import _ArchitectureNames
+from mediflow.commands import _preprocessing_options as preprocessing_options
 from mediflow.errors import MediFlowError
 
 PARTITION_CHOICES = ["patient", "label-skew", "framing"]
@@ -31,10 +32,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-views", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--min-sensitivity", type=float)
-    p.add_argument("--augment", choices=["design", "xray", "xray_robust", "acquisition"],
-                   help="training augmentation, as in mediflow train (default: the recipe's)")
-    p.add_argument("--framing", choices=["squash", "trim"], help="framing normalisation, as in mediflow train")
-    p.add_argument("--intensity", choices=["none", "equalize"], help="grey-level normalisation, as in mediflow train")
+    preprocessing_options.add_arguments(p)
     p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"])
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's mu (default 0.01)")
     p.add_argument("--dp-noise", type=float, default=0.0,

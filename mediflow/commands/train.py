@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mediflow.commands import _preprocessing_options as preprocessing_options
 from mediflow.errors import MediFlowError
 from mediflow.training.config import RECIPES, TrainConfig, apply_recipe
 
@@ -62,13 +63,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--augment", choices=["design", "xray", "xray_robust", "acquisition"],
-                   help="xray_robust = xray + random blur and JPEG re-encoding; acquisition = random framing, "
-                        "rotation, gamma, contrast, blur and JPEG q30-95 (see preprocessing.AugmentConfig)")
-    p.add_argument("--framing", choices=["squash", "trim"],
-                   help="trim: cut uniform borders off every input before resizing (training, evaluation, serving)")
-    p.add_argument("--intensity", choices=["none", "equalize"],
-                   help="equalize: histogram-equalise every input (training, evaluation, serving)")
+    preprocessing_options.add_arguments(p)
     p.add_argument("--probe-c", type=float, help="probe recipe: inverse L2 strength C (smaller = stronger)")
     p.add_argument("--class-weights", type=_floats, help="e.g. 3,1 (in sorted class order); default: inverse frequency")
     p.add_argument("--feature-views", type=int, help="frozen recipe: augmented views cached per image (default 2)")
