@@ -90,11 +90,11 @@ def main() -> int:
     p0 = np.array([base[f][1] for f in files])
     rng = np.random.default_rng(0)
     boots = [b for b in (rng.integers(0, len(files), len(files)) for _ in range(2000)) if 0 < y[b].sum() < len(b)]
-    print(f"| training | validation AUC | test_dev AUC | test_dev AUC - centralized (95% CI) | wall time, s |")
+    print("| training | validation AUC | test_dev AUC | test_dev AUC - centralized (95% CI) | wall time, s |")
     print("|---|---:|---:|---:|---:|")
-    for name, config in runs:
-        import torch
+    import torch
 
+    for name, config in runs:
         ck = torch.load(work / f"{name}.pth", map_location="cpu", weights_only=True)
         val_auc = (ck.get("val_metrics") or {}).get("auc", float("nan"))
         s = scores(work / f"{name}_eval")

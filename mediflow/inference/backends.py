@@ -89,6 +89,8 @@ class OnnxBackend:
             raise CheckpointError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
         self.metadata = read_session_metadata(self.session, self.path)
         self.input_name = self.session.get_inputs()[0].name
+        # Square images of this side (pixels); the export fixes it, only the batch axis is free.
+        self.image_size = int(self.session.get_inputs()[0].shape[-1])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
 
@@ -150,8 +152,7 @@ class GuardedInt8Backend:
         if near.size:
             self.deferred += int(near.size)
             redo = self.fp32.run(np.asarray(batch)[near], want)
-            for k in want:
-                out[k] = np.array(out[k], copy=True)
+            for k in want:  # ONNX Runtime returns fresh arrays: overwrite those rows in place
                 out[k][near] = redo[k]
         return {k: out[k] for k in outputs}
 
@@ -159,13 +160,12 @@ class GuardedInt8Backend:
         return cam_heatmaps(self.run(batch, ("logits", "cam")), choose)
 
     @staticmethod
-    def computes_as_recorded(int8: OnnxBackend, recorded: Sequence[Sequence[float]], size: int,
-                             atol: float = 1e-3) -> bool:
+    def computes_as_recorded(int8: OnnxBackend, recorded: Sequence[Sequence[float]], atol: float = 1e-3) -> bool:
         """Whether this CPU computes the int8 model the export measured: its logits on `probe_batch`
         must match the ones recorded at export within `atol`. Full-range int8 weights overflow the
         16-bit pair sums of ONNX Runtime's kernels on x86 CPUs without VNNI (AVX2, AVX-512 without
         VNNI), which then compute another model (ONNX Runtime's quantization docs, "reduce_range")."""
-        got = int8.run(probe_batch(size))["logits"]
+        got = int8.run(probe_batch(int8.image_size))["logits"]
         want = np.asarray(recorded, dtype=np.float32)
         return got.shape == want.shape and bool(np.allclose(got, want, rtol=0.0, atol=atol))
 

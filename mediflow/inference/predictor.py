@@ -86,9 +86,7 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
             return int8  # an export from before the guarded rule: accepted on its own agreement
         elif fp32 is None:
             log.info("not using %s: its fp32 original %s is missing", int8.path.name, checkpoint.with_suffix(".onnx").name)
-        elif not GuardedInt8Backend.computes_as_recorded(int8, quant.get("probe_logits") or [],
-                                                         PreprocessConfig.from_dict(
-                                                             checkpoint_members(int8.metadata)[0].get("preprocessing", {})).image_size):
+        elif not GuardedInt8Backend.computes_as_recorded(int8, quant.get("probe_logits") or []):
             log.warning("not using %s: this CPU computes the int8 model differently from the CPU that measured it "
                         "(no VNNI?); serving fp32", int8.path.name)
         else:

@@ -170,6 +170,7 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     report["accepted"] = bool(report["decision_agreement"] >= INT8_MIN_AGREEMENT
                               and abs(report["auc_change"]) <= INT8_MAX_AUC_DROP)
     # What this CPU computes on a fixed input: a CPU that computes other logits is not served int8.
-    report["probe_logits"] = OnnxBackend(out).run(probe_batch(prep.image_size))["logits"].tolist()
+    q8 = OnnxBackend(out)
+    report["probe_logits"] = q8.run(probe_batch(q8.image_size))["logits"].tolist()
     record_quantization(out, report)
     return report
