@@ -63,11 +63,10 @@ def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
 
 
 def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
-    from mediflow.data.images import decode_image, image_notes, read_image_file
+    from mediflow.data.images import image_notes, load_image
     from mediflow.errors import ImageDecodeError
     from mediflow.inference.heatmap import blend
     from mediflow.inference.input_check import InputRejected
-    from mediflow.inference.predictor import dicom_header
 
     heat_dir = Path(args.heatmap) if args.heatmap else None
     if heat_dir is not None:
@@ -76,9 +75,8 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     failed = refused = 0
     for path in paths:
         try:
-            data = read_image_file(path)
-            img = decode_image(data, name=str(path), draft_size=predictor.draft_size)
-            response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None, header=dicom_header(data))
+            img = load_image(path, draft_size=predictor.draft_size)
+            response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None)
             result = {"file": str(path), **response}
             if image_notes(img):
                 result["notes"] = image_notes(img)

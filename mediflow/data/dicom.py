@@ -32,6 +32,8 @@ NOTES_KEY = "mediflow_notes"
 # Machine-readable codes a decoder attaches next to its notes (e.g. "window_fallback",
 # "exif_orientation"), read by the input check; the notes are the human sentences.
 FLAGS_KEY = "mediflow_flags"
+# The header fields (dicom_metadata's) of a decoded DICOM, for the input check; never logged.
+HEADER_KEY = "mediflow_dicom_header"
 
 # pydicom both warns and logs about malformed elements, quoting their values (a patient's name or
 # age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
@@ -251,7 +253,10 @@ def dicom_metadata(data: bytes) -> dict[str, Any]:
 
     Contains patient age and sex: store it with the study, never log it.
     """
-    ds = _read_dataset(data, "DICOM", stop_before_pixels=True)
+    return _metadata(_read_dataset(data, "DICOM", stop_before_pixels=True))
+
+
+def _metadata(ds) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in METADATA_FIELDS:
         value = ds.get(key)
@@ -263,6 +268,13 @@ def dicom_metadata(data: bytes) -> dict[str, Any]:
     if frames > 0:
         out["NumberOfFrames"] = frames
     return out
+
+
+def image_dicom_header(img: Image.Image) -> dict[str, Any] | None:
+    """The `dicom_metadata` fields of the DICOM file `img` was decoded from (by decode_dicom, from the
+    header it had read anyway); None for an image from any other format."""
+    header = img.info.get(HEADER_KEY)
+    return dict(header) if header is not None else None
 
 
 def _sop_class(ds) -> str:
@@ -501,4 +513,5 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
         add_note(img, f"multi-frame DICOM: first frame of {header.frames} analysed")
     for note, flag in found:
         add_note(img, note, flag=flag)
+    img.info[HEADER_KEY] = _metadata(ds)
     return img

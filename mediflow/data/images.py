@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from mediflow.data.dicom import add_note, decode_dicom, image_flags, image_notes, looks_like_dicom  # noqa: F401 (re-exported)
+from mediflow.data.dicom import (add_note, decode_dicom, image_dicom_header, image_flags, image_notes,  # noqa: F401 (re-exported)
+                                 looks_like_dicom)
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 # Full-resolution chest films are at most ~4k x 4k; anything far beyond is a decompression bomb.

@@ -19,12 +19,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from mediflow.data.dataset import IMAGE_SUFFIXES
-from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, image_notes, sniff_format
+from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, image_dicom_header, image_notes, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
 from mediflow.inference.batch import prefetched_batches
 from mediflow.inference.heatmap import blend
 from mediflow.inference.input_check import Reason, rejected, summarize
-from mediflow.inference.predictor import Predictor, dicom_header
+from mediflow.inference.predictor import Predictor
 
 
 @dataclass
@@ -121,7 +121,7 @@ def _load(path: Path, name: str, predictor: Predictor, max_pixels: int, keep_ima
         except OSError as exc:
             raise ImageDecodeError(f"{name}: cannot read ({exc.strerror})") from None
         img = decode_image(data, name=str(path), max_pixels=max_pixels, draft_size=predictor.draft_size)
-        header = dicom_header(data)
+        header = image_dicom_header(img)
         reasons = predictor.check_before(img, header)
         # A refused input is not sent through the model.
         x = None if rejected(reasons) else predictor.preprocess_array(img)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
-from mediflow.data.images import decode_image, image_flags, image_notes, load_image, sniff_format
+from mediflow.data.images import decode_image, image_dicom_header, image_flags, image_notes, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
@@ -93,19 +93,6 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
             return GuardedInt8Backend(int8, fp32, DecisionRule.from_checkpoint(int8.metadata).margin,
                                       quant["fallback_band"])
     return fp32
-
-
-def dicom_header(data: bytes) -> dict[str, Any] | None:
-    """The header fields the input check reads, for DICOM bytes; None for other formats or when the
-    header cannot be read (the pixels decoded, so the pixel and feature checks still run)."""
-    if sniff_format(data) != "dicom":
-        return None
-    from mediflow.data.dicom import dicom_metadata
-
-    try:
-        return dicom_metadata(data)
-    except MediFlowError:
-        return None
 
 
 class Predictor:
@@ -247,8 +234,9 @@ class Predictor:
 
     # -- the input check (input_check.py) --------------------------------------------------------
     def check_before(self, img: Image.Image, header: dict[str, Any] | None = None) -> list[Reason]:
-        """Header, pixel and decoder-flag reasons for a decoded image, without the model."""
-        return self.input_check.before(img, header, image_flags(img))
+        """Header, pixel and decoder-flag reasons for a decoded image, without the model. `header`:
+        DICOM header fields (dicom_metadata's); default: those the decoder kept with `img`."""
+        return self.input_check.before(img, image_dicom_header(img) if header is None else header, image_flags(img))
 
     def check_after(self, reasons: list[Reason], pooled_row: np.ndarray,
                     header: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -288,11 +276,12 @@ class Predictor:
                          header: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
         """The response (with `input_check`), and the raw heatmap ((h, w) in [0, 1]) of the predicted
         class when asked for. `t0`: when the request started, for `inference_ms`. `header`: the DICOM
-        header fields (dicom_metadata) when the image came from DICOM.
+        header fields (dicom_metadata's); default: those the decoder kept with `img` (None unless DICOM).
 
         Raises InputRejected (carrying the check's verdict) for an input the check refuses: header
         and pixel reasons before the model runs, feature reasons after; no finding either way."""
         t0 = time.perf_counter() if t0 is None else t0
+        header = image_dicom_header(img) if header is None else header
         reasons = self.check_before(img, header)
         if rejected(reasons):
             raise InputRejected(summarize(reasons))
@@ -320,7 +309,7 @@ class Predictor:
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
         img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
-        result = self.predict_image(img, heatmap=heatmap, t0=t0, header=dicom_header(data))
+        result = self.predict_image(img, heatmap=heatmap, t0=t0)
         result["notes"] = image_notes(img)
         # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,
         # so the page must draw that image (the preview), not the file as the browser may show it.
