@@ -33,9 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mediflow.data.dicom import image_dicom_header  # noqa: E402
 from mediflow.data.images import decode_image  # noqa: E402
 from mediflow.inference.input_check import InputRejected, rejected  # noqa: E402
-from mediflow.inference.predictor import Predictor, dicom_header  # noqa: E402
+from mediflow.inference.predictor import Predictor  # noqa: E402
 
 
 def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -> list[dict]:
@@ -49,7 +50,7 @@ def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -
         pre, todo, keys = [], [], []
         for key, data in chunk:
             img = decode_image(data, name=key, draft_size=predictor.draft_size, keep_gray=True)
-            header = dicom_header(data)
+            header = image_dicom_header(img)
             reasons = predictor.check_before(img, header)
             pre.append((reasons, header))
             if not rejected(reasons) and not (cache is not None and key in cache.features):
@@ -73,6 +74,31 @@ def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -
 
 def files(paths: list[Path]) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in paths]
+
+
+def presented(paths: list[Path]) -> list[tuple[str, bytes]]:
+    """Each film in every variant of the invariance table (evaluation/invariance.py): framed, padded,
+    cropped, re-windowed, re-encoded (the DICOM, JPEG and upscaled variants as those files), rotated,
+    mirrored; how the same children's films may arrive from another site."""
+    import io
+
+    from PIL import Image
+
+    from mediflow.evaluation.invariance import VARIANTS, EncodedVariant
+
+    out = []
+    for name, variant in VARIANTS.items():
+        for p in paths:
+            with Image.open(p) as im:
+                img = im.convert("RGB")
+            if isinstance(variant, EncodedVariant):
+                data = variant.encode(img)[0]
+            else:
+                buf = io.BytesIO()
+                variant(img).save(buf, format="PNG")
+                data = buf.getvalue()
+            out.append((f"presented:{name}:{p}", data))
+    return out
 
 
 def row(name: str, checks: list[dict], aim: str, measure: str) -> dict:
@@ -119,7 +145,8 @@ def overhead(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
 
 def check_cost(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
     """p50 ms of the check's own steps: header + pixels (before), features (after)."""
-    imgs = [(decode_image(d, draft_size=predictor.draft_size, keep_gray=True), dicom_header(d)) for d in uploads]
+    imgs = [(img, image_dicom_header(img)) for img in
+            (decode_image(d, draft_size=predictor.draft_size, keep_gray=True) for d in uploads)]
     pooled = predictor.forward(predictor.preprocess_array(imgs[0][0])[None])[2][0]
     before, after = [], []
     for k in range(repeats):
@@ -143,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-figures", action="store_true", help="only the overhead benchmark")
     args = ap.parse_args(argv)
 
-    from mediflow.evaluation.input_corpus import corpus
+    from mediflow.evaluation.input_corpus import corpus, natural_images, scikit_image_samples
     from mediflow.inference.backends import serving_threads
     from mediflow.training.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 
@@ -160,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             _, val = pediatric_paths(predictor, data224, 1)
             rows.append(row("pediatric: test_dev", verdicts(predictor, files(test_dev), cache), "<= 2%", "not ok"))
             rows.append(row("pediatric: validation split", verdicts(predictor, files(val), cache), "<= 2%", "not ok"))
+            rows.append(row("pediatric: 60 test_dev films x 13 presentations (invariance variants)",
+                            verdicts(predictor, presented(test_dev[::5][:60]), cache), "~0%", "rejected"))
         else:
             print(f"skipped the pediatric rows: {data224} not found")
         if fullres.is_dir():
@@ -190,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                 non_radiographs += checks
             rows.append(row(f"generated: {kind}", checks, "100%" if kind == "blank" else ">= 99%", "rejected"))
         rows.append(row("generated: all non-radiographs", non_radiographs, ">= 99%", "rejected"))
+        # A confirmation set no choice was made on (the corpus above was used to compare designs).
+        held_out = list(natural_images(scikit_image_samples(), kind="natural, scikit-image"))
+        if held_out:
+            rows.append(row("confirmation: scikit-image sample pictures", verdicts(
+                predictor, [(f"corpus:skimage/{name}", data) for name, _, data in held_out], None), ">= 99%", "rejected"))
+        else:
+            print("skipped the confirmation row: scikit-image is not installed (pip install scikit-image)")
 
         print(f"\nInput check on {platform.node() or 'this machine'} ({predictor.backend_name}, model "
               f"{predictor.info.sha256[:12]})\n")

@@ -236,3 +236,55 @@ def test_bundled_model_lets_pediatric_films_through_and_flags_adults(bundled):
                if any(r["code"] == "likely_adult" for r in c["reasons"])]
     assert len(flagged) >= 0.9 * len(adults)
     assert all(c["status"] == "warning" for c in flagged)  # a warning, not a refusal
+
+
+# -- the feature statistics, on synthetic features --------------------------------------------------
+def synthetic_chest_features(n: int, seed: int, dims: int = 160, rank: int = 12) -> np.ndarray:
+    """Non-negative rows (like pooled ReLU features) that lie close to one `rank`-dimensional subspace."""
+    rng = np.random.default_rng(7)  # the same subspace for every call
+    basis = np.abs(rng.normal(size=(rank, dims)))
+    coef = np.abs(np.random.default_rng(seed).normal(size=(n, rank)))
+    return coef @ basis + np.abs(np.random.default_rng(seed + 1).normal(0, 0.05, (n, dims)))
+
+
+@pytest.fixture(scope="module")
+def synthetic_stats():
+    from mediflow.training.input_check_fit import fit_stats
+
+    return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3, meta={"model_sha256": "x"})
+
+
+def test_residual_rule_refuses_features_off_the_chest_subspace(synthetic_stats):
+    """An input whose projection matches a chest film's but which has as much again off the principal
+    axes: the k-NN distance (computed inside the projection) cannot see it, the residual does."""
+    from mediflow.inference.input_check import InputCheck
+
+    stats = synthetic_stats
+    chest = synthetic_chest_features(1, 11)[0]
+    off = np.abs(np.random.default_rng(5).normal(size=chest.shape))
+    off -= stats.projection @ (stats.projection.T @ off)  # only what the projection drops
+    odd = chest + off * (np.linalg.norm(chest) / np.linalg.norm(off))
+    assert stats.distance(odd[None])[0] == pytest.approx(stats.distance(chest[None])[0], abs=1e-4)
+    assert stats.distance(odd[None])[0] < stats.warn_distance
+    assert stats.residual(chest[None])[0] < stats.reject_residual <= stats.residual(odd[None])[0]
+    check = InputCheck(image_size=224, trims_borders=True, stats=stats)
+    assert check.after(chest) == []
+    assert codes(check.after(odd)) == {"not_chest_radiograph"}
+
+
+def test_residual_threshold_is_the_largest_held_out_residual(synthetic_stats):
+    assert 0 < synthetic_stats.reject_residual < 1
+    assert synthetic_stats.meta["heldout_residual_max"] == pytest.approx(synthetic_stats.reject_residual)
+
+
+def test_version_1_statistics_load_without_the_residual_rule(synthetic_stats, tmp_path):
+    path = synthetic_stats.save(tmp_path / "m.input_check.npz")
+    assert InputCheckStats.load(path).reject_residual == pytest.approx(synthetic_stats.reject_residual)
+    with np.load(path) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "format_version": 1}))
+    arrays["scalars"] = arrays["scalars"][:5]
+    np.savez_compressed(path, **arrays)
+    old = InputCheckStats.load(path)
+    assert old.reject_residual == float("inf") and old.reject_distance == pytest.approx(synthetic_stats.reject_distance)

@@ -65,9 +65,28 @@ def _package_images() -> list[tuple[str, Image.Image]]:
     return out
 
 
-def natural_images() -> Iterator[Item]:
-    """Each package image as shipped, in grey, grey with equalised contrast, cropped and mirrored."""
-    for stem, im in _package_images():
+def scikit_image_samples() -> list[tuple[str, Image.Image]]:
+    """scikit-image's bundled sample pictures (photographs, microscopy, astronomy, text, patterns;
+    the PNG and JPEG files in `skimage/data` with both sides >= 64 px), or [] when scikit-image is not
+    installed. A second set of natural images: none of them was looked at while the check was
+    designed, so the rate measured on them is not tuned to them."""
+    try:
+        import skimage
+    except ImportError:
+        return []
+    out = []
+    for p in sorted((Path(skimage.__file__).parent / "data").iterdir()):
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            with Image.open(p) as im:
+                if min(im.size) >= 64:
+                    out.append((f"skimage-{p.stem}", im.convert("RGB")))
+    return out
+
+
+def natural_images(images: list[tuple[str, Image.Image]] | None = None, kind: str = "natural") -> Iterator[Item]:
+    """Each image (default: the package images) as shipped, in grey, grey with equalised contrast,
+    cropped and mirrored, blurred and inverted; items of `kind`."""
+    for stem, im in (_package_images() if images is None else images):
         im = im if min(im.size) >= 256 else im.resize((max(256, im.width * 256 // min(im.size)),
                                                         max(256, im.height * 256 // min(im.size))))
         w, h = im.size
@@ -79,7 +98,7 @@ def natural_images() -> Iterator[Item]:
             "grey-inverted": ImageOps.invert(grey),
         }
         for v, img in variants.items():
-            yield f"{stem}-{v}.jpeg", "natural", encode(img.convert("RGB") if img.mode != "L" else img, "JPEG")
+            yield f"{stem}-{v}.jpeg", kind, encode(img.convert("RGB") if img.mode != "L" else img, "JPEG")
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

@@ -12,8 +12,9 @@ Three sources, cheapest first (docs/input_check.md gives the measured figures an
 3. The model's own pass (`InputCheck.after`): the globally pooled last feature map the network
    computes anyway. Its distance from chest films (k-th nearest neighbour cosine distance to a bank of
    pediatric and adult films; Sun et al. 2022) -> `not_chest_radiograph` (rejected) or
-   `atypical_image` (warning); a linear (logistic) pediatric-vs-adult classifier on the same features
-   -> `likely_adult`.
+   `atypical_image` (warning); the share of the features outside the chest films' principal subspace
+   (the residual of Wang et al. 2022, ViM) -> `not_chest_radiograph` too; a linear (logistic)
+   pediatric-vs-adult classifier on the same features -> `likely_adult`.
 
 The fitted statistics live in `<model stem>.input_check.npz` next to the model (refit with
 `mediflow fit-input-check`); without that file, or when it was fitted on another model's features,
@@ -42,7 +43,9 @@ REJECTED, WARNING, NOTE = "rejected", "warning", "note"
 SEVERITY_ORDER = {NOTE: 0, WARNING: 1, REJECTED: 2}
 STATS_SUFFIX = ".input_check.npz"
 STATS_FORMAT = "mediflow-input-check"
-STATS_VERSION = 1
+STATS_VERSION = 2
+# Version 1 files (no residual threshold) still load; their check has no residual rule.
+READABLE_VERSIONS = (1, 2)
 
 # -- pixel statistics ------------------------------------------------------------------------------
 PROBE = 96  # pixels per side of the nearest-neighbour subsample the pixel checks look at
@@ -253,7 +256,12 @@ class InputCheckStats:
     Distance from chest films: the k-th nearest-neighbour cosine distance (Sun et al., "Out-of-
     Distribution Detection with Deep Nearest Neighbors", ICML 2022) from a bank of pediatric and adult
     chest films' pooled features, in a `projection` onto their top principal axes (which keeps the
-    shipped file small); 0 for a film identical in direction to one in the bank, up to 2."""
+    shipped file small); 0 for a film identical in direction to one in the bank, up to 2.
+
+    The projection drops what lies off those axes, and an input unlike any chest film can be near one
+    inside them (a grey portrait, say): the residual, the share of the features' norm outside the
+    principal subspace (Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR
+    2022), measures what the projection drops."""
 
     projection: np.ndarray  # (C, d) float32
     bank: np.ndarray  # (N, d) unit rows, stored as float16
@@ -264,6 +272,8 @@ class InputCheckStats:
     warn_distance: float  # distance above which `atypical_image` is raised
     reject_distance: float  # ... above which `not_chest_radiograph` rejects
     meta: dict[str, Any]
+    # Residual (0-1) at or above which `not_chest_radiograph` rejects; inf: no residual rule (version 1).
+    reject_residual: float = float("inf")
 
     @property
     def model_sha256(self) -> str:
@@ -276,6 +286,15 @@ class InputCheckStats:
         sims = z @ self._bank32.T
         kth = np.partition(sims, -self.k, axis=1)[:, -self.k]
         return 1.0 - kth
+
+    def residual(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) pooled features -> (N,) share of each row's norm outside the principal subspace,
+        ||x - P P^T x|| / ||x|| in [0, 1] (the projection's columns are orthonormal); 0 for a row the
+        subspace holds entirely."""
+        x = np.asarray(features, dtype=np.float32)
+        inside = np.square(x @ self.projection).sum(axis=1)
+        total = np.square(x).sum(axis=1) + 1e-12
+        return np.sqrt(np.clip(1.0 - inside / total, 0.0, 1.0))
 
     @property
     def _bank32(self) -> np.ndarray:
@@ -294,7 +313,7 @@ class InputCheckStats:
             "projection": self.projection.astype(np.float32), "bank": self.bank.astype(np.float16),
             "adult_weights": self.adult_weights.astype(np.float32),
             "scalars": np.array([self.adult_bias, self.adult_threshold, self.warn_distance, self.reject_distance,
-                                 self.k]),
+                                 self.k, self.reject_residual]),
             "meta": np.array(json.dumps({**self.meta, "format": STATS_FORMAT, "format_version": STATS_VERSION})),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,11 +327,13 @@ class InputCheckStats:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if meta.get("format") != STATS_FORMAT or meta.get("format_version") != STATS_VERSION:
+                if meta.get("format") != STATS_FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
                     raise ValueError("not an input-check file of this MediFlow version")
-                bias, thr, warn, reject, k = (float(v) for v in z["scalars"])
+                scalars = [float(v) for v in z["scalars"]]
+                bias, thr, warn, reject, k = scalars[:5]
+                residual = scalars[5] if meta["format_version"] >= 2 else float("inf")
                 return cls(z["projection"].astype(np.float32), z["bank"], int(k),
-                           z["adult_weights"].astype(np.float64), bias, thr, warn, reject, meta)
+                           z["adult_weights"].astype(np.float64), bias, thr, warn, reject, meta, residual)
         except (OSError, ValueError, KeyError) as exc:
             raise MediFlowError(f"{path}: not a readable input-check file ({exc})") from None
 
@@ -370,7 +391,7 @@ class InputCheck:
             return []
         x = np.asarray(pooled, dtype=np.float64)[None]
         dist = float(self.stats.distance(x)[0])
-        if dist >= self.stats.reject_distance:
+        if dist >= self.stats.reject_distance or float(self.stats.residual(x)[0]) >= self.stats.reject_residual:
             return [Reason("not_chest_radiograph", MESSAGES["features_far"], REJECTED)]
         out = []
         if dist >= self.stats.warn_distance:

@@ -8,7 +8,9 @@
 - Distance from chest films: both groups form the bank of a k-nearest-neighbour cosine distance
   (Sun et al., ICML 2022) in the features' top DIMS principal axes. Thresholds come from films left
   out of the bank (5 folds): `atypical_image` above the WARN_QUANTILE quantile of their distances,
-  `not_chest_radiograph` beyond the largest (x REJECT_FACTOR). No non-radiograph is used to fit.
+  `not_chest_radiograph` beyond the largest (x REJECT_FACTOR). The residual off those axes (Wang et
+  al., CVPR 2022) rejects beyond the largest of the same left-out films' residuals (x REJECT_FACTOR).
+  No non-radiograph is used to fit.
 - The adult classifier is an L2 logistic regression on standardised features, fitted on each film as
   it is and re-encoded the way the other group's files are (format_variant), so that file size and
   JPEG texture do not tell children from adults (the re-encoded copies join the distance's bank too);
@@ -143,6 +145,17 @@ def knn_distance_fn(bank: np.ndarray, projection: np.ndarray, k: int) -> Callabl
     return f
 
 
+def residual_fn(projection: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """||x - P P^T x|| / ||x|| for rows x, P the (C, d) orthonormal `projection` (as
+    InputCheckStats.residual computes it)."""
+
+    def f(x: np.ndarray) -> np.ndarray:
+        inside = np.square(x @ projection).sum(axis=1)
+        return np.sqrt(np.clip(1.0 - inside / np.square(x).sum(axis=1), 0.0, 1.0))
+
+    return f
+
+
 def principal_axes(bank: np.ndarray, dims: int = DIMS) -> np.ndarray:
     """(C, dims): the top right-singular vectors of the (uncentred) bank, the directions cosine
     similarity between films depends on most."""
@@ -193,13 +206,16 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
     # Thresholds from films left out of the bank (5 folds, each film with its copy): a film's
     # distance to a bank that holds the film itself would be 0.
     folds = np.array_split(rng.permutation(len(ped) + len(adult)), 5)
-    held = []
+    held, held_residual = [], []
     for fold in folds:
         out = np.isin(films, fold)
         rest = bank[~out]
-        held.append(knn_distance_fn(rest, principal_axes(rest), K)(bank[out]))
-    dist = np.concatenate(held)
+        axes = principal_axes(rest)
+        held.append(knn_distance_fn(rest, axes, K)(bank[out]))
+        held_residual.append(residual_fn(axes)(bank[out]))
+    dist, residual = np.concatenate(held), np.concatenate(held_residual)
     warn, reject = float(np.quantile(dist, WARN_QUANTILE)), float(dist.max() * REJECT_FACTOR)
+    reject_residual = float(residual.max() * REJECT_FACTOR)
     p_all = ped if ped_other_format is None else np.concatenate([ped, ped_other_format])
     a_all = adult if adult_other_format is None else np.concatenate([adult, adult_other_format])
     w, b, oof_ped, oof_adult = fit_adult_classifier(p_all, a_all, seed=seed)
@@ -209,10 +225,12 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
     meta = {**meta, "created": utc_now(), "k": K, "dims": DIMS, "warn_quantile": WARN_QUANTILE,
             "reject": f"{REJECT_FACTOR} x the largest held-out chest film distance",
             "adult_c": ADULT_C, "oof_pediatric_flagged": oof_ped, "oof_adult_flagged": oof_adult,
-            "heldout_distance_max": float(dist.max()), "n_pediatric": len(ped), "n_adult": len(adult),
+            "heldout_distance_max": float(dist.max()), "heldout_residual_max": float(residual.max()),
+            "reject_residual": f"{REJECT_FACTOR} x the largest held-out chest film residual",
+            "n_pediatric": len(ped), "n_adult": len(adult),
             "format_balanced": ped_other_format is not None}
     return InputCheckStats(proj.astype(np.float32), rows.astype(np.float16), K, w, b, ADULT_THRESHOLD, warn, reject,
-                           meta)
+                           meta, reject_residual)
 
 
 def format_variant(path: Path, kind: str) -> bytes:
@@ -277,5 +295,6 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
 
 def describe(stats: InputCheckStats) -> str:
     return json.dumps({"warn_distance": round(stats.warn_distance, 4), "reject_distance": round(stats.reject_distance, 4),
+                       "reject_residual": round(stats.reject_residual, 4),
                        "adult_threshold": round(stats.adult_threshold, 4),
                        "heldout_distance_max": round(stats.meta.get("heldout_distance_max", float("nan")), 4)})
