@@ -215,7 +215,8 @@ def test_bundled_model_refuses_generated_non_radiographs(bundled, kind):
     gen = {"natural": input_corpus.natural_images, "document": lambda: input_corpus.documents(6),
            "ct_like": lambda: input_corpus.ct_like(4), "mr_like": lambda: input_corpus.mr_like(3),
            "ultrasound_like": lambda: input_corpus.ultrasound_like(3)}[kind]
-    items = list(gen())[:12]
+    # Every natural image (grey variants of photographs are the hard ones); 12 of each other kind.
+    items = list(gen()) if kind == "natural" else list(gen())[:12]
     passed = [name for name, _, data in items if verdict(bundled, data)["status"] != "rejected"]
     assert passed == [], f"not refused: {passed}"
 
