@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from mediflow.data.dicom import image_dicom_header  # noqa: E402
 from mediflow.data.images import decode_image  # noqa: E402
-from mediflow.inference.input_check import InputRejected, rejected  # noqa: E402
+from mediflow.errors import ImageDecodeError  # noqa: E402
+from mediflow.inference.input_check import InputRejected, Reason, rejected  # noqa: E402
 from mediflow.inference.predictor import Predictor  # noqa: E402
 
 
@@ -49,7 +50,11 @@ def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -
         chunk = items[i:i + 32]
         pre, todo, keys = [], [], []
         for key, data in chunk:
-            img = decode_image(data, name=key, draft_size=predictor.draft_size, keep_gray=True)
+            try:
+                img = decode_image(data, name=key, draft_size=predictor.draft_size, keep_gray=True)
+            except ImageDecodeError as exc:  # the API answers 400: no finding either
+                pre.append(([Reason("not_decodable", exc.reason, "rejected")], None))
+                continue
             header = image_dicom_header(img)
             reasons = predictor.check_before(img, header)
             pre.append((reasons, header))
@@ -62,6 +67,9 @@ def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -
                 cache.features.update(zip(keys, feats))
         fresh = dict(zip(keys, feats)) if todo else {}
         for (key, _), (reasons, header) in zip(chunk, pre):
+            if reasons and reasons[0].code == "not_decodable":
+                out.append({**summarize(reasons), "status": "not decodable (400)"})
+                continue
             if rejected(reasons):
                 out.append(summarize(reasons))
                 continue
@@ -109,10 +117,13 @@ def row(name: str, checks: list[dict], aim: str, measure: str) -> dict:
         hit = status["warning"] + status["rejected"]
     elif measure == "rejected":
         hit = status["rejected"]
+    elif measure == "no finding":
+        hit = status["rejected"] + status["not decodable (400)"]
     else:  # a code
         hit = sum(any(r["code"] == measure for r in c["reasons"]) for c in checks)
     return {"group": name, "n": n, "measure": measure, "share": hit / max(n, 1), "hit": hit, "aim": aim,
-            "ok": status["ok"], "warning": status["warning"], "rejected": status["rejected"],
+            "ok": status["ok"], "warning": status["warning"],
+            "rejected": status["rejected"] + status["not decodable (400)"],
             "codes": ", ".join(f"{k} {v}" for k, v in codes.most_common())}
 
 
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-figures", action="store_true", help="only the overhead benchmark")
     args = ap.parse_args(argv)
 
-    from mediflow.evaluation.input_corpus import corpus, natural_images, scikit_image_samples
+    from mediflow.evaluation.input_corpus import corpus, natural_images, pydicom_test_files, scikit_image_samples
     from mediflow.inference.backends import serving_threads
     from mediflow.training.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 
@@ -219,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                 non_radiographs += checks
             rows.append(row(f"generated: {kind}", checks, "100%" if kind == "blank" else ">= 99%", "rejected"))
         rows.append(row("generated: all non-radiographs", non_radiographs, ">= 99%", "rejected"))
+        # Real DICOM files of other projects (pydicom's test files), as shipped and with the header
+        # fields naming modality and body part removed: answered with no finding (refused, or not
+        # decodable: HTTP 400) either way.
+        for strip, label in ((False, "as shipped"), (True, "modality, SOP class and body part removed")):
+            group = [(f"corpus:pydicom/{name}", data) for name, _, data in pydicom_test_files(strip_identity=strip)]
+            rows.append(row(f"real DICOMs of other modalities (pydicom test files), {label}",
+                            verdicts(predictor, group, None), "100%", "no finding"))
         # A confirmation set no choice was made on (the corpus above was used to compare designs).
         held_out = list(natural_images(scikit_image_samples(), kind="natural, scikit-image"))
         if held_out:

@@ -221,6 +221,25 @@ def test_bundled_model_refuses_generated_non_radiographs(bundled, kind):
     assert passed == [], f"not refused: {passed}"
 
 
+@pytest.mark.parametrize("strip", [False, True], ids=["as-shipped", "identity-removed"])
+def test_bundled_model_gives_no_finding_for_real_dicoms_of_other_modalities(bundled, strip):
+    """pydicom's test files (real CT, MR, ultrasound, NM, RT dose, segmentations, secondary captures):
+    refused, or not decodable (a 400), never a finding; with the Modality, SOP Class and body part
+    removed only the pixels can refuse them."""
+    from mediflow.errors import ImageDecodeError
+
+    items = list(input_corpus.pydicom_test_files(strip_identity=strip))
+    assert len(items) >= 40
+    answered = []
+    for name, _, data in items:
+        try:
+            if verdict(bundled, data)["status"] != "rejected":
+                answered.append(name)
+        except ImageDecodeError:
+            pass
+    assert answered == [], f"given a finding: {answered}"
+
+
 @pytest.mark.realdata
 def test_bundled_model_lets_pediatric_films_through_and_flags_adults(bundled):
     if not (REAL_224.is_dir() and ADULT.is_dir()):

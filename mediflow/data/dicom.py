@@ -244,8 +244,13 @@ def _check_not_truncated(ds, name: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+    """The exception's first line; with the next one when it only announces a list (pydicom's "Unable
+    to decode as exceptions were raised by all available plugins:" says why on the lines after)."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return ""
+    first = text[0] if not (text[0].endswith(":") and len(text) > 1) else f"{text[0]} {text[1]}"
+    return first[:300]
 
 
 def dicom_metadata(data: bytes) -> dict[str, Any]:
@@ -496,8 +501,8 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     except BaseException as exc:  # noqa: BLE001  corrupt codestreams, and what the header checks do not foresee.
         # BaseException: a Rust decoder's panic (pyo3 PanicException) is not an Exception.
         raise ImageDecodeError(
-            f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__}: {_first_line(exc)})",
-            reason=f"DICOM pixel data cannot be decoded ({type(exc).__name__})") from None
+            f"{name}: DICOM pixel data ({ts.name}) cannot be decoded ({type(exc).__name__}: {_first_line(exc)})",
+            reason=f"DICOM pixel data ({ts.name}) cannot be decoded ({type(exc).__name__})") from None
     expected = (rows, cols) if header.photometric in ("MONOCHROME1", "MONOCHROME2") else (rows, cols, 3)
     if unit.shape != expected:
         raise ImageDecodeError(f"{name}: DICOM pixel data decodes to shape {unit.shape}, but the header "

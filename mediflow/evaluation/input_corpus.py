@@ -293,6 +293,41 @@ def other_modality_dicoms(film: np.ndarray | None = None) -> Iterator[Item]:
                                                                           body_part=None)
 
 
+# Header fields that name the modality, the body part or the kind of object.
+_IDENTITY_TAGS = ("Modality", "SOPClassUID", "BodyPartExamined")
+
+
+def pydicom_test_files(*, strip_identity: bool = False) -> Iterator[Item]:
+    """Real DICOM files of other projects: every file with pixel data among pydicom's bundled test
+    files (CT, MR, ultrasound, nuclear medicine, segmentations, RT dose, colour secondary captures
+    and test patterns, in many transfer syntaxes; none is a chest radiograph). With `strip_identity`
+    the Modality, SOP Class and BodyPartExamined are removed (from the file meta too), so only the
+    pixels can refuse them. Files pydicom cannot read back are skipped."""
+    import pydicom
+
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    for path in sorted(folder.glob("*.dcm")):
+        data = path.read_bytes()
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            if "PixelData" not in ds:
+                continue
+            if strip_identity:
+                for tag in _IDENTITY_TAGS:
+                    if tag in ds:
+                        delattr(ds, tag)
+                meta = getattr(ds, "file_meta", None)
+                if meta is not None and "MediaStorageSOPClassUID" in meta:
+                    del meta.MediaStorageSOPClassUID
+                buf = io.BytesIO()
+                ds.save_as(buf, enforce_file_format=False)
+                data = buf.getvalue()
+        except Exception:  # noqa: BLE001  (a test file pydicom itself cannot rewrite: not ours to judge)
+            continue
+        yield (f"{path.stem}{'-no-identity' if strip_identity else ''}.dcm",
+               "real_other_dicom_no_identity" if strip_identity else "real_other_dicom", data)
+
+
 def blanks() -> Iterator[Item]:
     """Constant, nearly constant (faint noise, JPEG artefacts, a tiny label) and all-saturated images,
     as PNG, JPEG and DICOM, at several sizes."""
