@@ -6,7 +6,7 @@ JPEG draft, header and pixel checks, the model's pass, feature checks):
   rejections; aim <= 2%), fullres_samples (training films at full resolution);
 - adult films (nih_adult), the half NOT used to fit the adult classifier (flagged likely_adult; aim
   >= 95%), and its films of patients under 18 (reported apart);
-- inputs that are not chest radiographs, built by mediflow/evaluation/input_corpus.py (rejected;
+- inputs that are not chest radiographs, built by mediflow/data/input_corpus.py (rejected;
   aim >= 99%), and blanks (rejected; aim 100%).
 Then the check's cost on the served path: `Predictor.predict_bytes` (decode, check, model) against the
 same path without the check (decode, model: the code before the check existed), interleaved on the
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-figures", action="store_true", help="only the overhead benchmark")
     args = ap.parse_args(argv)
 
-    from mediflow.evaluation.input_corpus import corpus, natural_images, pydicom_test_files, scikit_image_samples
+    from mediflow.data.input_corpus import (corpus, natural_images, pydicom_test_files, scikit_image_lfw,
+                                             scikit_image_samples)
     from mediflow.inference.backends import serving_threads
     from mediflow.training.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 
@@ -242,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         if held_out:
             rows.append(row("confirmation: scikit-image sample pictures", verdicts(
                 predictor, [(f"corpus:skimage/{name}", data) for name, _, data in held_out], None), ">= 99%", "rejected"))
+            faces = [(f"corpus:lfw/{name}", data) for name, _, data in scikit_image_lfw()]
+            rows.append(row("confirmation: scikit-image lfw_subset (100 faces, 100 other patches, 25 px enlarged)",
+                            verdicts(predictor, faces, None), ">= 99%", "rejected"))
         else:
-            print("skipped the confirmation row: scikit-image is not installed (pip install scikit-image)")
+            print("skipped the confirmation rows: scikit-image is not installed (pip install scikit-image)")
 
         print(f"\nInput check on {platform.node() or 'this machine'} ({predictor.backend_name}, model "
               f"{predictor.info.sha256[:12]})\n")

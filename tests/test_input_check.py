@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from conftest import REAL_224, SHARED_DATA, jpeg_bytes, png_bytes, xray_like
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from mediflow.data.images import add_note, decode_image
-from mediflow.evaluation import input_corpus
+from mediflow.data import input_corpus
 from mediflow.inference.input_check import (InputCheckStats, InputRejected, Reason, age_years, header_reasons,
                                             pixel_reasons, stats_path, summarize)
 
@@ -208,6 +208,7 @@ def test_bundled_statistics_match_the_bundled_model(bundled):
     stats = InputCheckStats.load(stats_path(bundled.info.path))
     assert stats.model_sha256 == bundled.info.sha256
     assert 0 < stats.warn_distance < stats.reject_distance
+    assert stats.reject_residual < 1 and stats.outlier_weights is not None and np.isfinite(stats.reject_outlier)
 
 
 @pytest.mark.parametrize("kind", ["natural", "document", "ct_like", "mr_like", "ultrasound_like"])
@@ -267,11 +268,20 @@ def synthetic_chest_features(n: int, seed: int, dims: int = 160, rank: int = 12)
     return coef @ basis + np.abs(np.random.default_rng(seed + 1).normal(0, 0.05, (n, dims)))
 
 
+def synthetic_outliers(n: int, seed: int, dims: int = 160) -> np.ndarray:
+    """Non-negative rows along other directions than the chest features'."""
+    rng = np.random.default_rng(seed)
+    basis = np.abs(np.random.default_rng(99).normal(size=(6, dims))) ** 3
+    return np.abs(rng.normal(size=(n, 6))) @ basis + np.abs(rng.normal(0, 0.05, (n, dims)))
+
+
 @pytest.fixture(scope="module")
 def synthetic_stats():
     from mediflow.training.input_check_fit import fit_stats
 
-    return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3, meta={"model_sha256": "x"})
+    outliers = synthetic_outliers(60, 4)
+    return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3, meta={"model_sha256": "x"},
+                     outliers=outliers, outlier_groups=[f"source{i // 6}" for i in range(len(outliers))])
 
 
 def test_residual_rule_refuses_features_off_the_chest_subspace(synthetic_stats):
@@ -297,6 +307,41 @@ def test_residual_threshold_is_the_largest_held_out_residual(synthetic_stats):
     assert synthetic_stats.meta["heldout_residual_max"] == pytest.approx(synthetic_stats.reject_residual)
 
 
+def test_outlier_rule_refuses_new_pictures_like_the_auxiliary_ones_and_no_chest_film(synthetic_stats):
+    from mediflow.inference.input_check import InputCheck
+
+    stats = synthetic_stats
+    assert stats.outlier_weights is not None and np.isfinite(stats.reject_outlier)
+    new_outliers = synthetic_outliers(40, 12)  # not among the fitted ones
+    new_chest = synthetic_chest_features(200, 21)
+    assert np.all(stats.outlier_score(new_outliers) >= stats.reject_outlier)
+    assert np.mean(stats.outlier_score(new_chest) >= stats.reject_outlier) <= 0.01
+    check = InputCheck(image_size=224, trims_borders=True, stats=stats)
+    assert codes(check.after(new_outliers[0])) == {"not_chest_radiograph"}
+    # The threshold is the largest out-of-fold score of a chest film: no fitted film sits far above it.
+    fitted = np.concatenate([synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3])
+    assert np.mean(stats.outlier_score(fitted) >= stats.reject_outlier) <= 0.01
+
+
+def test_statistics_round_trip_keeps_every_rule(synthetic_stats, tmp_path):
+    loaded = InputCheckStats.load(synthetic_stats.save(tmp_path / "m.input_check.npz"))
+    x = np.concatenate([synthetic_chest_features(20, 30), synthetic_outliers(20, 31)])
+    np.testing.assert_allclose(loaded.outlier_score(x), synthetic_stats.outlier_score(x), rtol=1e-4, atol=1e-4)
+    assert list(loaded.refuses(x)) == list(synthetic_stats.refuses(x))
+
+
+def test_damaged_statistics_file_is_a_clear_error(synthetic_stats, tmp_path):
+    from mediflow.errors import MediFlowError
+
+    path = synthetic_stats.save(tmp_path / "m.input_check.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["scalars"] = arrays["scalars"][:3]
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(MediFlowError, match="not a readable input-check file"):
+        InputCheckStats.load(path)
+
+
 def test_version_1_statistics_load_without_the_residual_rule(synthetic_stats, tmp_path):
     path = synthetic_stats.save(tmp_path / "m.input_check.npz")
     assert InputCheckStats.load(path).reject_residual == pytest.approx(synthetic_stats.reject_residual)
@@ -305,6 +350,36 @@ def test_version_1_statistics_load_without_the_residual_rule(synthetic_stats, tm
     meta = json.loads(str(arrays["meta"]))
     arrays["meta"] = np.array(json.dumps({**meta, "format_version": 1}))
     arrays["scalars"] = arrays["scalars"][:5]
+    del arrays["outlier_weights"]
     np.savez_compressed(path, **arrays)
     old = InputCheckStats.load(path)
     assert old.reject_residual == float("inf") and old.reject_distance == pytest.approx(synthetic_stats.reject_distance)
+    assert old.outlier_weights is None and np.all(old.outlier_score(synthetic_outliers(3, 40)) == -np.inf)
+
+
+def test_fit_input_check_command_end_to_end(tmp_path, tiny_model):
+    """`mediflow fit-input-check` on the tiny model: pediatric films from its own split, adult files
+    named by NIH patient, the generated non-radiographs as auxiliary outliers; the file it writes is
+    tied to the model and carries every rule."""
+    import shutil
+
+    from conftest import make_dataset
+    from mediflow.cli import main
+    from mediflow.checkpoint import file_sha256
+
+    data = make_dataset(tmp_path / "data")
+    adult = tmp_path / "adult"
+    adult.mkdir()
+    for i in range(12):
+        img = xray_like(1, 1000 + i, size=160).resize((96, 96))
+        (adult / f"{i:08d}_000.png").write_bytes(png_bytes(ImageOps.autocontrast(img)))
+    model = tmp_path / "m.pth"
+    shutil.copy(tiny_model, model)
+    out = tmp_path / "m.input_check.npz"
+    assert main(["fit-input-check", "--model", str(model), "--data", str(data), "--adult", str(adult),
+                 "--out", str(out)]) == 0
+    stats = InputCheckStats.load(out)
+    assert stats.model_sha256 == file_sha256(model)
+    assert 0 < stats.warn_distance <= stats.reject_distance and 0 < stats.reject_residual <= 1
+    assert stats.outlier_weights is not None and np.isfinite(stats.reject_outlier)
+    assert stats.meta["outlier"]["n_outliers"] > 50

@@ -44,7 +44,7 @@ SEVERITY_ORDER = {NOTE: 0, WARNING: 1, REJECTED: 2}
 STATS_SUFFIX = ".input_check.npz"
 STATS_FORMAT = "mediflow-input-check"
 STATS_VERSION = 2
-# Version 1 files (no residual threshold) still load; their check has no residual rule.
+# Version 1 files (no residual or outlier rule) still load; their check has neither rule.
 READABLE_VERSIONS = (1, 2)
 
 # -- pixel statistics ------------------------------------------------------------------------------
@@ -261,7 +261,12 @@ class InputCheckStats:
     The projection drops what lies off those axes, and an input unlike any chest film can be near one
     inside them (a grey portrait, say): the residual, the share of the features' norm outside the
     principal subspace (Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR
-    2022), measures what the projection drops."""
+    2022), measures what the projection drops.
+
+    Both measure distance from chest films only. The outlier score is a linear classifier of chest
+    films against auxiliary non-radiographs (Outlier Exposure: Hendrycks, Mazeika and Dietterich,
+    "Deep Anomaly Detection with Outlier Exposure", ICLR 2019): it learns which directions separate
+    pictures of other things from films, which distance alone does not know."""
 
     projection: np.ndarray  # (C, d) float32
     bank: np.ndarray  # (N, d) unit rows, stored as float16
@@ -274,6 +279,11 @@ class InputCheckStats:
     meta: dict[str, Any]
     # Residual (0-1) at or above which `not_chest_radiograph` rejects; inf: no residual rule (version 1).
     reject_residual: float = float("inf")
+    # Outlier score: weights (C,) on L2-normalised pooled features (standardisation folded in), bias,
+    # and the score at or above which `not_chest_radiograph` rejects; None / inf: no such rule (version 1).
+    outlier_weights: np.ndarray | None = None
+    outlier_bias: float = 0.0
+    reject_outlier: float = float("inf")
 
     @property
     def model_sha256(self) -> str:
@@ -296,6 +306,22 @@ class InputCheckStats:
         total = np.square(x).sum(axis=1) + 1e-12
         return np.sqrt(np.clip(1.0 - inside / total, 0.0, 1.0))
 
+    def outlier_score(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) pooled features -> (N,) the outlier classifier's logit (higher: less like a chest
+        film); -inf for every row when the file has no outlier classifier (version 1)."""
+        x = np.asarray(features, dtype=np.float64)
+        if self.outlier_weights is None:
+            return np.full(len(x), -np.inf)
+        unit = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+        return unit @ self.outlier_weights + self.outlier_bias
+
+    def refuses(self, features: np.ndarray, distance: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) pooled features -> (N,) bool: not a chest film by any of the three rules.
+        `distance`: `self.distance(features)` when the caller has it already."""
+        distance = self.distance(features) if distance is None else distance
+        return ((distance >= self.reject_distance) | (self.residual(features) >= self.reject_residual)
+                | (self.outlier_score(features) >= self.reject_outlier))
+
     @property
     def _bank32(self) -> np.ndarray:
         if getattr(self, "_b32", None) is None:
@@ -313,7 +339,8 @@ class InputCheckStats:
             "projection": self.projection.astype(np.float32), "bank": self.bank.astype(np.float16),
             "adult_weights": self.adult_weights.astype(np.float32),
             "scalars": np.array([self.adult_bias, self.adult_threshold, self.warn_distance, self.reject_distance,
-                                 self.k, self.reject_residual]),
+                                 self.k, self.reject_residual, self.outlier_bias, self.reject_outlier]),
+            **({"outlier_weights": self.outlier_weights.astype(np.float32)} if self.outlier_weights is not None else {}),
             "meta": np.array(json.dumps({**self.meta, "format": STATS_FORMAT, "format_version": STATS_VERSION})),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,10 +358,15 @@ class InputCheckStats:
                     raise ValueError("not an input-check file of this MediFlow version")
                 scalars = [float(v) for v in z["scalars"]]
                 bias, thr, warn, reject, k = scalars[:5]
-                residual = scalars[5] if meta["format_version"] >= 2 else float("inf")
+                # Format 2 added the residual rule, then the outlier rule: a file has what it has.
+                later: dict[str, Any] = dict(zip(("reject_residual", "outlier_bias", "reject_outlier"), scalars[5:8]))
+                if "outlier_weights" in z.files and len(scalars) >= 8:
+                    later["outlier_weights"] = z["outlier_weights"].astype(np.float64)
+                else:
+                    later["reject_outlier"] = float("inf")
                 return cls(z["projection"].astype(np.float32), z["bank"], int(k),
-                           z["adult_weights"].astype(np.float64), bias, thr, warn, reject, meta, residual)
-        except (OSError, ValueError, KeyError) as exc:
+                           z["adult_weights"].astype(np.float64), bias, thr, warn, reject, meta, **later)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise MediFlowError(f"{path}: not a readable input-check file ({exc})") from None
 
 
@@ -390,8 +422,9 @@ class InputCheck:
         if self.stats is None:
             return []
         x = np.asarray(pooled, dtype=np.float64)[None]
-        dist = float(self.stats.distance(x)[0])
-        if dist >= self.stats.reject_distance or float(self.stats.residual(x)[0]) >= self.stats.reject_residual:
+        distance = self.stats.distance(x)
+        dist = float(distance[0])
+        if bool(self.stats.refuses(x, distance)[0]):
             return [Reason("not_chest_radiograph", MESSAGES["features_far"], REJECTED)]
         out = []
         if dist >= self.stats.warn_distance:

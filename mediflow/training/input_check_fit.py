@@ -10,7 +10,13 @@
   out of the bank (5 folds): `atypical_image` above the WARN_QUANTILE quantile of their distances,
   `not_chest_radiograph` beyond the largest (x REJECT_FACTOR). The residual off those axes (Wang et
   al., CVPR 2022) rejects beyond the largest of the same left-out films' residuals (x REJECT_FACTOR).
-  No non-radiograph is used to fit.
+- Outlier score (Outlier Exposure, Hendrycks et al., ICLR 2019): an L2 logistic regression of chest
+  films (both groups, their re-encoded copies, and the pediatric films as another site may present
+  them: the training augmentation `acquisition`) against auxiliary non-radiographs, the generated
+  corpus of data/input_corpus.py that the header and pixel checks let through. It rejects at or
+  above the largest out-of-fold score of a chest film (folds by film and by source picture), so no
+  held-out chest film would have been refused. The distance and residual thresholds use no
+  non-radiograph.
 - The adult classifier is an L2 logistic regression on standardised features, fitted on each film as
   it is and re-encoded the way the other group's files are (format_variant), so that file size and
   JPEG texture do not tell children from adults (the re-encoded copies join the distance's bank too);
@@ -44,6 +50,8 @@ REJECT_FACTOR = 1.0  # not_chest_radiograph beyond this multiple of the largest 
 # P(adult) at which likely_adult is raised: the balanced classifier's own decision point (equal priors).
 ADULT_THRESHOLD = 0.5
 ADULT_C = 0.05  # inverse L2 strength of the logistic regression (sklearn's C)
+OUTLIER_C = 0.01  # ... of the outlier classifier (strong: a few hundred auxiliary pictures)
+FOLDS = 5
 N_PEDIATRIC = 1600
 SEED = 0
 _NIH_PATIENT = re.compile(r"^(\d+)_\d+")
@@ -163,21 +171,28 @@ def principal_axes(bank: np.ndarray, dims: int = DIMS) -> np.ndarray:
     return vt[:dims].T.copy()
 
 
+def standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """(weights, bias) of a balanced L2 logistic regression (sklearn's C = `c`) fitted on the columns
+    of x standardised, with the standardisation folded in: logit = x @ weights + bias on raw x."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit((x - mu) / sd, y)
+    w = clf.coef_[0] / sd
+    return w, float(clf.intercept_[0] - np.dot(w, mu))
+
+
 def fit_adult_classifier(ped: np.ndarray, adult: np.ndarray, *, seed: int = SEED
                          ) -> tuple[np.ndarray, float, float, float]:
     """(weights (C,), bias) of P(adult) on raw features, and the out-of-fold (5 folds) share of
     pediatric and of adult films at or above ADULT_THRESHOLD."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     x = np.concatenate([ped, adult])
     y = np.r_[np.zeros(len(ped)), np.ones(len(adult))]
 
     def fit(xs, ys):
-        mu, sd = xs.mean(axis=0), xs.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=ADULT_C, class_weight="balanced", max_iter=2000).fit((xs - mu) / sd, ys)
-        w = clf.coef_[0] / sd
-        return w, float(clf.intercept_[0] - np.dot(w, mu))
+        return standardized_logistic(xs, ys, ADULT_C)
 
     oof = np.zeros(len(x))
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
@@ -188,12 +203,44 @@ def fit_adult_classifier(ped: np.ndarray, adult: np.ndarray, *, seed: int = SEED
     return w, b, float(np.mean(oof[y == 0] >= ADULT_THRESHOLD)), float(np.mean(oof[y == 1] >= ADULT_THRESHOLD))
 
 
+def fit_outlier_classifier(chest: np.ndarray, chest_groups: np.ndarray, outliers: np.ndarray,
+                           outlier_groups: np.ndarray, *, seed: int = SEED) -> tuple[np.ndarray, float, float, dict]:
+    """(weights (C,) on L2-normalised features, bias, rejection threshold, record) of a logistic
+    regression of chest films (label 0) against auxiliary non-radiographs (label 1), balanced classes.
+    The threshold is the largest out-of-fold logit of a chest film: folds keep each group (a film with
+    its copies, a source picture with its variants) together."""
+    x = np.concatenate([chest, outliers]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    y = np.r_[np.zeros(len(chest)), np.ones(len(outliers))]
+    _, groups = np.unique(np.r_[[f"c{g}" for g in chest_groups], [f"o{g}" for g in outlier_groups]],
+                          return_inverse=True)
+    fold_of_group = np.random.default_rng(seed).permutation(groups.max() + 1) % FOLDS
+
+    def fit(xs, ys):
+        return standardized_logistic(xs, ys, OUTLIER_C)
+
+    oof = np.zeros(len(x))
+    for f in range(FOLDS):
+        test = fold_of_group[groups] == f
+        w, b = fit(x[~test], y[~test])
+        oof[test] = x[test] @ w + b
+    threshold = float(oof[y == 0].max())
+    w, b = fit(x, y)
+    record = {"outlier_c": OUTLIER_C, "n_chest": int(len(chest)), "n_outliers": int(len(outliers)),
+              "oof_outliers_refused": float(np.mean(oof[y == 1] >= threshold))}
+    return w, b, threshold, record
+
+
 def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed: int = SEED,
-              ped_other_format: np.ndarray | None = None, adult_other_format: np.ndarray | None = None
-              ) -> InputCheckStats:
+              ped_other_format: np.ndarray | None = None, adult_other_format: np.ndarray | None = None,
+              ped_acquired: np.ndarray | None = None, outliers: np.ndarray | None = None,
+              outlier_groups: Sequence[str] | None = None) -> InputCheckStats:
     """Statistics from pediatric (N1, C) and adult (N2, C) pooled features. `*_other_format`: the
-    same films re-encoded the way the other group's files are (see format_variant), given to the adult
-    classifier only, so that it cannot tell the groups apart by file size and JPEG texture."""
+    same films re-encoded the way the other group's files are (see format_variant), so that the adult
+    classifier cannot tell the groups apart by file size and JPEG texture (they join the distance's
+    bank too). `ped_acquired` (N1, C): the pediatric films as another site may present them
+    (acquired_variant); `outliers` (M, C): auxiliary non-radiographs, `outlier_groups` (M,) their
+    source pictures; both for the outlier classifier only, which is left out without `outliers`."""
     rng = np.random.default_rng(seed)
     parts = [ped, adult] + [v for v in (ped_other_format, adult_other_format) if v is not None]
     bank = np.concatenate(parts)
@@ -219,6 +266,14 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
     p_all = ped if ped_other_format is None else np.concatenate([ped, ped_other_format])
     a_all = adult if adult_other_format is None else np.concatenate([adult, adult_other_format])
     w, b, oof_ped, oof_adult = fit_adult_classifier(p_all, a_all, seed=seed)
+    outlier: tuple[np.ndarray | None, float, float] = (None, 0.0, float("inf"))
+    if outliers is not None and len(outliers):
+        chest = np.concatenate([bank] + ([ped_acquired] if ped_acquired is not None else []))
+        chest_groups = np.r_[films, np.arange(len(ped))] if ped_acquired is not None else films
+        groups = np.asarray(outlier_groups if outlier_groups is not None else np.arange(len(outliers)))
+        w_out, b_out, reject_outlier, record = fit_outlier_classifier(chest, chest_groups, outliers, groups, seed=seed)
+        outlier = (w_out, b_out, reject_outlier)
+        meta = {**meta, "outlier": record}
     proj = principal_axes(bank)
     rows = bank @ proj
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
@@ -228,9 +283,10 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
             "heldout_distance_max": float(dist.max()), "heldout_residual_max": float(residual.max()),
             "reject_residual": f"{REJECT_FACTOR} x the largest held-out chest film residual",
             "n_pediatric": len(ped), "n_adult": len(adult),
-            "format_balanced": ped_other_format is not None}
+            "format_balanced": ped_other_format is not None,
+            "reject_outlier": "the largest out-of-fold outlier score of a chest film"}
     return InputCheckStats(proj.astype(np.float32), rows.astype(np.float16), K, w, b, ADULT_THRESHOLD, warn, reject,
-                           meta, reject_residual)
+                           meta, reject_residual, *outlier)
 
 
 def format_variant(path: Path, kind: str) -> bytes:
@@ -250,18 +306,16 @@ def format_variant(path: Path, kind: str) -> bytes:
     return buf.getvalue()
 
 
-def extract_variant_features(predictor: Predictor, paths: Sequence[Path], kind: str, cache: FeatureCache | None,
-                             batch_size: int = 32) -> np.ndarray:
-    from mediflow.data.images import decode_image
-
-    keys = [f"{p}#{kind}" for p in paths]
-    todo = [(p, key) for p, key in zip(paths, keys) if cache is None or key not in cache.features]
+def extract_keyed_features(predictor: Predictor, items: Sequence[tuple[str, Callable[[], np.ndarray]]],
+                           cache: FeatureCache | None, batch_size: int = 32) -> np.ndarray:
+    """(N, C) pooled features of (cache key, function giving the preprocessed (3, S, S) input) items;
+    only the items not in `cache` are computed."""
+    todo = [(key, make) for key, make in items if cache is None or key not in cache.features]
     got: dict[str, np.ndarray] = {}
     for i in range(0, len(todo), batch_size):
         chunk = todo[i:i + batch_size]
-        x = np.stack([predictor.preprocess_array(decode_image(format_variant(p, kind), draft_size=predictor.draft_size))
-                      for p, _ in chunk])
-        got.update(zip((key for _, key in chunk), pooled_features(predictor.backend.run(x, ("features",))["features"])))
+        x = np.stack([make() for _, make in chunk])
+        got.update(zip((key for key, _ in chunk), pooled_features(predictor.backend.run(x, ("features",))["features"])))
         if cache is not None and (i // batch_size) % 10 == 9:
             cache.features.update(got)
             cache.save()
@@ -269,7 +323,60 @@ def extract_variant_features(predictor: Predictor, paths: Sequence[Path], kind: 
         cache.features.update(got)
         cache.save()
     source = cache.features if cache is not None else got
-    return np.stack([source[key] for key in keys]).astype(np.float64)
+    return np.stack([source[key] for key, _ in items]).astype(np.float64)
+
+
+def extract_variant_features(predictor: Predictor, paths: Sequence[Path], kind: str, cache: FeatureCache | None,
+                             batch_size: int = 32) -> np.ndarray:
+    """Features of each film re-encoded by format_variant(path, kind)."""
+    from mediflow.data.images import decode_image
+
+    def maker(p: Path) -> Callable[[], np.ndarray]:
+        return lambda: predictor.preprocess_array(decode_image(format_variant(p, kind), draft_size=predictor.draft_size))
+
+    return extract_keyed_features(predictor, [(f"{p}#{kind}", maker(p)) for p in paths], cache, batch_size)
+
+
+def extract_acquired_features(predictor: Predictor, paths: Sequence[Path], cache: FeatureCache | None, *,
+                              seed: int = SEED) -> np.ndarray:
+    """Features of each film as another site may present it: the training augmentation `acquisition`
+    (framing, rotation, exposure, blur, JPEG; preprocessing.AugmentConfig), drawn with a seed per film
+    so that a refit draws the same."""
+    import torch
+
+    from mediflow.data.images import load_image
+    from mediflow.preprocessing import AugmentConfig, train_transform
+
+    transform = train_transform(predictor.prep, AugmentConfig.acquisition())
+
+    def maker(i: int, p: Path) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            torch.manual_seed(seed * 1_000_003 + i)
+            return transform(load_image(p)).numpy()
+        return make
+
+    return extract_keyed_features(predictor, [(f"{p}#acquired{seed}", maker(i, p)) for i, p in enumerate(paths)],
+                                  cache)
+
+
+def extract_outlier_features(predictor: Predictor, cache: FeatureCache | None) -> tuple[np.ndarray, list[str]]:
+    """Features of the generated non-radiographs (data/input_corpus.py, blanks excluded) that the header
+    and pixel checks let through (the others never reach the feature check), and each one's source
+    picture (the part of its name before the first '-')."""
+    from mediflow.data.images import decode_image
+    from mediflow.data.input_corpus import corpus
+    from mediflow.inference.input_check import rejected
+
+    items, groups = [], []
+    for name, kind, data in corpus():
+        if kind == "blank":
+            continue
+        img = decode_image(data, name=name, draft_size=predictor.draft_size, keep_gray=True)
+        if rejected(predictor.check_before(img)):
+            continue
+        items.append((f"corpus:{kind}/{name}", lambda img=img: predictor.preprocess_array(img)))
+        groups.append(f"{kind}/{name.split('-')[0]}")
+    return extract_keyed_features(predictor, items, cache), groups
 
 
 def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path, out: str | Path, *,
@@ -283,18 +390,23 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
     adult = extract_features(predictor, adult_fit, fc, progress=progress)
     ped_up = extract_variant_features(predictor, ped_paths, "up", fc)
     adult_small = extract_variant_features(predictor, adult_fit, "small", fc)
+    ped_acquired = extract_acquired_features(predictor, ped_paths, fc, seed=seed)
+    outliers, outlier_groups = extract_outlier_features(predictor, fc)
     meta = {"model_sha256": predictor.info.sha256, "model_architecture": predictor.info.architecture,
             "pediatric_source": f"{len(ped_paths)} films of the training part of the checkpoint's split of {data} "
                                 f"(seed {seed})",
             "adult_source": f"{len(adult_fit)} films of the fit half (by patient, seed {seed}) of {adult_dir}, age >= 18",
             "command": f"mediflow fit-input-check --data {data} --adult {adult_dir}"}
-    stats = fit_stats(ped, adult, meta=meta, seed=seed, ped_other_format=ped_up, adult_other_format=adult_small)
+    meta["outlier_source"] = (f"{len(outliers)} generated non-radiographs (mediflow/data/input_corpus.py) that pass "
+                              "the header and pixel checks")
+    stats = fit_stats(ped, adult, meta=meta, seed=seed, ped_other_format=ped_up, adult_other_format=adult_small,
+                      ped_acquired=ped_acquired, outliers=outliers, outlier_groups=outlier_groups)
     stats.save(out)
     return stats
 
 
 def describe(stats: InputCheckStats) -> str:
     return json.dumps({"warn_distance": round(stats.warn_distance, 4), "reject_distance": round(stats.reject_distance, 4),
-                       "reject_residual": round(stats.reject_residual, 4),
+                       "reject_residual": round(stats.reject_residual, 4), "reject_outlier": round(stats.reject_outlier, 4),
                        "adult_threshold": round(stats.adult_threshold, 4),
                        "heldout_distance_max": round(stats.meta.get("heldout_distance_max", float("nan")), 4)})

@@ -3,8 +3,10 @@
 No downloads: natural images and data that come with scikit-learn, matplotlib and SciPy (photographs,
 an MR slice, elevation maps, plots), documents rendered with matplotlib's DejaVu font, synthetic
 CT-, MR- and ultrasound-like slices, DICOM files whose header names another modality or body part,
-and blank images. Each item is (name, kind, bytes); `kind` is one of KINDS. Used by
-benchmarks/input_check.py (the figures in docs/input_check.md) and the tests.
+and blank images. Each item is (name, kind, bytes); `kind` is one of KINDS. Also real DICOM files
+of other projects (pydicom's test files) and, when scikit-image is installed, its sample pictures
+(sets no choice was made on). Used by the input check's fit (the auxiliary non-radiographs of its
+outlier rule: `corpus`), by benchmarks/input_check.py (docs/input_check.md) and by the tests.
 """
 
 from __future__ import annotations
@@ -81,6 +83,20 @@ def scikit_image_samples() -> list[tuple[str, Image.Image]]:
                 if min(im.size) >= 64:
                     out.append((f"skimage-{p.stem}", im.convert("RGB")))
     return out
+
+
+def scikit_image_lfw(size: int = 256) -> Iterator[Item]:
+    """scikit-image's `lfw_subset`: 100 faces from Labeled Faces in the Wild and 100 patches of other
+    pictures, 25 x 25 grey, enlarged to `size` px (bicubic) and saved as JPEG; nothing when
+    scikit-image is not installed. A set of small grey pictures no choice was made on."""
+    try:
+        import skimage
+    except ImportError:
+        return
+    arr = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
+    for i, a in enumerate(arr):
+        im = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+        yield f"lfw-{'face' if i < 100 else 'other'}-{i:03d}.jpeg", "lfw", encode(im, "JPEG")
 
 
 def natural_images(images: list[tuple[str, Image.Image]] | None = None, kind: str = "natural") -> Iterator[Item]:
