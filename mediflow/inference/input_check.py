@@ -13,7 +13,8 @@ Three sources, cheapest first (docs/input_check.md gives the measured figures an
    computes anyway. Its distance from chest films (k-th nearest neighbour cosine distance to a bank of
    pediatric and adult films; Sun et al. 2022) -> `not_chest_radiograph` (rejected) or
    `atypical_image` (warning); the share of the features outside the chest films' principal subspace
-   (the residual of Wang et al. 2022, ViM) -> `not_chest_radiograph` too; a linear (logistic)
+   (the residual of Wang et al. 2022, ViM) and a linear chest-film-vs-non-radiograph classifier
+   (Outlier Exposure, Hendrycks et al. 2019) -> `not_chest_radiograph` too; a linear (logistic)
    pediatric-vs-adult classifier on the same features -> `likely_adult`.
 
 The fitted statistics live in `<model stem>.input_check.npz` next to the model (refit with
@@ -358,7 +359,7 @@ class InputCheckStats:
                     raise ValueError("not an input-check file of this MediFlow version")
                 scalars = [float(v) for v in z["scalars"]]
                 bias, thr, warn, reject, k = scalars[:5]
-                # Format 2 added the residual rule, then the outlier rule: a file has what it has.
+                # Format 2 holds the residual and outlier rules; a rule a file lacks does not run.
                 later: dict[str, Any] = dict(zip(("reject_residual", "outlier_bias", "reject_outlier"), scalars[5:8]))
                 if "outlier_weights" in z.files and len(scalars) >= 8:
                     later["outlier_weights"] = z["outlier_weights"].astype(np.float64)

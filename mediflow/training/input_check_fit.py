@@ -239,7 +239,7 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
     same films re-encoded the way the other group's files are (see format_variant), so that the adult
     classifier cannot tell the groups apart by file size and JPEG texture (they join the distance's
     bank too). `ped_acquired` (N1, C): the pediatric films as another site may present them
-    (acquired_variant); `outliers` (M, C): auxiliary non-radiographs, `outlier_groups` (M,) their
+    (extract_acquired_features); `outliers` (M, C): auxiliary non-radiographs, `outlier_groups` (M,) their
     source pictures; both for the outlier classifier only, which is left out without `outliers`."""
     rng = np.random.default_rng(seed)
     parts = [ped, adult] + [v for v in (ped_other_format, adult_other_format) if v is not None]
