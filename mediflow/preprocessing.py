@@ -380,10 +380,15 @@ def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
 def eval_array(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """`eval_transform` in numpy: PIL RGB image -> float32 array (3, S, S), equal to eval_transform's
     tensor up to float rounding (tested). The serving and batch-prediction path; no torch needed."""
-    small = np.asarray(harmonize(image, cfg))  # (S, S, 3) uint8
+    return normalize_pixels(np.asarray(harmonize(image, cfg)), cfg)
+
+
+def normalize_pixels(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """harmonize's uint8 pixels, (S, S, 3) or a batch (N, S, S, 3) -> the model's float32 input,
+    (3, S, S) or (N, 3, S, S): (x / 255 - mean) / std per channel."""
     # Transpose the 8-bit pixels, then one multiply and one subtract in place: the same values as
     # (x / 255 - mean) / std up to float rounding, ~1 ms faster per image than the textbook form.
-    arr = np.ascontiguousarray(small.transpose(2, 0, 1)).astype(np.float32)
+    arr = np.ascontiguousarray(np.moveaxis(pixels, -1, -3)).astype(np.float32)
     scale, offset = _normalize_constants(cfg.mean, cfg.std)
     arr *= scale
     arr -= offset

@@ -347,7 +347,7 @@ def test_int8_export_reports_decision_agreement_and_is_default_only_when_accepte
     pth = tmp_path / "model.pth"
     shutil.copy(tiny_model, pth)
     data = load_checkpoint(pth)["train_config"]["data"]
-    onnx = _export(pth, "--int8", "--data", data)
+    onnx = _export(pth, "--int8", "--distill-steps", "20", "--data", data)
     out = capsys.readouterr().out
     assert "decisions agree on" in out and "validation" in out
     int8 = pth.with_suffix(".int8.onnx")
@@ -385,7 +385,7 @@ def test_guarded_int8_reruns_in_fp32_exactly_the_images_near_the_operating_point
     pth = tmp_path / "model.pth"
     shutil.copy(tiny_model, pth)
     data = load_checkpoint(pth)["train_config"]["data"]
-    onnx = _export(pth, "--int8", "--data", data)
+    onnx = _export(pth, "--int8", "--distill-steps", "20", "--data", data)
     b32, b8 = OnnxBackend(onnx), OnnxBackend(pth.with_suffix(".int8.onnx"))
     rule = Predictor.from_onnx(b32).rule
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,8 +49,12 @@ def calibration_batches(paths: list[Path], prep: PreprocessConfig, batch_size: i
         yield np.stack([eval_array(load_image(p, draft_size=prep.image_size), prep) for p in paths[i:i + batch_size]])
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray]) -> Path:
-    """Quantize `fp32` into `out`, carrying its metadata over."""
+def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], *, weights_from: Path | None = None,
+                  activations: dict[str, tuple[float, int]] | None = None) -> Path:
+    """Quantize `fp32` into `out`, carrying its metadata over. `weights_from`: an fp32 ONNX with the
+    same graph and other weights (quantization-aware distillation's output) to quantize instead.
+    `activations`: {tensor name: (scale, uint8 zero point)} to use instead of what calibration finds
+    (the scales the distillation trained through)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -68,7 +72,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray]) -> P
     with tempfile.TemporaryDirectory() as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         with quiet():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(weights_from or fp32), str(pre), skip_symbolic_shape=True)
             stem = next(n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv")
             quantize_static(str(pre), str(q), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -77,7 +81,10 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray]) -> P
                             # but moved the calls of ~4% of films. Full range is exact on VNNI CPUs;
                             # elsewhere the predictor notices (GuardedInt8Backend.computes_as_recorded)
                             # and serves fp32. The stem sees the raw image: its error is the largest.
-                            reduce_range=False, nodes_to_exclude=[stem])
+                            reduce_range=False, nodes_to_exclude=[stem],
+                            extra_options={"TensorQuantOverrides": {
+                                name: [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zero, dtype=np.uint8)}]
+                                for name, (scale, zero) in (activations or {}).items()}})
         model = onnx.load(str(q))
     meta["onnx"]["quantization"] = {"method": QUANT_METHOD}
     set_metadata(model, meta)
@@ -114,14 +121,22 @@ def onnx_logits(model: Path, films: Samples, *, progress: bool = False) -> tuple
     return predictor, np.concatenate(chunks), labels
 
 
+# refine(fp32 export, its post-training int8 model, training film paths, scratch folder) ->
+# (an fp32 ONNX of the same graph with weights to quantize instead, activation scales to use, a report);
+# training/quantization_aware.py's `int8_refiner` (inference does not import training).
+Refiner = Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
+
+
 def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *, n_calibration: int = 200,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, refine: Refiner | None = None) -> dict[str, Any]:
     """Quantize, then accept the int8 model only where it computes the same decisions as the fp32
     one: with the checkpoint's own calibration and operating point (no refit), its calls must
     agree with fp32's on >= INT8_MIN_AGREEMENT of the validation split plus the films in
     `data`/test_dev (when present), and its AUC on test_dev (validation when there is no test_dev)
     must be within INT8_MAX_AUC_DROP of fp32's. The report is stored in the int8 file; the
-    predictor serves it by default only when `accepted`."""
+    predictor serves it by default only when `accepted`. `refine`: after post-training quantization,
+    replace the weights (quantization-aware distillation on the training films) and quantize again
+    with the activation scales it returns; its report goes under `distillation`."""
     # The one import from evaluation/ in inference/: export-time measurement only (`mediflow export
     # --int8`), never on the serving path.
     from mediflow.evaluation.metrics import compute_metrics
@@ -134,10 +149,19 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})
     rng = np.random.default_rng(int(ckpt.get("seed") or 0))
     pick = sorted(rng.choice(len(train), size=min(n_calibration, len(train)), replace=False))
-    quantize_int8(fp32, out, calibration_batches([train.paths[i] for i in pick], prep))
+    calibration = [train.paths[i] for i in pick]
+    quantize_int8(fp32, out, calibration_batches(calibration, prep))
+    distillation = None
+    if refine is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, activations, distillation = refine(fp32, out, list(train.paths), Path(tmp))
+            quantize_int8(fp32, out, calibration_batches(calibration, prep), weights_from=weights,
+                          activations=activations)
     report: dict[str, Any] = {"n_calibration": len(pick) // CALIBRATION_BATCH * CALIBRATION_BATCH,
                               "min_agreement": INT8_MIN_AGREEMENT, "max_auc_change": INT8_MAX_AUC_DROP,
                               "data": str(data)}
+    if distillation is not None:
+        report["distillation"] = distillation
     keys = ("auc", "accuracy", "sensitivity", "specificity")
     scored = {name: (onnx_logits(fp32, films, progress=progress), onnx_logits(out, films, progress=progress)[1])
               for name, films in sets.items()}
