@@ -83,7 +83,8 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], *, w
                             # and serves fp32. The stem sees the raw image: its error is the largest.
                             reduce_range=False, nodes_to_exclude=[stem],
                             extra_options={"TensorQuantOverrides": {
-                                name: [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zero, dtype=np.uint8)}]
+                                name: [{"scale": np.array(scale, dtype=np.float32),
+                                        "zero_point": np.array(zero, dtype=np.uint8)}]
                                 for name, (scale, zero) in (activations or {}).items()}})
         model = onnx.load(str(q))
     meta["onnx"]["quantization"] = {"method": QUANT_METHOD}

@@ -227,14 +227,11 @@ def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int =
         return np.stack(list(pool.map(one, paths)))
 
 
-# refine(fp32 export, its post-training int8 model, training film paths, scratch folder) ->
-# (fp32 ONNX with refined weights, activation scales to quantize it with, a report).
-Refiner = Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
-
-
-def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False) -> Refiner:
-    """What `mediflow export --int8` passes to `int8_export`: distil `steps` batches on the training
-    films, and keep the post-training model's activation scales, which the distillation trained through."""
+def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False
+                 ) -> Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]:
+    """What `mediflow export --int8` passes to `int8_export` as `refine` (inference/quantize.py's
+    `Refiner`): distil `steps` batches on the training films, and keep the post-training model's
+    activation scales, which the distillation trained through."""
     def refine(fp32: Path, ptq: Path, paths: Sequence[Path], workdir: Path
                ) -> tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]:
         student = workdir / "distilled.onnx"
