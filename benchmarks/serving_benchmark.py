@@ -3,8 +3,8 @@ default (`mediflow serve --model M.pth`: int8 with fp32 near the operating point
 accepted and this CPU computes it as recorded, else fp32), in one run.
 
 For each configuration it measures, on the same full-resolution JPEGs:
-- model-only latency (one preprocessed upload at a time, median; the served default's includes its
-  fp32 re-runs),
+- model-only latency (one preprocessed upload at a time, median, with the server's thread settings;
+  the served default's includes its fp32 re-runs),
 - end-to-end HTTP latency p50/p95 of `POST /api/vision/analyze` against a real uvicorn server on
   127.0.0.1 in its own process (and with `?heatmap=true` for MediFlow),
 - batch throughput in images/s on 224x224 JPEGs (decode + preprocess + model; MediFlow through
@@ -139,7 +139,7 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
     sys.path.insert(0, str(REPO / "benchmarks"))
     from design_server import build_model
 
-    from mediflow.inference.backends import GuardedInt8Backend
+    from mediflow.inference.backends import GuardedInt8Backend, serving_threads
     from mediflow.inference.predictor import Predictor
 
     design = build_model()
@@ -154,7 +154,8 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
 
     res = {"design": median_ms(run_design, n)}
     for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
-        p = Predictor.load(path, backend=backend)
+        # ONNX Runtime's thread pool as `mediflow serve` sets it (serving/app.py's load_predictor).
+        p = Predictor.load(path, backend=backend, threads=serving_threads(), idle_spin=False)
         res[name] = median_ms(lambda: p.backend.run(one()), n)
     served = Predictor.load(pth).backend
     deferred = float("nan")

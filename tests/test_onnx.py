@@ -214,6 +214,19 @@ def test_backend_selection(tiny_export, tmp_path: Path):
         Predictor.load(stale, backend="onnx")
 
 
+def test_server_threads_spin_only_while_a_run_lasts(tiny_export):
+    """Serving stops ONNX Runtime's worker threads spinning when a run returns (they would take the core
+    that decodes the next upload); batch work lets them go on spinning."""
+    pth, _ = tiny_export
+    from mediflow.serving.app import load_predictor
+
+    served = load_predictor(Settings(model_path=str(pth))).backend
+    assert served.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    batch = Predictor.load(pth).backend
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: spinning between runs
+        batch.session.get_session_options().get_session_config_entry("session.force_spinning_stop")
+
+
 def test_serve_with_onnx_backend_but_no_export_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys):
     lonely = tmp_path / "m.pth"
     shutil.copy(tiny_model, lonely)

@@ -51,21 +51,27 @@ def scale_map(cam: np.ndarray) -> np.ndarray:
 
 
 def serving_threads() -> int:
-    """Intra-op threads for a server answering one image at a time: all cores, without spinning
-    (see OnnxBackend). The server runs one inference at a time, so nothing else needs the cores
-    while it does. Measured on a 2-core AVX2 VM through the HTTP API (benchmarks/serving_benchmark.py),
-    int8: 2 threads p50 22.2 ms vs 1 thread 26.8 ms. (With spinning threads, 2 had been slower than 1:
-    idle workers burnt the core that decodes the next upload.)"""
+    """Intra-op threads for a server answering one image at a time: all cores, spinning only while a
+    run lasts (see OnnxBackend's `idle_spin`). The server runs one inference at a time, so nothing
+    else needs the cores while it does. Measured on a 2-core AVX2 VM through the HTTP API
+    (benchmarks/serving_benchmark.py), int8: 2 threads p50 22.2 ms vs 1 thread 26.8 ms. (With
+    threads that kept spinning after a run, 2 had been slower than 1: idle workers burnt the core that
+    decodes the next upload.)"""
     return available_threads()
 
 
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, spin: bool = True):
-        """`threads`: intra-op threads (default: all cores, for batches). `spin`: let idle worker
-        threads busy-wait for the next operator; off for serving, where they would steal the CPU
-        that decodes uploads between requests."""
+    def __init__(self, path: str | Path, *, threads: int | None = None, idle_spin: bool = True):
+        """`threads`: intra-op threads (default: all cores, for batches). Worker threads busy-wait
+        for the next operator while a run lasts (waking a sleeping thread for each of the graph's
+        ~100 operators costs more than the operator on a small batch). `idle_spin`: let them go on
+        spinning after the run returns, for batches that follow one another; off for serving, where
+        they would steal the CPU that decodes the next upload (ONNX Runtime's
+        `session.force_spinning_stop`). Serving one image at a time on a 2-core AVX-512 VM, through
+        the HTTP API: spinning within runs only took the int8 model from 4.7 to 3.7 ms p50 against
+        not spinning at all (benchmarks/serving_benchmark.py)."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -77,8 +83,8 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if not spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not idle_spin:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -3,7 +3,6 @@ and the web app (built from frontend/ into static/) at `/`, `/worklist` and `/mo
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import time
@@ -24,6 +23,7 @@ from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.evaluation import read_evaluation
+from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.limits import UploadLimitMiddleware
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard, RejectedResponse
 from mediflow.serving.settings import Settings
@@ -93,7 +93,7 @@ def load_predictor(settings: Settings) -> Predictor:
 
     # Tuned for one image at a time (see serving_threads): no spinning between requests.
     return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
-                          threads=settings.threads or serving_threads(), spin=False,
+                          threads=settings.threads or serving_threads(), idle_spin=False,
                           review_below=settings.review_below)
 
 
@@ -104,17 +104,20 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     async def lifespan(app: FastAPI):
         if app.state.predictor is None:
             app.state.predictor = load_predictor(settings)
-        ms = await asyncio.to_thread(warm_up, app.state.predictor)
+        # On the thread that will run every analysis: ONNX Runtime's per-thread state is ready too.
+        ms = await app.state.inference.run(warm_up, app.state.predictor)
         log.info("model %s warmed up in %.0f ms", app.state.predictor.info.architecture, ms)
-        yield
+        try:
+            yield
+        finally:
+            app.state.inference.close()
 
     app = FastAPI(title="MediFlow", version=__version__, lifespan=lifespan,
                   description="Pediatric chest X-ray pneumonia screening. " + DISCLAIMER)
     app.state.settings = settings
     app.state.predictor = predictor
-    # One inference at a time per process: torch already uses every core for one image, and
-    # queuing keeps latency predictable instead of thrashing.
-    app.state.inference_lock = asyncio.Lock()
+    # One inference at a time per process, on one thread (inference_thread.py).
+    app.state.inference = InferenceThread()
     # Added first, so it runs inside CORS (a 503 still carries the CORS headers) and the access
     # middleware (a refusal is authenticated and audited like any other answer).
     app.add_middleware(UploadLimitMiddleware, upload_paths=UPLOAD_PATHS,
@@ -175,18 +178,17 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             log.info("refused upload: 422 no '%s' field", UPLOAD_FIELD)
             raise
         refusal: InputRejected | None = None
-        async with request.app.state.inference_lock:
-            try:
-                # Decode and inference run in a worker thread so the event loop keeps serving /health.
-                result = await asyncio.to_thread(predictor.predict_bytes, data, max_pixels=settings.max_pixels,
-                                                 preview=preview, heatmap=heatmap)
-            except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
-                # One line per refusal: the sniffed type and a reason that quotes nothing from the file.
-                log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
-                         exc.reason)
-                raise HTTPException(400, detail=str(exc)) from None
-            except InputRejected as exc:
-                refusal = exc
+        try:
+            result = await request.app.state.inference.run(predictor.predict_bytes, data,
+                                                           max_pixels=settings.max_pixels, preview=preview,
+                                                           heatmap=heatmap)
+        except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
+            # One line per refusal: the sniffed type and a reason that quotes nothing from the file.
+            log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
+                     exc.reason)
+            raise HTTPException(400, detail=str(exc)) from None
+        except InputRejected as exc:
+            refusal = exc
         if refusal is not None:
             log.info("refused upload: %s, input check: %s", sniff_format(data) or "unknown type",
                      ",".join(r["code"] for r in refusal.input_check["reasons"] if r["severity"] == "rejected"))

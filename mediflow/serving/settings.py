@@ -58,4 +58,4 @@ class Settings(BaseSettings):
         return origins
     # onnx: ONNX Runtime (fast, small; the export next to the checkpoint); auto: onnx when available.
     backend: Literal["auto", "onnx", "torch"] = "auto"
-    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads; default: all cores (no spinning)")
+    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads; default: all cores (spinning only within a run)")

@@ -6,7 +6,6 @@ a database URL is set, loads API keys, adds the access/audit middleware and thes
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
@@ -263,14 +262,12 @@ async def get_heatmap(request: Request, study_id: uuid.UUID) -> dict[str, Any]:
     if predictor is None:
         raise HTTPException(503, detail="model not loaded yet")
     max_pixels = request.app.state.settings.max_pixels
-    async with request.app.state.inference_lock:
-        try:
-            # The analyze endpoint's own path (decode, predict, overlay), in a worker thread so the
-            # event loop keeps serving while the model runs.
-            result = await asyncio.to_thread(predictor.predict_bytes, data, name="stored image",
-                                             max_pixels=max_pixels, heatmap=True)
-        except (ImageDecodeError, ImportError) as exc:  # ImportError: a DICOM without pydicom installed
-            raise HTTPException(422, detail=f"stored image cannot be analysed ({exc})") from None
+    try:
+        # The analyze endpoint's own path (decode, predict, overlay), on its inference thread.
+        result = await request.app.state.inference.run(predictor.predict_bytes, data, name="stored image",
+                                                       max_pixels=max_pixels, heatmap=True)
+    except (ImageDecodeError, ImportError) as exc:  # ImportError: a DICOM without pydicom installed
+        raise HTTPException(422, detail=f"stored image cannot be analysed ({exc})") from None
     body = {"heatmap": result["heatmap"], "heatmap_class": result["heatmap_class"], "model": result["model"]}
     if stored_model != result["model"]:
         # The map explains the current model's reading, which may differ from the stored finding's.
