@@ -82,7 +82,7 @@ def test_a_cancelled_job_that_has_not_started_never_runs():
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
         second = asyncio.ensure_future(runner.run(ran.append, "second"))
         await asyncio.sleep(0.01)
-        second.cancel()  # the client went away while its upload waited for the model
+        second.cancel()
         release.set()
         await first
         with pytest.raises(asyncio.CancelledError):

@@ -23,8 +23,8 @@ T = TypeVar("T")
 class InferenceThread:
     """Runs callables on one dedicated worker thread, in the order they are submitted.
 
-    A job still waiting when its request is cancelled (the client went away) is dropped without
-    running; a job already running finishes and its result is discarded."""
+    A job whose awaiting task is cancelled before the job starts never runs; one already running
+    finishes and its result is discarded."""
 
     def __init__(self, name: str = "mediflow-inference"):
         self.name = name
