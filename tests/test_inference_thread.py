@@ -83,6 +83,7 @@ def test_a_cancelled_job_that_has_not_started_never_runs():
         second = asyncio.ensure_future(runner.run(ran.append, "second"))
         await asyncio.sleep(0.01)
         second.cancel()
+        await asyncio.sleep(0.01)  # the cancellation reaches the queued job in a loop callback
         release.set()
         await first
         with pytest.raises(asyncio.CancelledError):
