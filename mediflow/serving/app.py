@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     async def lifespan(app: FastAPI):
         if app.state.predictor is None:
             app.state.predictor = load_predictor(settings)
-        # On the thread that will run every analysis: ONNX Runtime's per-thread state is ready too.
+        # On the thread that will run every analysis.
         ms = await app.state.inference.run(warm_up, app.state.predictor)
         log.info("model %s warmed up in %.0f ms", app.state.predictor.info.architecture, ms)
         try:
