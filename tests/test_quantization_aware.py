@@ -11,12 +11,12 @@ import torch
 
 from conftest import xray_like
 from mediflow.checkpoint import checkpoint_members, load_checkpoint
+from mediflow.data.dataset import serving_pixels
 from mediflow.cli import main
 from mediflow.inference.backends import OnnxBackend
 from mediflow.inference.quantize import calibration_batches, quantize_int8, training_split
 from mediflow.preprocessing import PreprocessConfig, harmonize, normalize_pixels
-from mediflow.training.quantization_aware import (OnnxGraphModule, centered, distill_for_int8, qdq_quantization,
-                                                  serving_pixels)
+from mediflow.training.quantization_aware import OnnxGraphModule, centered, distill_for_int8, qdq_quantization
 
 
 def _films(prep: PreprocessConfig, seeds: range) -> np.ndarray:

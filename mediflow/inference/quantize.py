@@ -14,15 +14,14 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from mediflow.checkpoint import checkpoint_members, plain
-from mediflow.data.dataset import Samples, grouped_split, resolve_split_dir, scan_class_folders
-from mediflow.data.images import load_image
+from mediflow.data.dataset import Samples, grouped_split, resolve_split_dir, scan_class_folders, serving_pixels
 from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend, probe_batch
 from mediflow.inference.batch import prefetched_batches
 from mediflow.inference.graph import INPUT_NAME
 from mediflow.inference.onnx_export import atomic_save, quiet, set_metadata
 from mediflow.inference.predictor import INT8_MAX_AUC_DROP, INT8_MIN_AGREEMENT, Predictor
-from mediflow.preprocessing import PreprocessConfig, eval_array
+from mediflow.preprocessing import PreprocessConfig, normalize_pixels
 
 QUANT_METHOD = ("onnxruntime static QDQ: int8 per-channel weights (full range), uint8 activations, "
                 "percentile (99.999) calibration; the stem convolution stays fp32")
@@ -45,8 +44,10 @@ def training_split(ckpt: dict[str, Any], data: str | Path) -> tuple[Samples, Sam
 
 def calibration_batches(paths: list[Path], prep: PreprocessConfig, batch_size: int = CALIBRATION_BATCH
                         ) -> Iterator[np.ndarray]:
+    """The model's float32 inputs (batch_size, 3, S, S) of `paths`, as the server computes them, in
+    whole batches (a last partial batch is dropped)."""
     for i in range(0, len(paths) - batch_size + 1, batch_size):
-        yield np.stack([eval_array(load_image(p, draft_size=prep.image_size), prep) for p in paths[i:i + batch_size]])
+        yield normalize_pixels(serving_pixels(paths[i:i + batch_size], prep), prep)
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], *, weights_from: Path | None = None,

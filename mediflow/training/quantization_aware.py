@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mediflow.data.images import load_image
+from mediflow.data.dataset import serving_pixels
 from mediflow.errors import MediFlowError
-from mediflow.preprocessing import PreprocessConfig, harmonize, normalize_pixels
+from mediflow.preprocessing import PreprocessConfig, normalize_pixels
 
 # ONNX Runtime's symmetric int8 weights use [-127, 127] (scale = max |w| / 127 per output channel).
 WEIGHT_QMAX = 127
@@ -169,7 +168,7 @@ def distill_for_int8(fp32: Path, ptq_int8: Path, images: np.ndarray, out: Path, 
     quantization) to reproduce fp32's outputs, and write them to `out` (an fp32 ONNX with `fp32`'s
     graph and metadata), ready to be quantized again with the same recipe.
 
-    images: (N, S, S, 3) uint8, the model-sized pixels the server feeds (`serving_pixels`) of
+    images: (N, S, S, 3) uint8, the model-sized pixels the server feeds (data.dataset.serving_pixels) of
     training films, normalised with `prep`. Loss per batch: mean squared error of
     the centred calibrated logits (`temperature`: the checkpoint's), plus `feature_weight` x the
     squared error of the pooled last feature map relative to its mean square. Adam, cosine learning
@@ -215,16 +214,6 @@ def distill_for_int8(fp32: Path, ptq_int8: Path, images: np.ndarray, out: Path, 
             "training_images": int(len(images)), "seed": seed,
             "logit_mse": {"first": float(first[0]), "last": float(last[0])},
             "feature_relative_mse": {"first": float(first[1]), "last": float(last[1])}}
-
-
-def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int = 2) -> np.ndarray:
-    """(N, S, S, 3) uint8: each film decoded and harmonised the way the server does (draft JPEG decode,
-    trim, equalise, resize), before normalisation."""
-    def one(path: Path) -> np.ndarray:
-        return np.asarray(harmonize(load_image(path, draft_size=prep.image_size), prep))
-
-    with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(one, paths)))
 
 
 def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False
