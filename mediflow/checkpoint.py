@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mediflow.errors import CheckpointError
+from mediflow.preprocessing import PreprocessConfig
 
 CHECKPOINT_FORMAT = "mediflow-checkpoint"
 ENSEMBLE_FORMAT = "mediflow-ensemble"
@@ -135,3 +136,9 @@ def file_sha256(path: str | Path) -> str:
 def checkpoint_members(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     """The single-model checkpoints inside `ckpt`: itself, or an ensemble's members."""
     return list(ckpt["members"]) if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]
+
+
+def checkpoint_preprocessing(ckpt: dict[str, Any]) -> PreprocessConfig:
+    """The preprocessing `ckpt`'s (first) model was trained with: the defaults when none is stored.
+    An ensemble's members share one (graph.build_graph refuses members that do not)."""
+    return PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})

@@ -61,14 +61,12 @@ def run(args: argparse.Namespace) -> int:
         q = int8_path(out)
         refine = None
         if args.distill_steps:
-            from mediflow.checkpoint import checkpoint_members
+            from mediflow.checkpoint import checkpoint_preprocessing
             from mediflow.decision import DecisionRule
-            from mediflow.preprocessing import PreprocessConfig
             from mediflow.training.quantization_aware import int8_refiner
 
-            prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})
-            refine = int8_refiner(prep, DecisionRule.from_checkpoint(ckpt).temperature, steps=args.distill_steps,
-                                  progress=sys.stderr.isatty())
+            refine = int8_refiner(checkpoint_preprocessing(ckpt), DecisionRule.from_checkpoint(ckpt).temperature,
+                                  steps=args.distill_steps, progress=sys.stderr.isatty())
         report = int8_export(ckpt, out, q, data, n_calibration=args.calibration_images, progress=sys.stderr.isatty(),
                              refine=refine)
         d = report.get("distillation")

@@ -20,11 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from mediflow.checkpoint import checkpoint_members, file_sha256, plain, utc_now
+from mediflow.checkpoint import checkpoint_preprocessing, file_sha256, plain, utc_now
 from mediflow.errors import MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend
 from mediflow.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph, build_graph
-from mediflow.preprocessing import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def max_abs_diffs(graph: InferenceGraph, onnx_path: Path, batch: np.ndarray) -> 
 def export_checkpoint(ckpt: dict[str, Any], source: Path, out: Path, *, check: bool = True) -> dict[str, float]:
     """Export and check the export against PyTorch on random inputs; returns the differences."""
     graph = build_graph(ckpt)
-    prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})
+    prep = checkpoint_preprocessing(ckpt)
     export_graph(graph, prep.image_size, out, export_metadata(ckpt, source))
     if not check:
         return {}

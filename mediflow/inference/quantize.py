@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mediflow.checkpoint import checkpoint_members, plain
+from mediflow.checkpoint import checkpoint_members, checkpoint_preprocessing, plain
 from mediflow.data.dataset import Samples, grouped_split, resolve_split_dir, scan_class_folders, serving_pixels
 from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend, probe_batch
@@ -148,7 +148,7 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     sets = {"validation": val}
     if test_dir.is_dir():
         sets["test_dev"] = scan_class_folders(test_dir)
-    prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0].get("preprocessing") or {})
+    prep = checkpoint_preprocessing(ckpt)
     rng = np.random.default_rng(int(ckpt.get("seed") or 0))
     pick = sorted(rng.choice(len(train), size=min(n_calibration, len(train)), replace=False))
     calibration = [train.paths[i] for i in pick]
