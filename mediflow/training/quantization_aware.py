@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch import nn
 from mediflow.data.dataset import serving_pixels
 from mediflow.errors import MediFlowError
 from mediflow.preprocessing import PreprocessConfig, normalize_pixels
+
+if TYPE_CHECKING:
+    from mediflow.inference.quantize import Refiner
 
 # ONNX Runtime's symmetric int8 weights use [-127, 127] (scale = max |w| / 127 per output channel).
 WEIGHT_QMAX = 127
@@ -216,8 +219,7 @@ def distill_for_int8(fp32: Path, ptq_int8: Path, images: np.ndarray, out: Path, 
             "feature_relative_mse": {"first": float(first[1]), "last": float(last[1])}}
 
 
-def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False
-                 ) -> Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]:
+def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False) -> Refiner:
     """What `mediflow export --int8` passes to `int8_export` as `refine` (inference/quantize.py's
     `Refiner`): distil `steps` batches on the training films, and keep the post-training model's
     activation scales, which the distillation trained through."""
