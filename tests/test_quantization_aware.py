@@ -35,10 +35,11 @@ def tiny_int8(tiny_model: Path, tmp_path_factory) -> dict:
     ckpt = load_checkpoint(pth)
     prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0]["preprocessing"])
     train, _ = training_split(ckpt, ckpt["train_config"]["data"])
-    ptq = quantize_int8(folder / "model.onnx", folder / "ptq.onnx", calibration_batches(train.paths, prep, 4))
+    films = serving_pixels(train.paths, prep)
+    ptq = quantize_int8(folder / "model.onnx", folder / "ptq.onnx", calibration_batches(films, prep, 4))
     return {"folder": folder, "fp32": folder / "model.onnx", "ptq": ptq, "prep": prep,
             "temperature": float(ckpt["temperature"]), "train": _films(prep, range(1000, 1256)),
-            "held_out": _films(prep, range(5000, 5064)), "films": serving_pixels(train.paths, prep)}
+            "held_out": _films(prep, range(5000, 5064)), "films": films}
 
 
 def _logits(path: Path, x: np.ndarray) -> np.ndarray:
