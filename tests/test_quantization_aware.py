@@ -74,11 +74,11 @@ def test_distillation_brings_int8_closer_to_fp32_on_films_it_did_not_see(tiny_in
     int8 calibrated logits (centred: what softmax and the call depend on) closer to the fp32 model's
     than post-training quantization does, on other films: in the simulation and in ONNX Runtime."""
     folder, prep, t = tiny_int8["folder"], tiny_int8["prep"], tiny_int8["temperature"]
-    info = distill_for_int8(tiny_int8["fp32"], tiny_int8["ptq"], tiny_int8["train"], folder / "student.onnx", prep,
+    quant = qdq_quantization(tiny_int8["ptq"])
+    info = distill_for_int8(tiny_int8["fp32"], quant, tiny_int8["train"], folder / "student.onnx", prep,
                             temperature=t, steps=150, lr=1e-4)
     assert info["steps"] == 150 and info["training_images"] == len(tiny_int8["train"])
     assert info["logit_mse"]["last"] < info["logit_mse"]["first"]
-    quant = qdq_quantization(tiny_int8["ptq"])
     x = normalize_pixels(tiny_int8["held_out"], prep)
 
     def error(z: np.ndarray | torch.Tensor) -> float:

@@ -35,14 +35,17 @@ from mediflow.preprocessing import PreprocessConfig, normalize_pixels
 if TYPE_CHECKING:
     from mediflow.inference.quantize import Refiner
 
+# What a QDQ int8 model quantizes (qdq_quantization): {activation tensor name: (scale, uint8 zero
+# point)} and the names of the weights it stores in int8.
+Quantization = tuple[dict[str, tuple[float, int]], set[str]]
+
 # ONNX Runtime's symmetric int8 weights use [-127, 127] (scale = max |w| / 127 per output channel).
 WEIGHT_QMAX = 127
 
 
-def qdq_quantization(int8_path: Path) -> tuple[dict[str, tuple[float, int]], set[str]]:
-    """What a QDQ int8 ONNX model quantizes: {activation tensor name: (scale, uint8 zero point)} and
-    the names of the weight initializers it stores in int8. Names are the fp32 graph's: ONNX Runtime
-    renames a quantized graph output `x` to `x_QuantizeLinear_Input`."""
+def qdq_quantization(int8_path: Path) -> Quantization:
+    """What a QDQ int8 ONNX model quantizes (see `Quantization`). Names are the fp32 graph's: ONNX
+    Runtime renames a quantized graph output `x` to `x_QuantizeLinear_Input`."""
     import onnx
     from onnx import numpy_helper
 
@@ -70,7 +73,7 @@ class OnnxGraphModule(nn.Module):
 
     OPS = ("Conv", "Clip", "Add", "ReduceMean", "Gemm", "Einsum", "Constant")
 
-    def __init__(self, fp32_path: Path, quantization: tuple[dict[str, tuple[float, int]], set[str]] | None = None):
+    def __init__(self, fp32_path: Path, quantization: Quantization | None = None):
         super().__init__()
         import onnx
         from onnx import numpy_helper
@@ -163,13 +166,14 @@ def centered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return z - z.mean(dim=1, keepdim=True)
 
 
-def distill_for_int8(fp32: Path, ptq_int8: Path, images: np.ndarray, out: Path, prep: PreprocessConfig, *,
-                     temperature: float = 1.0, steps: int = 260, batch_size: int = 32, lr: float = 2e-5,
-                     feature_weight: float = 10.0, hflip: bool = True, seed: int = 0,
+def distill_for_int8(fp32: Path, quantization: Quantization, images: np.ndarray, out: Path,
+                     prep: PreprocessConfig, *, temperature: float = 1.0, steps: int = 260, batch_size: int = 32,
+                     lr: float = 2e-5, feature_weight: float = 10.0, hflip: bool = True, seed: int = 0,
                      progress: bool = False) -> dict[str, Any]:
-    """Fine-tune `fp32`'s weights through the simulated int8 model of `ptq_int8` (its post-training
-    quantization) to reproduce fp32's outputs, and write them to `out` (an fp32 ONNX with `fp32`'s
-    graph and metadata), ready to be quantized again with the same recipe.
+    """Fine-tune `fp32`'s weights through the simulated int8 model that `quantization` describes
+    (`qdq_quantization` of its post-training int8 model) to reproduce fp32's outputs, and write them
+    to `out` (an fp32 ONNX with `fp32`'s graph and metadata), ready to be quantized again with the
+    same recipe.
 
     images: (N, S, S, 3) uint8, the model-sized pixels the server feeds (data.dataset.serving_pixels) of
     training films, normalised with `prep`. Loss per batch: mean squared error of
@@ -184,8 +188,7 @@ def distill_for_int8(fp32: Path, ptq_int8: Path, images: np.ndarray, out: Path, 
     batch_size = min(batch_size, len(images))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    quant = qdq_quantization(ptq_int8)
-    teacher, student = OnnxGraphModule(fp32), OnnxGraphModule(fp32, quant)
+    teacher, student = OnnxGraphModule(fp32), OnnxGraphModule(fp32, quantization)
     teacher.requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     history: list[tuple[float, float]] = []
@@ -226,8 +229,9 @@ def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, prog
     def refine(fp32: Path, ptq: Path, paths: Sequence[Path], workdir: Path
                ) -> tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]:
         student = workdir / "distilled.onnx"
-        info = distill_for_int8(fp32, ptq, serving_pixels(paths, prep), student, prep, temperature=temperature,
-                                steps=steps, progress=progress)
-        return student, qdq_quantization(ptq)[0], info
+        quantization = qdq_quantization(ptq)
+        info = distill_for_int8(fp32, quantization, serving_pixels(paths, prep), student, prep,
+                                temperature=temperature, steps=steps, progress=progress)
+        return student, quantization[0], info
 
     return refine
