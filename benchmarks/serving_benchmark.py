@@ -12,8 +12,11 @@ For each configuration it measures, on the same full-resolution JPEGs:
 - each server's peak RSS and its RSS after 500 requests.
 Requests go to the servers in interleaved blocks so that all of them see the same background load
 (the machine may be shared); compare ratios from one run, not absolute numbers across runs.
+Back to back (the default) measures a busy server; `--gap-ms` pauses before every request, as
+between one doctor's uploads, which is slower on a VM whose idle cores must wake up first.
 
     PYTHONPATH=$PWD python benchmarks/serving_benchmark.py [--model M.pth] [--requests 500]
+        [--gap-ms 500] [--also-threads 1]
 
 Prints a markdown table (and writes it with the raw numbers to --out-json when given).
 """
@@ -46,6 +49,9 @@ class Server:
     name: str
     cmd: list[str]
     heatmap: bool
+    # Which model-only and batch figures belong on this server's row (None: the same model as a row
+    # above, served differently).
+    key: str | None = None
     proc: subprocess.Popen | None = None
     port: int = 0
     plain_ms: list[float] = field(default_factory=list)
@@ -91,7 +97,9 @@ def wait_ready(server: Server, client, timeout: float = 300) -> None:
     raise SystemExit(f"{server.name} server not ready after {timeout}s")
 
 
-def post(client, server: Server, name: str, data: bytes, heatmap: bool) -> float:
+def post(client, server: Server, name: str, data: bytes, heatmap: bool, gap_s: float = 0.0) -> float:
+    if gap_s:
+        time.sleep(gap_s)
     t = time.perf_counter()
     r = client.post(server.url + ("?heatmap=true" if heatmap else ""), files={"file": (name, data, "image/jpeg")})
     ms = (time.perf_counter() - t) * 1000
@@ -155,7 +163,7 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
     res = {"design": median_ms(run_design, n)}
     for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
         # ONNX Runtime's thread pool as `mediflow serve` sets it (serving/app.py's load_predictor).
-        p = Predictor.load(path, backend=backend, threads=serving_threads(), idle_spin=False)
+        p = Predictor.load(path, backend=backend, threads=serving_threads(), serving=True)
         res[name] = median_ms(lambda: p.backend.run(one()), n)
     served = Predictor.load(pth).backend
     deferred = float("nan")
@@ -228,6 +236,11 @@ def main() -> int:
     ap.add_argument("--batch-images", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--model-runs", type=int, default=30)
+    ap.add_argument("--also-threads", type=int,
+                    help="add a row: the served default with `mediflow serve --threads N`")
+    ap.add_argument("--gap-ms", type=float, default=0.0,
+                    help="pause before every timed request (idle server, as between a doctor's uploads); default: "
+                         "back to back")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
 
@@ -254,11 +267,16 @@ def main() -> int:
         # the last row adds serve's default study store (SQLite, in the temporary folder) to show its cost.
         serve = [py, "-m", "mediflow", "serve", "--host", "127.0.0.1"]
         servers = [
-            Server("design (torchvision B0, eager, full decode)", [py, str(REPO / "benchmarks" / "design_server.py")], False),
-            Server("MediFlow torch", serve + ["--no-store", "--model", str(pth), "--backend", "torch"], True),
-            *([Server("MediFlow onnx fp32", serve + ["--no-store", "--model", str(onnx)], True)]
+            Server("design (torchvision B0, eager, full decode)", [py, str(REPO / "benchmarks" / "design_server.py")],
+                   False, "design"),
+            Server("MediFlow torch", serve + ["--no-store", "--model", str(pth), "--backend", "torch"], True, "torch"),
+            *([Server("MediFlow onnx fp32", serve + ["--no-store", "--model", str(onnx)], True, "onnx")]
               if default.backend.path != onnx else []),
-            Server(f"MediFlow served default ({default_name})", serve + ["--no-store", "--model", str(pth)], True),
+            Server(f"MediFlow served default ({default_name})", serve + ["--no-store", "--model", str(pth)], True,
+                   "default"),
+            *([Server(f"MediFlow served default, --threads {args.also_threads}",
+                      serve + ["--no-store", "--model", str(pth), "--threads", str(args.also_threads)], True)]
+              if args.also_threads else []),
             Server("MediFlow served default + study store",
                    serve + ["--database-url", f"sqlite:///{work / 'studies.db'}", "--model", str(pth)], True),
         ]
@@ -279,10 +297,10 @@ def main() -> int:
                 for s in servers:
                     for k in range(i, min(i + BLOCK, args.requests)):
                         name, data = uploads[k % len(uploads)]
-                        s.plain_ms.append(post(client, s, name, data, False))
+                        s.plain_ms.append(post(client, s, name, data, False, args.gap_ms / 1000))
                     for k in range(i, min(i + BLOCK, args.heatmap_requests) if s.heatmap else i):
                         name, data = uploads[k % len(uploads)]
-                        s.heatmap_ms.append(post(client, s, name, data, True))
+                        s.heatmap_ms.append(post(client, s, name, data, True, args.gap_ms / 1000))
             for s in servers:  # read after all requests, heatmaps included
                 s.peak_rss = proc_status_mb(s.proc.pid, "VmHWM")
                 s.rss_after = proc_status_mb(s.proc.pid, "VmRSS")
@@ -302,18 +320,17 @@ def main() -> int:
                 s.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    keys = ["design", "torch", *(["onnx"] if len(servers) == 5 else []), "default", "default"]
     base = pct(servers[0].plain_ms, 50)
     rows = []
-    for key, s in zip(keys, servers):
+    for s in servers:
         p50, p95 = pct(s.plain_ms, 50), pct(s.plain_ms, 95)
         h50, h95 = pct(s.heatmap_ms, 50), pct(s.heatmap_ms, 95)
         rows.append({
-            "config": s.name, "model_ms": mo[key] if s is not servers[-1] else float("nan"),
+            "config": s.name, "model_ms": mo[s.key] if s.key else float("nan"),
             "http_p50": p50, "http_p95": p95,
             "speedup": base / p50, "heatmap_p50": h50, "heatmap_p95": h95,
             "heatmap_speedup": base / h50 if s.heatmap_ms else float("nan"),
-            "batch_ips": bt[key] if s is not servers[-1] else float("nan"),
+            "batch_ips": bt[s.key] if s.key else float("nan"),
             "peak_rss_mb": s.peak_rss, "rss_after_mb": s.rss_after,
             "requests": s.n_requests,
         })
@@ -323,8 +340,9 @@ def main() -> int:
         f"Machine: {machine()}; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.",
         f"{len(uploads)} full-resolution JPEGs from {args.images.name}/ (median "
         f"{np.median([len(d) for _, d in uploads]) / 1e3:.0f} kB); {args.requests} plain + "
-        f"{args.heatmap_requests} heatmap requests per server, one at a time, servers interleaved in blocks of "
-        f"{BLOCK} (RSS read after all of them); "
+        f"{args.heatmap_requests} heatmap requests per server, one at a time"
+        + (f", each after a {args.gap_ms:g} ms pause" if args.gap_ms else ", back to back")
+        + f", servers interleaved in blocks of {BLOCK} (RSS read after all of them); "
         f"batch: {len(batch_imgs)} "
         f"224x224 JPEGs, batch size {args.batch_size}. Served default: {default.info.architecture}"
         + ("" if deferred != deferred else f"; {deferred:.0%} of the uploads re-run in fp32 (near the operating point)")
@@ -342,8 +360,8 @@ def main() -> int:
             f"{fmt(r['batch_ips'], 0)} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['rss_after_mb'], 0)} |")
     print("\n".join(lines))
     if args.out_json:
-        args.out_json.write_text(json.dumps({"machine": machine(), "load": [load_start, load_end], "rows": rows},
-                                            indent=2))
+        report = {"machine": machine(), "load": [load_start, load_end], "gap_ms": args.gap_ms, "rows": rows}
+        args.out_json.write_text(json.dumps(report, indent=2))
     return 0
 
 
