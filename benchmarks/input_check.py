@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from mediflow.inference.backends import serving_threads
     from mediflow.training.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 
-    predictor = Predictor.load(args.model, threads=serving_threads(), idle_spin=False)
+    predictor = Predictor.load(args.model, threads=serving_threads(), serving=True)
     if not predictor.input_check.uses_features:
         print("note: no input-check statistics fitted on this model: header and pixel checks only")
     root = Path(args.data_root)

@@ -227,6 +227,30 @@ def test_server_threads_spin_only_while_a_run_lasts(tiny_export):
         batch.session.get_session_options().get_session_config_entry("session.force_spinning_stop")
 
 
+def test_a_serving_backend_runs_on_one_thread_after_an_idle_spell(tiny_export, monkeypatch):
+    """Serving: a run that follows another closely uses every thread; one after the process's models
+    have idled uses one (a second session); both compute the same outputs. Batch work always uses
+    every thread."""
+    _, onnx = tiny_export
+    served = OnnxBackend(onnx, threads=2, serving=True)
+    x = np.random.default_rng(3).standard_normal((2, 3, served.image_size, served.image_size)).astype(np.float32)
+    monkeypatch.setattr(OnnxBackend, "IDLE_AFTER_S", 0.0)  # every run comes after an idle spell
+    after_idle = served.run(x, ("logits", "features"))
+    assert served.last_run_threads == 1
+    monkeypatch.setattr(OnnxBackend, "IDLE_AFTER_S", 3600.0)  # every run follows another closely
+    busy = served.run(x, ("logits", "features"))
+    assert served.last_run_threads == 2
+    for k in busy:
+        np.testing.assert_allclose(after_idle[k], busy[k], rtol=0, atol=1e-5)
+    monkeypatch.setattr(OnnxBackend, "IDLE_AFTER_S", 0.0)
+    batch = OnnxBackend(onnx, threads=2)
+    batch.run(x)
+    assert batch.last_run_threads == 2
+    one = OnnxBackend(onnx, threads=1, serving=True)
+    one.run(x)
+    assert one.last_run_threads == 1
+
+
 def test_serve_with_onnx_backend_but_no_export_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys):
     lonely = tmp_path / "m.pth"
     shutil.copy(tiny_model, lonely)

@@ -21,7 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "onnx", "torch"],
                    help="onnx: ONNX Runtime on MODEL.onnx (or MODEL.int8.onnx) exported next to the checkpoint, or "
                         "an .onnx --model; auto (default): onnx when such an export exists, else torch")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores, not spinning between requests)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads for one image while uploads follow one another "
+                                                "(default: all cores; one after an idle spell; not spinning between "
+                                                "requests)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, help="upload size limit in MB (default 20)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -51,48 +52,49 @@ def scale_map(cam: np.ndarray) -> np.ndarray:
 
 
 def serving_threads() -> int:
-    """Intra-op threads for a server answering one image at a time: all cores, spinning only while a
-    run lasts (see OnnxBackend's `idle_spin`). The server runs one inference at a time, so nothing
-    else needs the cores while it does. Measured on a 2-core AVX2 VM through the HTTP API
-    (benchmarks/serving_benchmark.py), int8: 2 threads p50 22.2 ms vs 1 thread 26.8 ms. (With
-    threads that kept spinning after a run, 2 had been slower than 1: idle workers burnt the core that
-    decodes the next upload.)"""
+    """Intra-op threads for a server answering one image at a time: all cores while requests follow
+    one another, spinning only while a run lasts, one after an idle spell (see OnnxBackend's
+    `serving`). The server runs one inference at a time, so nothing else needs the cores while it
+    does. Measured on a 2-core AVX2 VM through the HTTP API (benchmarks/serving_benchmark.py), int8,
+    back to back: 2 threads p50 22.2 ms vs 1 thread 26.8 ms. (With threads that kept spinning after
+    a run, 2 had been slower than 1: idle workers burnt the core that decodes the next upload.)"""
     return available_threads()
+
+
+# When the process's last model run ended (time.perf_counter(), any OnnxBackend): whether the CPU's
+# cores have just been busy or have idled, for serving backends (OnnxBackend.run).
+_last_run_end = 0.0
 
 
 class OnnxBackend:
     name = "onnx"
+    # serving: a run that starts this long (seconds) after the process's last one ended takes the
+    # single-thread session.
+    IDLE_AFTER_S = 0.1
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, idle_spin: bool = True):
-        """`threads`: intra-op threads (default: all cores, for batches). Worker threads busy-wait
-        for the next operator while a run lasts (waking a sleeping thread for each of the graph's
-        ~100 operators costs more than the operator on a small batch). `idle_spin`: let them go on
-        spinning after the run returns, for batches that follow one another; off for serving, where
-        they would steal the CPU that decodes the next upload (ONNX Runtime's
-        `session.force_spinning_stop`). Serving one image at a time on a 2-core AVX-512 VM, through
-        the HTTP API: spinning within runs only took the int8 model from 4.7 to 3.7 ms p50 against
-        not spinning at all (benchmarks/serving_benchmark.py)."""
-        import onnxruntime as ort
+    def __init__(self, path: str | Path, *, threads: int | None = None, serving: bool = False):
+        """`threads`: intra-op threads (default: all cores). Worker threads busy-wait for the next
+        operator while a run lasts (waking a sleeping thread for each of the graph's ~100 operators
+        costs more than the operator on a small batch), and, for batches that follow one another,
+        after it returns.
 
+        `serving`: tuned for a server answering one image at a time, with pauses between uploads.
+        - The workers stop spinning when a run returns (ONNX Runtime's `session.force_spinning_stop`);
+          they would take the CPU that decodes the next upload. On a 2-core AVX-512 VM, through the
+          HTTP API: spinning within runs only took the int8 model from 4.7 to 3.7 ms p50 against not
+          spinning at all (benchmarks/serving_benchmark.py).
+        - A run that starts after the process's models have been idle for IDLE_AFTER_S runs on one
+          thread (a second session of the same file). On that VM the int8 model took 2.7 ms on two
+          threads back to back, but 8-9 ms when the runs were 10 ms or more apart; on one thread,
+          4.7 ms either way. Through the API with 0.5 s between uploads: 21.1 ms p50 on two
+          threads, 16.9 ms on one; back to back, 13.7 vs 15.7 ms."""
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such model file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or available_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if not idle_spin:
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
-        providers = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
-        except Exception as exc:  # protobuf/format errors: the user's file, not our bug
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
+        self.threads = threads or available_threads()
+        self.session = self._session(self.threads, serving)
+        self._after_idle = self._session(1, serving) if serving and self.threads > 1 else None
+        self.last_run_threads = 0  # how many threads the last run had (0: none yet)
         self.metadata = read_session_metadata(self.session, self.path)
         self.input_name = self.session.get_inputs()[0].name
         # Square images of this side (pixels); the export fixes it, only the batch axis is free.
@@ -100,9 +102,34 @@ class OnnxBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
 
+    def _session(self, threads: int, serving: bool):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if serving:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # protobuf/format errors: the user's file, not our bug
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
+
     def run(self, batch: np.ndarray, outputs: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
+        global _last_run_end
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        values = self.session.run(list(outputs), {self.input_name: x})
+        session, self.last_run_threads = self.session, self.threads
+        if self._after_idle is not None and time.perf_counter() - _last_run_end >= self.IDLE_AFTER_S:
+            session, self.last_run_threads = self._after_idle, 1
+        values = session.run(list(outputs), {self.input_name: x})
+        _last_run_end = time.perf_counter()
         return dict(zip(outputs, values))
 
     def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:

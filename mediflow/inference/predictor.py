@@ -125,19 +125,19 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, idle_spin: bool = True, **kwargs) -> "Predictor":
+             threads: int | None = None, serving: bool = False, **kwargs) -> "Predictor":
         """`path`: a .pth checkpoint, an .onnx export, or None for the bundled model. `backend`:
         'auto' uses an ONNX export when one made from this checkpoint sits next to it. `threads`,
-        `idle_spin`: ONNX Runtime's thread pool (see OnnxBackend)."""
+        `serving`: ONNX Runtime's threads, and their tuning for a server (see OnnxBackend)."""
         if backend not in BACKENDS:
             raise MediFlowError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         p = default_model_path(path)
         if p.suffix.lower() == ".onnx":
             if backend == "torch":
                 raise CheckpointError(f"{p}: the torch backend needs the .pth checkpoint, not its ONNX export")
-            return cls.from_onnx(OnnxBackend(p, threads=threads, idle_spin=idle_spin), **kwargs)
+            return cls.from_onnx(OnnxBackend(p, threads=threads, serving=serving), **kwargs)
         if backend in ("auto", "onnx"):
-            found = matching_export(p, threads=threads, idle_spin=idle_spin) if p.is_file() else None
+            found = matching_export(p, threads=threads, serving=serving) if p.is_file() else None
             if found is not None:
                 return cls.from_onnx(found, **kwargs)
             if backend == "onnx":

@@ -91,9 +91,10 @@ def render_index(settings: Settings) -> str:
 def load_predictor(settings: Settings) -> Predictor:
     from mediflow.inference.backends import serving_threads
 
-    # Tuned for one image at a time (see serving_threads): no spinning between requests.
+    # Tuned for one image at a time (see serving_threads): no spinning between requests, one thread
+    # after an idle spell.
     return Predictor.load(settings.model_path, backend=settings.backend, device=settings.device,
-                          threads=settings.threads or serving_threads(), idle_spin=False,
+                          threads=settings.threads or serving_threads(), serving=True,
                           review_below=settings.review_below)
 
 

@@ -58,4 +58,5 @@ class Settings(BaseSettings):
         return origins
     # onnx: ONNX Runtime (fast, small; the export next to the checkpoint); auto: onnx when available.
     backend: Literal["auto", "onnx", "torch"] = "auto"
-    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads; default: all cores (spinning only within a run)")
+    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads while uploads follow "
+                                "one another; default: all cores (one after an idle spell, spinning only within a run)")
