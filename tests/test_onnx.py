@@ -251,6 +251,27 @@ def test_a_serving_backend_runs_on_one_thread_after_an_idle_spell(tiny_export, m
     assert one.last_run_threads == 1
 
 
+def test_start_up_warms_both_serving_sessions(tiny_export, monkeypatch):
+    """The server's warm-up runs the model after start-up's idle spell (one thread) and right after it
+    (all threads), so neither session initialises itself on a doctor's upload."""
+    pth, _ = tiny_export
+    from mediflow.inference import backends
+    from mediflow.serving.app import load_predictor
+
+    predictor = load_predictor(Settings(model_path=str(pth), threads=2))
+    threads, real = [], OnnxBackend.run
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        threads.append(self.last_run_threads)
+        return out
+
+    monkeypatch.setattr(OnnxBackend, "run", spy)
+    monkeypatch.setattr(backends, "_last_run_end", 0.0)  # no model has run yet in this process
+    with TestClient(create_app(Settings(), predictor=predictor)):
+        assert threads == [1, 2]
+
+
 def test_serve_with_onnx_backend_but_no_export_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys):
     lonely = tmp_path / "m.pth"
     shutil.copy(tiny_model, lonely)
