@@ -251,25 +251,25 @@ def test_a_serving_backend_runs_on_one_thread_after_an_idle_spell(tiny_export, m
     assert one.last_run_threads == 1
 
 
-def test_start_up_warms_both_serving_sessions(tiny_export, monkeypatch):
-    """The server's warm-up runs the model after start-up's idle spell (one thread) and right after it
-    (all threads), so neither session initialises itself on a doctor's upload."""
-    pth, _ = tiny_export
-    from mediflow.inference import backends
-    from mediflow.serving.app import load_predictor
+def test_a_serving_backend_runs_each_session_once_when_it_loads(tiny_export, monkeypatch):
+    """Both sessions of a serving backend (all threads, one thread) make their first run at load, so
+    neither initialises itself on a doctor's upload; a batch backend runs nothing at load."""
+    import onnxruntime as ort
 
-    predictor = load_predictor(Settings(model_path=str(pth), threads=2))
-    threads, real = [], OnnxBackend.run
+    _, onnx = tiny_export
+    runs = []
+    real = ort.InferenceSession.run
 
     def spy(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        threads.append(self.last_run_threads)
-        return out
+        runs.append(self.get_session_options().intra_op_num_threads)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(OnnxBackend, "run", spy)
-    monkeypatch.setattr(backends, "_last_run_end", 0.0)  # no model has run yet in this process
-    with TestClient(create_app(Settings(), predictor=predictor)):
-        assert threads == [1, 2]
+    monkeypatch.setattr(ort.InferenceSession, "run", spy)
+    OnnxBackend(onnx, threads=2, serving=True)
+    assert sorted(runs) == [1, 2]
+    runs.clear()
+    OnnxBackend(onnx, threads=2)
+    assert runs == []
 
 
 def test_serve_with_onnx_backend_but_no_export_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys):

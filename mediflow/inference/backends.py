@@ -101,6 +101,14 @@ class OnnxBackend:
         self.image_size = int(self.session.get_inputs()[0].shape[-1])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        if serving:
+            # A session's first run allocates its buffers: here, not on a doctor's upload (the
+            # one-thread session, and an fp32 original that only re-runs a few images, would
+            # otherwise wait until their first real image). Not timed: it leaves the idle clock alone.
+            x = np.zeros((1, *self.session.get_inputs()[0].shape[1:]), dtype=np.float32)
+            for session in (self.session, self._after_idle):
+                if session is not None:
+                    session.run(None, {self.input_name: x})
 
     def _session(self, threads: int, serving: bool):
         import onnxruntime as ort

@@ -65,15 +65,11 @@ PAGE_HEADERS = {
 
 
 def warm_up(predictor: Predictor) -> float:
-    """Throw-away model passes, so the first doctor does not wait for lazy initialisation. Returns ms."""
+    """One throw-away prediction, so the first doctor does not wait for lazy initialisation. Returns ms."""
     t0 = time.perf_counter()
     size = predictor.prep.image_size
     # The model pass itself: a flat grey image would stop at the input check, before the model.
-    x = predictor.preprocess_array(Image.new("RGB", (size, size), (128, 128, 128)))[None]
-    # Twice: the first pass, after start-up's idle spell, runs on one thread; the second, right after
-    # it, on all of them (a serving OnnxBackend holds a session for each, see backends.py).
-    for _ in range(2):
-        predictor.forward(x)
+    predictor.forward(predictor.preprocess_array(Image.new("RGB", (size, size), (128, 128, 128)))[None])
     return (time.perf_counter() - t0) * 1000
 
 
