@@ -19,6 +19,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ from dicom_raw import TAGS, image_elements, raw_dicom
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+from mediflow.data import jpeg_stripes
 from mediflow.data.images import decode_image
+from mediflow.data.jpeg_stripes import decode_in_stripes, stripe_layout
 from mediflow.errors import ImageDecodeError
 
 pytestmark = pytest.mark.fuzz
@@ -51,7 +54,15 @@ settings.load_profile(os.environ.get("MEDIFLOW_FUZZ_PROFILE", "ci"))
 def decodes_or_refuses(data: bytes) -> None:
     """The property: an RGB image or ImageDecodeError; anything else fails the test, as do more than
     CPU_SECONDS, a hang, or a peak of more than PEAK_BYTES of Python-visible memory (NumPy's buffers
-    included)."""
+    included). A JPEG is decoded twice: whole, and on two threads with stripes as small as the
+    restart markers allow (jpeg_stripes.py; the server's path for large restart-marked films)."""
+    _decodes_or_refuses(data, threads=1)
+    if data.startswith(b"\xff\xd8"):
+        with mock.patch.object(jpeg_stripes, "MIN_STRIPE_BYTES", 1):
+            _decodes_or_refuses(data, threads=2)
+
+
+def _decodes_or_refuses(data: bytes, threads: int) -> None:
 
     def hung(signum, frame):
         raise TimeoutError(f"decode_image still running after {HANG_SECONDS} s")
@@ -61,7 +72,7 @@ def decodes_or_refuses(data: bytes) -> None:
     cpu = time.process_time()
     tracemalloc.start()
     try:
-        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS)
+        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS, threads=threads)
     except ImageDecodeError as exc:
         message = str(exc)
         assert message.startswith("fuzz: ") and "\n" not in message and "Traceback" not in message
@@ -87,6 +98,8 @@ def _seeds() -> dict[str, bytes]:
     seeds = {
         "jpeg": jpeg_bytes(film),
         "jpeg-progressive": _pil(film.convert("RGB"), "JPEG", progressive=True),
+        # Tall enough for a cut after RST7 (8 block rows), so the fuzz reaches striped decoding.
+        "jpeg-restart-rows": _pil(xray_like(0, 4, size=160), "JPEG", restart_marker_rows=1),
         "png-gray": png_bytes(film),
         "png-16bit": _pil(Image.fromarray(np.asarray(film, dtype=np.uint16) * 200), "PNG"),
         "png-palette-alpha": _pil(film.convert("P"), "PNG", transparency=0),
@@ -122,6 +135,9 @@ def test_every_seed_decodes():
     for name, data in SEEDS.items():
         img = decode_image(data, name=name, max_pixels=MAX_PIXELS)
         assert img.mode == "RGB", name
+    with mock.patch.object(jpeg_stripes, "MIN_STRIPE_BYTES", 1):
+        layout = stripe_layout(SEEDS["jpeg-restart-rows"])
+        assert layout is not None and decode_in_stripes(SEEDS["jpeg-restart-rows"], (160, 160), 2) is not None
 
 
 # -- mutations of valid files ---------------------------------------------------------------------

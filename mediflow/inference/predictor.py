@@ -26,8 +26,8 @@ from mediflow.data.images import decode_image, image_dicom_header, image_flags, 
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import (Backend, GuardedInt8Backend, OnnxBackend, TorchBackend, cam_heatmaps,
-                                         pooled_features)
+from mediflow.inference.backends import (Backend, GuardedInt8Backend, OnnxBackend, TorchBackend,
+                                         available_threads, cam_heatmaps, pooled_features)
 from mediflow.inference.bundled import default_model_path
 from mediflow.inference.input_check import (InputCheck, InputRejected, Reason, header_age_known, rejected,
                                             summarize)
@@ -98,8 +98,9 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
 class Predictor:
     def __init__(self, ckpt: dict[str, Any], *, backend: Backend | None = None, device: str = "cpu",
                  review_below: float = DEFAULT_REVIEW_BELOW, path: Path | None = None, sha256: str | None = None,
-                 fast_decode: bool = True):
-        """`ckpt`: a checkpoint, or an ONNX export's metadata (the checkpoint without its weights)."""
+                 fast_decode: bool = True, decode_threads: int = 1):
+        """`ckpt`: a checkpoint, or an ONNX export's metadata (the checkpoint without its weights).
+        `decode_threads`: threads `predict_bytes` may decode one upload on (see decode_image)."""
         self.ckpt = ckpt
         members = checkpoint_members(ckpt)
         self.class_names: list[str] = list(ckpt["class_names"])
@@ -114,6 +115,7 @@ class Predictor:
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
         self.draft_size: int | None = self.prep.image_size if fast_decode else None
+        self.decode_threads = decode_threads
         sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
         arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
@@ -128,9 +130,12 @@ class Predictor:
              threads: int | None = None, serving: bool = False, **kwargs) -> "Predictor":
         """`path`: a .pth checkpoint, an .onnx export, or None for the bundled model. `backend`:
         'auto' uses an ONNX export when one made from this checkpoint sits next to it. `threads`,
-        `serving`: ONNX Runtime's threads, and their tuning for a server (see OnnxBackend)."""
+        `serving`: ONNX Runtime's threads, and their tuning for a server (see OnnxBackend); a
+        serving predictor also decodes an upload on that many threads where it can."""
         if backend not in BACKENDS:
             raise MediFlowError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if serving:
+            kwargs.setdefault("decode_threads", threads or available_threads())
         p = default_model_path(path)
         if p.suffix.lower() == ".onnx":
             if backend == "torch":
@@ -308,7 +313,8 @@ class Predictor:
         for what cannot be decoded, InputRejected for what the input check refuses."""
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         t0 = time.perf_counter()
-        img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True, **kwargs)
+        img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True,
+                           threads=self.decode_threads, **kwargs)
         result = self.predict_image(img, heatmap=heatmap, t0=t0)
         result["notes"] = image_notes(img)
         # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,

@@ -1,0 +1,127 @@
+"""Striped JPEG decoding (mediflow/data/jpeg_stripes.py): a restart-marked grayscale JPEG decoded in
+stripes on several threads gives exactly the pixels of one decoder, and anything else is left to it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mediflow.data import jpeg_stripes
+from mediflow.data.images import decode_image, image_flags, image_notes
+from mediflow.data.jpeg_stripes import decode_in_stripes, stripe_layout
+from mediflow.errors import ImageDecodeError
+
+
+def film(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Grey levels with structure and noise, so the scan is large and every block differs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 128 + 60 * np.sin(xx / 37.0) * np.cos(yy / 23.0)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, (height, width)), 0, 255).astype(np.uint8))
+
+
+def jpeg(img: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, **options)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def small_stripes(monkeypatch):
+    # The size threshold only decides whether a thread pays; correctness must not depend on it.
+    monkeypatch.setattr(jpeg_stripes, "MIN_STRIPE_BYTES", 1024)
+
+
+@pytest.mark.parametrize("width,height,rows_between_markers", [(1000, 1200, 1), (997, 1203, 1), (640, 2001, 2)])
+@pytest.mark.parametrize("draft_size", [None, 224, 100])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_stripes_give_the_pixels_of_one_decoder(small_stripes, width, height, rows_between_markers, draft_size,
+                                                threads):
+    data = jpeg(film(width, height), restart_marker_rows=rows_between_markers)
+    layout = stripe_layout(data)
+    assert layout is not None and layout.rows_per_interval == rows_between_markers
+    whole = decode_image(data, draft_size=draft_size, keep_gray=True)
+    striped = decode_in_stripes(data, whole.size, threads)
+    assert striped is not None, "the film was not cut: the comparison below would test nothing"
+    assert striped.mode == "L" and striped.size == whole.size
+    assert np.array_equal(np.asarray(striped), np.asarray(whole))
+    # And through decode_image, as the server calls it (RGB as well as grey).
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, keep_gray=True, threads=threads)),
+                          np.asarray(whole))
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, threads=threads)),
+                          np.asarray(decode_image(data, draft_size=draft_size)))
+
+
+def test_a_small_scan_is_decoded_whole():
+    data = jpeg(film(400, 300), restart_marker_rows=1)
+    assert len(data) < 2 * jpeg_stripes.MIN_STRIPE_BYTES
+    assert decode_in_stripes(data, (400, 300), 2) is None
+
+
+@pytest.mark.parametrize("kind", ["no restart markers", "colour", "progressive", "interval not whole rows",
+                                  "one thread"])
+def test_what_cannot_be_cut_is_left_to_the_decoder(small_stripes, kind):
+    grey = film(800, 800)
+    data, threads = {
+        "no restart markers": (jpeg(grey), 2),
+        "colour": (jpeg(grey.convert("RGB"), restart_marker_rows=1), 2),
+        "progressive": (jpeg(grey, progressive=True, restart_marker_rows=1), 2),
+        "interval not whole rows": (jpeg(grey, restart_marker_blocks=7), 2),
+        "one thread": (jpeg(grey, restart_marker_rows=1), 1),
+    }[kind]
+    assert decode_in_stripes(data, (800, 800), threads) is None
+    if kind != "one thread":
+        assert stripe_layout(data) is None
+
+
+def test_a_size_that_is_not_a_dct_scale_is_left_to_the_decoder(small_stripes):
+    data = jpeg(film(800, 800), restart_marker_rows=1)
+    assert decode_in_stripes(data, (300, 300), 2) is None
+    assert decode_in_stripes(data, (100, 100), 2) is not None
+
+
+def test_a_truncated_striped_jpeg_fails_as_it_does_whole(small_stripes):
+    data = jpeg(film(1000, 1000), restart_marker_rows=1)
+    for cut in (len(data) - 2, len(data) * 3 // 4, len(data) // 3):
+        with pytest.raises(ImageDecodeError, match="corrupt or truncated JPEG"):
+            decode_image(data[:cut], name="u", draft_size=224)
+        with pytest.raises(ImageDecodeError, match="corrupt or truncated JPEG"):
+            decode_image(data[:cut], name="u", draft_size=224, threads=2)
+
+
+def test_exif_orientation_survives_stripes(small_stripes):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise
+    data = jpeg(film(900, 700), restart_marker_rows=1, exif=exif.tobytes())
+    whole = decode_image(data, draft_size=224, keep_gray=True)
+    striped = decode_image(data, draft_size=224, keep_gray=True, threads=2)
+    assert "exif_orientation" in image_flags(striped) and image_notes(striped) == image_notes(whole)
+    assert striped.size == whole.size == (-(-700 // 2), -(-900 // 2))
+    assert np.array_equal(np.asarray(striped), np.asarray(whole))
+
+
+def test_a_serving_predictor_decodes_on_its_threads(tiny_model: Path):
+    from mediflow.inference.predictor import Predictor
+
+    assert Predictor.load(tiny_model, serving=True, threads=2).decode_threads == 2
+    assert Predictor.load(tiny_model).decode_threads == 1
+
+
+@pytest.mark.realdata
+def test_striped_films_decode_to_the_same_pixels(fullres_dir: Path):
+    """The real films written with a restart marker per block row (16 of the 32): the same pixels
+    at full resolution and drafted to the model's size, and they are the ones that get cut."""
+    striped = 0
+    for f in sorted(fullres_dir.glob("*/*.jpeg")):
+        data = f.read_bytes()
+        for draft_size in (None, 224):
+            whole = decode_image(data, draft_size=draft_size, keep_gray=True)
+            cut = decode_in_stripes(data, whole.size, 2)
+            if cut is not None:
+                striped += draft_size == 224
+                assert np.array_equal(np.asarray(cut), np.asarray(whole)), f.name
+    assert striped >= 16
