@@ -56,6 +56,19 @@ def test_stripes_give_the_pixels_of_one_decoder(small_stripes, width, height, ro
                           np.asarray(decode_image(data, draft_size=draft_size)))
 
 
+def test_a_last_stripe_thinner_than_the_scale_is_not_cut(small_stripes):
+    """Most of the scan in rows 64-127 of 131: the cut after row 128 would leave 3 rows, fewer than
+    the 1/8 scale needs (the decoder fuzz found this as a ZeroDivisionError inside PIL's draft)."""
+    pixels = np.full((131, 200), 128, np.uint8)
+    pixels[64:128] = np.asarray(film(200, 64))
+    data = jpeg(Image.fromarray(pixels), restart_marker_rows=1)
+    whole = decode_image(data, draft_size=16, keep_gray=True)
+    assert whole.size == (25, 17)
+    assert decode_in_stripes(data, whole.size, 2) is None
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=16, keep_gray=True, threads=2)), np.asarray(whole))
+    assert decode_in_stripes(data, (200, 131), 2) is not None  # at full size the 3 rows are a stripe
+
+
 def test_a_small_scan_is_decoded_whole():
     data = jpeg(film(400, 300), restart_marker_rows=1)
     assert len(data) < 2 * jpeg_stripes.MIN_STRIPE_BYTES

@@ -113,7 +113,11 @@ def decode_in_stripes(data: bytes, size: tuple[int, int], threads: int) -> Image
     if scale is None:
         return None
     cuts = _cuts(data, layout, min(threads, (len(data) - layout.scan_start) // MIN_STRIPE_BYTES))
-    if not cuts:
+    # Every stripe needs a side of at least `scale` pixels for draft to choose that scale (the top
+    # ones have 64 rows or more; the last may be a few rows of a film whose scan is mostly above).
+    while cuts and layout.height - cuts[-1][1] < scale:
+        cuts.pop()
+    if not cuts or layout.width < scale:
         return None
     # Stripe i runs from just past the RST7 that ends stripe i-1 to the RST7 that ends it, closed by
     # an EOI; the last is the rest of the file as it is (a truncated one fails as it would whole).
