@@ -117,11 +117,27 @@ def test_exif_orientation_survives_stripes(small_stripes):
     assert np.array_equal(np.asarray(striped), np.asarray(whole))
 
 
-def test_a_serving_predictor_decodes_on_its_threads(tiny_model: Path):
+def test_a_serving_predictor_decodes_on_its_threads(tiny_model: Path, small_stripes, monkeypatch):
+    """A serving predictor cuts a restart-marked upload into stripes and answers exactly as one
+    that decodes it whole."""
+    from mediflow.data import images
     from mediflow.inference.predictor import Predictor
 
-    assert Predictor.load(tiny_model, serving=True, threads=2).decode_threads == 2
-    assert Predictor.load(tiny_model).decode_threads == 1
+    serving, plain = Predictor.load(tiny_model, serving=True, threads=2), Predictor.load(tiny_model)
+    assert serving.decode_threads == 2 and plain.decode_threads == 1
+    cut = []
+
+    def spy(data, size, threads):
+        out = decode_in_stripes(data, size, threads)
+        cut.append(out is not None)
+        return out
+
+    monkeypatch.setattr(images, "decode_in_stripes", spy)
+    data = jpeg(film(900, 1100, seed=3), restart_marker_rows=1)
+    striped, whole = serving.predict_bytes(data), plain.predict_bytes(data)
+    assert cut == [True, False]
+    assert striped["probabilities"] == whole["probabilities"] and striped["prediction"] == whole["prediction"]
+    assert striped["input_check"] == whole["input_check"]
 
 
 @pytest.mark.realdata
