@@ -92,9 +92,10 @@ def xray_like(label: int, seed: int, size: int = 64, mode: str = "L") -> Image.I
     return im.convert(mode) if mode != "L" else im
 
 
-def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+def jpeg_bytes(img: Image.Image, quality: int = 90, **options) -> bytes:
+    """`img` as a JPEG; `options`: PIL's other JPEG save options (e.g. restart_marker_rows=1)."""
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality, **options)
     return buf.getvalue()
 
 

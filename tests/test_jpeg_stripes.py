@@ -3,13 +3,14 @@ stripes on several threads gives exactly the pixels of one decoder, and anything
 
 from __future__ import annotations
 
-import io
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import jpeg_bytes
 from mediflow.data import jpeg_stripes
 from mediflow.data.images import decode_image, image_flags, image_notes
 from mediflow.data.jpeg_stripes import decode_in_stripes, stripe_layout
@@ -24,10 +25,8 @@ def film(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 25, (height, width)), 0, 255).astype(np.uint8))
 
 
-def jpeg(img: Image.Image, **options) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=95, **options)
-    return buf.getvalue()
+# High quality: large scans that keep every block's coefficients.
+jpeg = functools.partial(jpeg_bytes, quality=95)
 
 
 @pytest.fixture
