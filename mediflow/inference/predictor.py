@@ -164,8 +164,8 @@ class Predictor:
             predictor.info.architecture += " (int8)"
         return predictor
 
-    # The rule is the one source of the calibration and operating point (an ensemble's graph already
-    # averages its members' calibrated probabilities: T 1, no bias); these read it, never copy it.
+    # The rule is the one source of the calibration and operating point (for an ensemble, the one
+    # acting on its members' averaged calibrated probabilities); these read it, never copy it.
     @property
     def pos(self) -> int | None:
         return self.rule.pos

@@ -16,22 +16,23 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mediflow.checkpoint import checkpoint_members, load_checkpoint, save_checkpoint
+from mediflow.checkpoint import checkpoint_preprocessing, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
 from mediflow.evaluation.metrics import compute_metrics
 from mediflow.inference.backends import TorchBackend
-from mediflow.preprocessing import PreprocessConfig, eval_transform
+from mediflow.preprocessing import eval_transform
 
 log = logging.getLogger("mediflow.calibrate")
 
 
 def samples_logits(ckpt: dict[str, Any], samples: Samples) -> np.ndarray:
-    """Raw logits (N, K) of a single-model checkpoint on `samples`, through the preprocessing stored
-    in the checkpoint (the serving path's transform) on the torch backend."""
+    """Raw logits (N, K) of a checkpoint on `samples`, through the preprocessing stored in the
+    checkpoint (the serving path's transform) on the torch backend. For an ensemble: the log of its
+    members' averaged calibrated probabilities (graph.py), which its own calibration acts on."""
     backend = TorchBackend(ckpt)
-    prep = PreprocessConfig.from_dict(ckpt.get("preprocessing") or {})
+    prep = checkpoint_preprocessing(ckpt)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep)), batch_size=64, num_workers=1)
     return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader])
 
@@ -55,11 +56,11 @@ def site_calibrate(path: str | Path, site_dir: str | Path, out: str | Path, *, m
     """Refit the checkpoint at `path` on the labelled films in `site_dir` (class folders named like
     the model's classes) and write it to `out`: new temperature, logit bias, threshold and
     threshold rule, plus a `site_calibration` record (film counts, file-list hash, fitted
-    metrics). Weights, validation metrics and training record are kept. Raises MediFlowError for
-    an ensemble, unknown class folders or a class without films."""
+    metrics). Weights, validation metrics and training record are kept. An ensemble keeps its
+    members' own calibrations (they weigh the members in the average) and gets a temperature, bias
+    and threshold of its own on the averaged probability. Raises MediFlowError for unknown class
+    folders or a class without films."""
     ckpt = load_checkpoint(path)
-    if len(checkpoint_members(ckpt)) > 1:
-        raise MediFlowError("site calibration works on a single model; calibrate the members, then ensemble them")
     names = list(ckpt["class_names"])
     samples = check_images(scan_class_folders(site_dir), skip_bad=skip_bad)
     unknown = set(samples.class_names) - set(names)
