@@ -32,6 +32,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mediflow.inference.input_check import carry_statistics
+
     out = args.out or args.model
     if (Path(args.data) / "train").is_dir():
         from mediflow.training.ensemble import recalibrate
@@ -41,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
         from mediflow.training.site_calibration import site_calibrate
 
         site_calibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity, skip_bad=args.skip_bad)
+    # The weights are unchanged, so the input check's statistics still hold: keep them beside the copy.
+    carried = carry_statistics(args.model, out)
+    if carried is not None:
+        print(f"input-check statistics copied to {carried}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mediflow import DISCLAIMER
-from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
+from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint, weights_sha256
 from mediflow.data.images import decode_image, image_dicom_header, image_flags, image_notes, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
@@ -54,6 +54,8 @@ class ModelInfo:
     version: str
     sha256: str
     path: str
+    # The weights' identity (checkpoint.weights_sha256): equal to sha256 unless recalibrated.
+    weights_sha256: str = ""
 
 
 def onnx_candidates(checkpoint: Path) -> list[Path]:
@@ -119,11 +121,12 @@ class Predictor:
         sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
         arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
-                              sha256=sha, path=str(path or ""))
-        # Header and pixel checks always; the feature checks when statistics fitted on this model
-        # sit beside it (input_check.py).
+                              sha256=sha, path=str(path or ""), weights_sha256=weights_sha256(ckpt, sha))
+        # Header and pixel checks always; the feature checks when statistics fitted on this model's
+        # weights sit beside it (input_check.py).
         self.input_check = InputCheck.for_model(path, sha, image_size=self.prep.image_size,
-                                                trims_borders=self.prep.framing == "trim")
+                                                trims_borders=self.prep.framing == "trim",
+                                                weights_sha256=self.info.weights_sha256)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
@@ -357,6 +360,7 @@ class Predictor:
                          "members": self.n_members},
             "backend": self.backend_name,
             "export": c.get("onnx") if self.backend_name == "onnx" else None,
+            "input_check": self.input_check.describe(),
             "intended_use": "Screening aid for pediatric (ages 1-5) anterior-posterior chest X-rays like the "
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [

@@ -91,6 +91,9 @@ class ModelCard(BaseModel):
     site_calibration: dict[str, Any] | None = Field(
         default=None, description="the labelled site films the operating point was fitted on, if not validation")
     training: dict[str, Any]
+    input_check: dict[str, Any] | None = Field(
+        default=None, description="whether the input check's feature statistics (adult films, non-radiographs) "
+                                  "are loaded for this model, and if not, why and how to fit them")
     intended_use: str
     limitations: list[str]
     disclaimer: str

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
+from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint, save_checkpoint, weights_sha256
 from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
 from mediflow.decision import choose_threshold, positive_index, softmax
 from mediflow.errors import MediFlowError
@@ -50,6 +50,7 @@ def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sens
     temperature, bias, threshold, metrics = fit["temperature"], fit["logit_bias"], fit["threshold"], fit["metrics"]
     pos = positive_index(names)
     ckpt.update(temperature=temperature, logit_bias=bias, threshold=threshold, val_metrics=metrics,
+                weights_sha256=weights_sha256(ckpt, file_sha256(path)),
                 best_val_acc=metrics["balanced_accuracy"],
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
                                f"validation sensitivity >= {min_sensitivity}")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mediflow.checkpoint import checkpoint_members, load_checkpoint, save_checkpoint
+from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint, save_checkpoint, weights_sha256
 from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
@@ -74,6 +74,7 @@ def site_calibrate(path: str | Path, site_dir: str | Path, out: str | Path, *, m
     pos = positive_index(names)
     m = fit["metrics"]
     ckpt.update(temperature=fit["temperature"], logit_bias=fit["logit_bias"], threshold=fit["threshold"],
+                weights_sha256=weights_sha256(ckpt, file_sha256(path)),
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
                                f"sensitivity >= {min_sensitivity} on {len(samples)} labelled films of the site",
                 site_calibration={"n": len(samples), "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
