@@ -73,17 +73,34 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
     for cand in onnx_candidates(checkpoint):
         if not cand.is_file():
             continue
-        backend = OnnxBackend(cand, **backend_kwargs)
-        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
-            log.warning("ignoring %s: exported from a different checkpoint than %s", cand.name, checkpoint.name)
+        int8 = cand.name.endswith(".int8.onnx")
+        redo = f"mediflow export --model {checkpoint}" + (" --int8" if int8 else "")
+        try:
+            backend = OnnxBackend(cand, **backend_kwargs)
+        except Exception as exc:  # a truncated or foreign file: onnxruntime's own errors vary by version
+            log.warning("ignoring %s: not a complete MediFlow export (%s); to export again, run: %s", cand.name,
+                        str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__, redo)
             continue
-        found["int8" if (backend.metadata.get("onnx") or {}).get("quantization") else "fp32"] = backend
+        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
+            log.warning("ignoring %s: stale, exported from a different checkpoint than %s (recalibrated or "
+                        "retrained since?); to export again, run: %s", cand.name, checkpoint.name, redo)
+            continue
+        quant = (backend.metadata.get("onnx") or {}).get("quantization")
+        if quant is not None and "accepted" not in quant:
+            log.warning("ignoring %s: incomplete, its agreement with fp32 was never measured (an interrupted "
+                        "export?); to export again, run: %s", cand.name, redo)
+            continue
+        found["int8" if quant else "fp32"] = backend
     int8, fp32 = found.get("int8"), found.get("fp32")
     if int8 is not None:
         quant = int8.metadata["onnx"]["quantization"]
         if not quant.get("accepted"):
-            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", int8.path.name,
-                     quant.get("decision_agreement"), quant.get("auc_change"))
+            agreement, change = quant.get("decision_agreement"), quant.get("auc_change")
+            measured = ("" if agreement is None or change is None else
+                        f": int8 agreed with fp32 on {100 * float(agreement):.2f}% of decisions and changed the AUC "
+                        f"by {float(change):+.4f}")
+            log.info("not using %s, its export did not accept it%s (the rule: >= %.1f%% and within %.3f)",
+                     int8.path.name, measured, 100 * INT8_MIN_AGREEMENT, INT8_MAX_AUC_DROP)
         elif quant.get("fallback_band") is None:
             return int8  # an export from before the guarded rule: accepted on its own agreement
         elif fp32 is None:
