@@ -125,6 +125,18 @@ export interface ModelCard {
   preprocessing: Record<string, unknown>;
   training_data: string;
   validation_metrics: Record<string, number>;
+  operating_point?: { positive_class: string; calibrated_threshold: number; scale: string } | null;
+  /** The labelled films of the site the operating point was fitted on, when not the validation split. */
+  site_calibration?: {
+    n: number;
+    counts?: Record<string, number>;
+    min_sensitivity?: number;
+    threshold?: number | null;
+    metrics?: Record<string, number | null>;
+  } | null;
+  /** Lineage of a recalibrated model. */
+  calibration?: { base_model_sha256: string; base_version: string; weights_sha256: string; site: string; date: string } | null;
+  input_check?: { feature_checks: boolean; statistics_fitted_on: string | null; problem: string | null } | null;
   training: Record<string, unknown>;
   backend?: string;
   intended_use: string;

@@ -372,6 +372,8 @@ class Predictor:
             # Where the operating point was fitted when it was not the training validation split
             # (`mediflow calibrate --data SITE_DIR`): film counts and the metrics on those films.
             "site_calibration": c.get("site_calibration"),
+            # Lineage of a recalibrated model: the file it was calibrated from, its version, site, date.
+            "calibration": c.get("calibration"),
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
                          "members": self.n_members},

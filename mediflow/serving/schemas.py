@@ -90,6 +90,9 @@ class ModelCard(BaseModel):
     validation_metrics: dict[str, Any]
     site_calibration: dict[str, Any] | None = Field(
         default=None, description="the labelled site films the operating point was fitted on, if not validation")
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="lineage of a recalibrated model: base_model_sha256 and base_version (the model "
+                                  "it was calibrated from), weights_sha256, site and date (UTC)")
     training: dict[str, Any]
     input_check: dict[str, Any] | None = Field(
         default=None, description="whether the input check's feature statistics (adult films, non-radiographs) "

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint, save_checkpoint, weights_sha256
+from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
 from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
 from mediflow.decision import choose_threshold, positive_index, softmax
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics
-from mediflow.training.site_calibration import fit_operating_point, samples_logits
+from mediflow.training.site_calibration import fit_operating_point, mark_calibrated, samples_logits
 
 log = logging.getLogger("mediflow.ensemble")
 
@@ -40,9 +40,11 @@ def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.n
     return samples_logits(ckpt, val), np.asarray(val.labels)
 
 
-def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97) -> dict:
+def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97,
+                site: str | None = None) -> dict:
     """Refit calibration and threshold of a trained model on its own validation split (e.g. for
-    another sensitivity floor) without retraining."""
+    another sensitivity floor) without retraining; a new version and its lineage (mark_calibrated;
+    `site`: default the data folder's name)."""
     ckpt = load_checkpoint(path)
     names = ckpt["class_names"]
     logits, labels = val_logits(ckpt, data)
@@ -50,11 +52,11 @@ def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sens
     temperature, bias, threshold, metrics = fit["temperature"], fit["logit_bias"], fit["threshold"], fit["metrics"]
     pos = positive_index(names)
     ckpt.update(temperature=temperature, logit_bias=bias, threshold=threshold, val_metrics=metrics,
-                weights_sha256=weights_sha256(ckpt, file_sha256(path)),
                 best_val_acc=metrics["balanced_accuracy"],
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
                                f"validation sensitivity >= {min_sensitivity}")
     ckpt.setdefault("train_config", {})["min_sensitivity"] = min_sensitivity
+    mark_calibrated(ckpt, path, site or Path(data).resolve().name)
     save_checkpoint(ckpt, out)
     log.info("recalibrated %s: T %.3f bias %s thr %.4f | val AUC %.4f bal acc %.4f sens %.4f spec %.4f -> %s",
              path, temperature, [round(b, 3) for b in bias], threshold or float("nan"), metrics["auc"],
