@@ -37,6 +37,10 @@ router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.state.api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    keys = app.state.api_keys
+    # Whether callers must identify themselves, and how many may: never the keys or their names.
+    log.info("API keys %s", f"on: {len(keys)} key{'s' if len(keys) != 1 else ''} configured; every /api call needs "
+             "one" if keys else "off: /api calls are anonymous (make a key with `mediflow keys new NAME`)")
     url = configured_database_url(settings.database_url)
     app.state.store = Store.open(url, store_images=settings.store_images) if url else None
     if url:
