@@ -37,6 +37,7 @@ export interface Analysis {
   heatmap?: string | null;
   heatmap_class?: string | null;
   study_id?: string | null;
+  duplicate_of?: string | null;
 }
 
 export interface StudySummary {
@@ -54,6 +55,10 @@ export interface StudySummary {
   has_image: boolean;
   /** Null for studies saved before the input check existed. */
   input_check?: InputCheck | null;
+  /** The first study of the same image (identical bytes) when this upload repeats it. */
+  duplicate_of?: string | null;
+  /** Studies of this same image, this one included. */
+  same_image_uploads?: number;
 }
 
 /** GET /api/studies/refused: uploads the input check refused (no finding, no pixels kept). */

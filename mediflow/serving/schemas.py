@@ -69,6 +69,8 @@ class AnalysisResponse(BaseModel):
                                 "of where the model looked, to be stretched over the uploaded image")
     heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
     study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
+    duplicate_of: str | None = Field(default=None, description="the first study of the same image (identical bytes): "
+                                     "this upload repeats it; null when the image is new or no store is kept")
 
 
 class ModelCard(BaseModel):
