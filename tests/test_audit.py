@@ -98,3 +98,10 @@ def test_server_logs_whether_keys_are_on_and_how_many_never_the_keys(make_client
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("API keys")]
     assert lines[0].startswith("API keys on: 2 keys") and lines[1].startswith("API keys off")
     assert ALICE not in caplog.text and BOB not in caplog.text and "dr_alice" not in caplog.text
+
+
+def test_audit_command_on_a_missing_database_is_a_one_line_error_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "none.db"
+    assert main(["audit", "--database-url", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no study database there" in err and "\n" not in err and not missing.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -22,6 +23,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def sqlite_file_missing(url: str) -> bool:
+    """A SQLite URL naming a file that does not exist: opening it would create an empty database."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # an unparseable URL: Store reports it
+        return False
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and parsed.database != ":memory:" \
+        and not Path(parsed.database).expanduser().is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     from mediflow.errors import MediFlowError
     from mediflow.store.audit import AuditFilter, audit_page, parse_study_id, parse_time
@@ -33,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
                         until=parse_time(args.until, "--until") if args.until else None,
                         actor=args.actor, study_id=parse_study_id(args.study) if args.study else None)
     url = resolve_database_url(args.database_url)
+    if sqlite_file_missing(url):
+        raise MediFlowError(f"{describe_url(url)}: no study database there (mediflow serve creates it)")
     store = Store(url)
     try:
         if current_revision(store.engine) is None:

@@ -300,8 +300,8 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
         heat.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        f = open(out, "a", newline="", encoding="utf-8")
         _write_json(sidecar, record)
+        f = open(out, "a", newline="", encoding="utf-8")
     except OSError as exc:
         raise MediFlowError(f"{out}: cannot write ({exc.strerror})") from None
 
