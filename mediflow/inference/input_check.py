@@ -437,7 +437,8 @@ class InputCheck:
                     missing = f"{path.name} was fitted on another model's weights"
                     stats = None
             if missing:
-                fix = f"mediflow fit-input-check --model {model_path}"
+                fix = (f"mediflow fit-input-check --model {model_path} --adult ADULT_FILMS_DIR "
+                       "(docs/input_check.md)")
                 missing = (f"{missing}: adult films and non-radiographs are NOT flagged by their features, only by "
                            f"DICOM header and pixel checks. Fit them with: {fix}")
                 log.warning("INPUT CHECK INCOMPLETE for %s: %s", Path(model_path).name, missing)
