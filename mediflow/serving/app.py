@@ -22,6 +22,7 @@ from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
+from mediflow.serving.audit import router as audit_router
 from mediflow.serving.evaluation import read_evaluation
 from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.limits import UploadLimitMiddleware
@@ -212,6 +213,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         app.add_api_route(path, index, methods=["GET"], include_in_schema=False)
 
     install_studies(app, settings)  # study store, API keys, audit, worklist API
+    app.include_router(audit_router)  # GET /api/audit
     # Only the built assets (hashed names): index.html is served above, filled in and with its CSP.
     app.mount("/static/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="static")
     return app

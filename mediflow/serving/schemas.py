@@ -69,6 +69,8 @@ class AnalysisResponse(BaseModel):
                                 "of where the model looked, to be stretched over the uploaded image")
     heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
     study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
+    duplicate_of: str | None = Field(default=None, description="the first study of the same image (identical bytes): "
+                                     "this upload repeats it; null when the image is new or no store is kept")
 
 
 class ModelCard(BaseModel):
@@ -90,7 +92,13 @@ class ModelCard(BaseModel):
     validation_metrics: dict[str, Any]
     site_calibration: dict[str, Any] | None = Field(
         default=None, description="the labelled site films the operating point was fitted on, if not validation")
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="lineage of a recalibrated model: base_model_sha256 and base_version (the model "
+                                  "it was calibrated from), weights_sha256, site and date (UTC)")
     training: dict[str, Any]
+    input_check: dict[str, Any] | None = Field(
+        default=None, description="whether the input check's feature statistics (adult films, non-radiographs) "
+                                  "are loaded for this model, and if not, why and how to fit them")
     intended_use: str
     limitations: list[str]
     disclaimer: str

@@ -27,6 +27,7 @@ from mediflow.serving.study_schemas import (RefusalList, ReviewRequest, StudyDet
                                             StudySummary)
 from mediflow.store import repository
 from mediflow.store.db import Store, describe_url
+from mediflow.store.duplicates import link_fields, same_images
 from mediflow.store.models import Study
 
 log = logging.getLogger("mediflow.serve")
@@ -37,6 +38,10 @@ router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.state.api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    keys = app.state.api_keys
+    # Whether callers must identify themselves, and how many may: never the keys or their names.
+    log.info("API keys %s", f"on: {len(keys)} key{'s' if len(keys) != 1 else ''} configured; every /api call needs "
+             "one" if keys else "off: /api calls are anonymous (make a key with `mediflow keys new NAME`)")
     url = configured_database_url(settings.database_url)
     app.state.store = Store.open(url, store_images=settings.store_images) if url else None
     if url:
@@ -105,12 +110,15 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
             actor = getattr(request.state, "actor", ANONYMOUS)
             repository.add_audit(s, actor=actor, method=request.method, route=route, status_code=200,
                                  study_id=study.id)
-            return study.id
+            s.flush()
+            # The same bytes uploaded before: linked to the first study of them, not a silent duplicate.
+            return study.id, same_images(s, [study]).get(study.id)
 
-    study_id = await run_in_threadpool(save)
+    study_id, same = await run_in_threadpool(save)
     request.state.study_id = study_id
     request.state.audited = True
-    return {**result, "study_id": str(study_id)}
+    duplicate_of = same.duplicate_of(study_id) if same is not None else None
+    return {**result, "study_id": str(study_id), "duplicate_of": str(duplicate_of) if duplicate_of else None}
 
 
 async def record_refusal(request: Request, data: bytes, body: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +146,10 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _summary(study: Study, has_image: bool) -> dict[str, Any]:
+def _summary(study: Study, has_image: bool, same: dict | None = None) -> dict[str, Any]:
+    """`same`: same_images()'s answer for this study's page (links to earlier studies of the same bytes)."""
     return {
+        **link_fields(study, (same or {}).get(study.id)),
         "id": study.id, "received_at": study.received_at, "source_format": study.source_format,
         "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
         "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
@@ -160,7 +170,7 @@ def _operating_point(study: Study) -> dict[str, Any] | None:
 
 def _detail(session, study: Study) -> dict[str, Any]:
     return {
-        **_summary(study, repository.has_image(session, study.id)),
+        **_summary(study, repository.has_image(session, study.id), same_images(session, [study])),
         "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
         "operating_point": _operating_point(study),
         "margin": study.margin,
@@ -190,8 +200,9 @@ def list_studies(
 ) -> dict[str, Any]:
     with _store(request).session() as s:
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
+        same = same_images(s, [st for st, _ in rows])
         return {"total": total, "limit": limit, "offset": offset,
-                "items": [StudySummary(**_summary(st, has)) for st, has in rows]}
+                "items": [StudySummary(**_summary(st, has, same)) for st, has in rows]}
 
 
 @router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")

@@ -42,6 +42,9 @@ class StudySummary(BaseModel):
     has_image: bool
     input_check: InputCheckResult | None = Field(default=None, description="the input check's verdict (ok or "
                                                  "warning); null for studies saved before the check existed")
+    duplicate_of: uuid.UUID | None = Field(default=None, description="the first study of the same image (identical "
+                                           "bytes, by SHA-256) when this upload repeats it; null for a first upload")
+    same_image_uploads: int = Field(default=1, description="studies of this same image, this one included")
 
 
 class StudyList(BaseModel):
