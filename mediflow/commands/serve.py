@@ -32,6 +32,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--retry-after", type=int, help="seconds in the Retry-After header of a busy 503 (default 5)")
     p.add_argument("--upload-timeout", type=float,
                    help="seconds a client has to send a whole upload; slower ones get 408 (default 120)")
+    p.add_argument("--db-timeout", type=float,
+                   help="seconds a request may wait on the study database (connecting, queuing for a connection, "
+                        "one transaction); longer gets 503 with Retry-After (default 10)")
     p.add_argument("--review-below", type=float, help="confidence under which needs_review is set (default 0.70)")
     p.add_argument("--cors-origin", action="append",
                    help="allowed cross-origin caller, e.g. https://ris.example.org (repeatable); default none")
@@ -55,6 +58,7 @@ def settings_from_args(args: argparse.Namespace):
         "max_uploads_in_flight": args.max_uploads_in_flight,
         "retry_after_s": args.retry_after,
         "upload_timeout_s": args.upload_timeout,
+        "db_timeout_s": args.db_timeout,
         "review_below": args.review_below,
         "cors_origins": args.cors_origin,
         **clinical.overrides(args, os.environ.get("MEDIFLOW_DATABASE_URL")),
@@ -79,5 +83,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving %s (sha256 %s, %s backend) on http://%s:%d/", predictor.info.architecture,
              predictor.info.sha256[:12], predictor.backend_name, settings.host, settings.port)
     # No access log: request lines carry nothing useful and uploads must leave no trace.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # No `server` header: it tells a prober which HTTP stack (and which version) to aim at.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
+                server_header=False)
     return 0

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     device: str = "cpu"
     # The clinical workflow (see mediflow/serving/studies.py). No database: nothing is stored.
     database_url: str | None = Field(default=None, description="study store, e.g. sqlite:///path.db; unset: none")
+    db_timeout_s: float = Field(default=10.0, gt=0, le=600, description="seconds a request may wait on the study "
+                                "database (pool, connect, each transaction); 503 with Retry-After after")
     store_images: bool = Field(default=False, description="keep uploaded bytes in the store (privacy: off)")
     api_keys: str | None = Field(default=None, description="'name:key,name2:key2'; set: /api/* needs a key")
     api_keys_file: str | None = Field(default=None, description="file with one 'name:key' per line")
