@@ -28,7 +28,7 @@ log = logging.getLogger("mediflow.serve")
 FAILURE_MEMORY_S = 60.0
 # Below this much free space next to a SQLite file, the store is reported full: SQLite needs room
 # for its journal before it can commit anything.
-MIN_FREE_BYTES = 16 * 1024 * 1024
+MIN_FREE_BYTES = 4 * 1024 * 1024
 
 
 class StoreHealth:
@@ -80,7 +80,9 @@ def probe_store(store: Store, health: StoreHealth, timeout_s: float) -> dict[str
         health.failed(kind)
         return {"status": "failing", "problem": kind}
     problem = health.recent_failure()
-    if problem in ("unavailable", "timeout"):
-        health.succeeded()  # the database answers again; a full disk shows only in a write
+    if problem in ("unavailable", "timeout") or (problem == "disk full" and free is not None):
+        # The database answers again; a SQLite file's disk has room again (measured above). A full
+        # PostgreSQL disk shows only in a write, so that one is remembered.
+        health.succeeded()
         problem = None
     return {"status": "failing" if problem else "ok", "problem": problem}

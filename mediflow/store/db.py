@@ -96,21 +96,28 @@ def _bounded_psycopg_connection(timeout_s: float):
 def _postgres_setup(engine: Engine, timeout_s: float) -> None:
     connection_class = _bounded_psycopg_connection(timeout_s)
 
+    import psycopg
+
     @event.listens_for(engine, "do_connect")
     def connect(_dialect, _record, cargs, cparams):
-        # libpq counts connect_timeout in whole seconds and treats values under 2 as 2.
-        cparams["connect_timeout"] = max(2, math.ceil(_remaining(timeout_s)))
+        left = _remaining(timeout_s)
+        if left < 0.1:  # the session's time went on a hung ping or statement: no time to connect
+            raise psycopg.OperationalError(f"the database did not answer within {timeout_s:g} s")
+        # psycopg counts connect_timeout in whole seconds and treats values under 2 as 2.
+        cparams["connect_timeout"] = max(2, math.ceil(left))
         return connection_class.connect(*cargs, **cparams)
 
 
 def failure_kind(exc: BaseException) -> str:
     """What a store error means for the caller: 'bad input' (the request holds a value the database
     refuses: retrying will not help), 'timeout', 'disk full', or 'unavailable' (any other outage)."""
-    if isinstance(exc, (DataError, IntegrityError)):
-        return "bad input"
     text = str(getattr(exc, "orig", None) or exc).lower()
     sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
-    if isinstance(exc, PoolTimeout) or sqlstate == "57014" or "did not answer within" in text:
+    # SQLSTATE 22: data exception, 23: integrity violation, 54: a value past a limit (chr(0) in text).
+    if isinstance(exc, (DataError, IntegrityError)) or sqlstate[:2] in ("22", "23", "54"):
+        return "bad input"
+    if (isinstance(exc, PoolTimeout) or sqlstate == "57014" or "did not answer within" in text
+            or "timeout expired" in text):  # psycopg's message when connect_timeout runs out
         return "timeout"  # 57014: query_canceled, which statement_timeout raises
     if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
         return "disk full"
