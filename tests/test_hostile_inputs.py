@@ -136,6 +136,9 @@ def test_docs_need_a_key_when_the_api_does(model_dir, tmp_path):
             r = httpx.get(s.url + path, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
             assert r.status_code == 200, path
         assert httpx.get(s.url + "/redoc", timeout=30).status_code == 404
+        # Every 503 says when to come back, even one that is not about load.
+        r = httpx.get(s.url + "/api/studies", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
     finally:
         s.stop()
 

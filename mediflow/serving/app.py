@@ -30,7 +30,7 @@ from mediflow.serving.health import probe_store
 from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.limits import UploadLimitMiddleware
 from mediflow.serving.public import public_view
-from mediflow.serving.response_headers import NoSniffMiddleware
+from mediflow.serving.response_headers import StandardHeadersMiddleware
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard, RejectedResponse
 from mediflow.serving.settings import Settings
 from mediflow.serving.studies import install as install_studies, record_analysis, record_refusal
@@ -243,7 +243,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     install_studies(app, settings)  # study store, API keys, audit, worklist API
     install_docs(app)
     # Outermost: every response, refusals and static files included.
-    app.add_middleware(NoSniffMiddleware)
+    app.add_middleware(StandardHeadersMiddleware, retry_after_s=settings.retry_after_s)
     # Only the built assets (hashed names): index.html is served above, filled in and with its CSP.
     app.mount("/static/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="static")
     return app
