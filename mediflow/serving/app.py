@@ -132,7 +132,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # Added first, so it runs inside CORS (a 503 still carries the CORS headers) and the access
     # middleware (a refusal is authenticated and audited like any other answer).
     app.add_middleware(UploadLimitMiddleware, upload_paths=UPLOAD_PATHS,
-                       max_in_flight=settings.max_uploads_in_flight, retry_after_s=settings.retry_after_s)
+                       max_in_flight=settings.max_uploads_in_flight, max_upload_bytes=settings.max_upload_bytes,
+                       retry_after_s=settings.retry_after_s, min_rate=settings.min_upload_rate)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
