@@ -82,7 +82,8 @@ class UploadLimitMiddleware:
         self.app = app
         self.upload_paths = frozenset(upload_paths)
         self.max_in_flight = max_in_flight
-        self.budget = max_in_flight * (max_upload_bytes + FRAMING_ALLOWANCE)
+        self.max_body = max_upload_bytes + FRAMING_ALLOWANCE
+        self.budget = max_in_flight * self.max_body
         self.retry_after_s = retry_after_s
         self.min_rate = min_rate
         self.max_receiving = max_receiving or RECEIVING_PER_SLOT * max_in_flight
@@ -116,7 +117,7 @@ class UploadLimitMiddleware:
             why = f"{self.open} uploads are already open"
         elif self.per_client[client] >= self.max_per_client:
             why = f"this address already has {self.per_client[client]} uploads open"
-        elif self.charged + announced > self.budget:
+        elif announced <= self.max_body and self.charged + announced > self.budget:  # larger: 413 from the app
             why = "the uploads in progress fill the upload memory"
         if why is not None:
             log.info("refused upload: 503 busy, %s", why)
