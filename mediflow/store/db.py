@@ -65,10 +65,24 @@ def describe_url(url: str) -> str:
 _deadline: ContextVar[float | None] = ContextVar("mediflow_store_deadline", default=None)
 
 
-def _remaining(default_s: float) -> float:
-    """Seconds left before this session's deadline (at most `default_s`; never negative)."""
+def _remaining(default_s: float) -> float | None:
+    """Seconds left before this session's deadline (at most `default_s`; never negative); None
+    inside `unbounded()`."""
     deadline = _deadline.get()
+    if deadline == math.inf:
+        return None
     return default_s if deadline is None else max(0.0, min(default_s, deadline - time.monotonic()))
+
+
+@contextmanager
+def unbounded() -> Iterator[None]:
+    """No client-side deadline on database waits inside this block (schema migrations: an ALTER
+    TABLE on a large table may rightly take minutes)."""
+    token = _deadline.set(math.inf)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 def _bounded_psycopg_connection(timeout_s: float):
@@ -101,7 +115,9 @@ def _postgres_setup(engine: Engine, timeout_s: float) -> None:
     @event.listens_for(engine, "do_connect")
     def connect(_dialect, _record, cargs, cparams):
         left = _remaining(timeout_s)
-        if left < 0.1:  # the session's time went on a hung ping or statement: no time to connect
+        if left is None:
+            left = timeout_s
+        elif left < 0.1:  # the session's time went on a hung ping or statement: no time to connect
             raise psycopg.OperationalError(f"the database did not answer within {timeout_s:g} s")
         # psycopg counts connect_timeout in whole seconds and treats values under 2 as 2.
         cparams["connect_timeout"] = max(2, math.ceil(left))
@@ -216,7 +232,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     try:
         before = current_revision(engine)
-        with engine.begin() as conn:
+        with unbounded(), engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             command.upgrade(_alembic_config(conn), revision)
         after = current_revision(engine)
     except OperationalError as exc:
