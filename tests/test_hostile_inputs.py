@@ -17,6 +17,7 @@ from conftest import png_bytes, xray_like
 from db_fixtures import database_url  # noqa: F401  (fixture)
 from server_process import ServerProcess
 from test_dicom_studies import dicom_film
+from webapp_helpers import open_page
 
 KEY = "k" * 24
 
@@ -125,6 +126,18 @@ def test_responses_name_no_paths_builds_or_server(server, model_dir):
     assert scripts and all(p.startswith("/docs/") for p in scripts)
     for path in scripts:
         assert httpx.get(url + path, timeout=30).status_code == 200, path
+
+
+def test_docs_page_renders_from_local_files_under_its_csp(server, browser):
+    """Swagger UI draws every route from /openapi.json with nothing fetched from another origin and
+    no CSP violation (open_page fails the test on any console error)."""
+    requested: list[str] = []
+    with open_page(browser) as page:
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server.url + "/docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        assert page.locator(".opblock").count() >= 5
+    assert requested and all(u.startswith(server.url) or u.startswith("data:") for u in requested), requested
 
 
 def test_docs_need_a_key_when_the_api_does(model_dir, tmp_path):

@@ -1,5 +1,5 @@
-"""`/docs`: Swagger UI from files installed with the server (the swagger-ui-bundle package), never
-from a CDN, under a CSP that allows nothing from elsewhere and no inline script.
+"""`/docs`: Swagger UI 5 from files installed with the server (the fastapi-offline package ships
+them; its own pages are not used, they start Swagger UI with an inline script), never from a CDN, under a CSP that allows nothing from elsewhere and no inline script.
 
 FastAPI's own /docs page loads swagger-ui from a public CDN, unpinned and without integrity hashes,
 on the app's own origin, and starts it with an inline script. When API keys are set, /docs and
@@ -22,10 +22,10 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-
             "base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title} - API documentation</title>
+<link rel="icon" href="/docs/assets/favicon.png">
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs/assets/swagger-ui-bundle.js"></script>
-<script src="/docs/assets/swagger-ui-standalone-preset.js"></script>
 <script src="/docs/init.js"></script></body></html>
 """
 
@@ -36,11 +36,12 @@ def is_docs_path(path: str) -> bool:
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs locally; a server without the swagger-ui-bundle package serves /openapi.json only."""
+    """Serve /docs locally; a server without the fastapi-offline package serves /openapi.json only."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
     except ImportError:
         return
+    assets = Path(fastapi_offline.__file__).resolve().parent / "static"
     headers = {"Content-Security-Policy": DOCS_CSP}
     page = PAGE.format(title=app.title)
 
@@ -52,4 +53,4 @@ def install_docs(app: FastAPI) -> None:
 
     app.add_api_route(DOCS_PATH, docs, methods=["GET"], include_in_schema=False)
     app.add_api_route(DOCS_PATH + "/init.js", init_js, methods=["GET"], include_in_schema=False)
-    app.mount(ASSETS_PATH, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount(ASSETS_PATH, StaticFiles(directory=assets), name="docs-assets")
