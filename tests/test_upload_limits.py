@@ -194,6 +194,9 @@ def test_limit_flags_and_environment_become_settings(monkeypatch):
     monkeypatch.setenv("MEDIFLOW_RETRY_AFTER_S", "11")
     s = settings("--retry-after", "2")
     assert (s.max_uploads_in_flight, s.retry_after_s) == (4, 2)
-    for bad in (["--max-uploads-in-flight", "0"], ["--retry-after", "0"], ["--upload-timeout", "-1"]):
+    s = settings("--min-upload-rate", "500", "--header-timeout", "3", "--db-timeout", "4.5")
+    assert (s.min_upload_rate, s.header_timeout_s, s.db_timeout_s) == (500, 3, 4.5)
+    for bad in (["--max-uploads-in-flight", "0"], ["--retry-after", "0"], ["--upload-timeout", "-1"],
+                ["--min-upload-rate", "-1"], ["--header-timeout", "0"], ["--db-timeout", "0"]):
         with pytest.raises(MediFlowError, match="^invalid setting"):
             settings(*bad)
