@@ -182,14 +182,16 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
               responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
                                                                        "or non-image upload"},
                          408: {"model": ErrorResponse, "description": "the body did not arrive within the "
-                                                                      "upload timeout"},
+                                                                      "upload timeout, or arrived slower than "
+                                                                      "the minimum upload rate"},
                          413: {"model": ErrorResponse, "description": "upload larger than the size limit"},
                          422: {"model": RejectedResponse, "description": "the input check refused the image (not a "
                                                                          "chest radiograph, or blank): no finding; "
                                                                          "or no `file` field"},
-                         503: {"model": ErrorResponse, "description": "busy: too many uploads in flight "
-                                                                      "(see the Retry-After header), or the "
-                                                                      "model is not loaded yet"}})
+                         503: {"model": ErrorResponse, "description": "busy: the uploads in progress fill "
+                                                                      "the upload memory, or too many are open "
+                                                                      "(see the Retry-After header); the model is "
+                                                                      "not loaded yet; or the study store failed"}})
     async def analyze(request: Request,
                       preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
                                                                "(at most 1024 px): browsers cannot show DICOM"),

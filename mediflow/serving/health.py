@@ -45,10 +45,12 @@ class StoreHealth:
                 self._failure = (kind, time.monotonic())
 
     def succeeded(self) -> None:
+        """Forget the last failure: a write (or a probe that shows the cause gone) succeeded."""
         with self._lock:
             self._failure = None
 
     def recent_failure(self) -> str | None:
+        """The kind of the last failure when nothing has succeeded since, within FAILURE_MEMORY_S."""
         with self._lock:
             if self._failure is None or time.monotonic() - self._failure[1] > FAILURE_MEMORY_S:
                 return None
