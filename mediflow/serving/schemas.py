@@ -104,9 +104,17 @@ class ModelCard(BaseModel):
     disclaimer: str
 
 
+class StoreState(BaseModel):
+    status: str = Field(description="ok: the study store takes writes; failing: it does not; "
+                                    "none: the server keeps no studies")
+    problem: str | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
+
+
 class HealthResponse(BaseModel):
-    status: str = Field(description="'ok' while the service answers")
+    status: str = Field(description="'ok' when the model is loaded and the store (if any) takes writes; "
+                                    "'failing' otherwise (HTTP 503)")
     model_loaded: bool
+    store: StoreState
     version: str = Field(description="MediFlow version")
 
 

@@ -22,11 +22,13 @@ from mediflow.data.preview import preview_png
 from mediflow.decision import REPORTED_SCALE, positive_index
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys, route_template
+from mediflow.serving.errors import excerpt
+from mediflow.serving.health import StoreHealth
 from mediflow.serving.settings import Settings
 from mediflow.serving.study_schemas import (RefusalList, ReviewRequest, StudyDetail, StudyHeatmap, StudyList,
                                             StudySummary)
 from mediflow.store import repository
-from mediflow.store.db import Store, describe_url
+from mediflow.store.db import Store, describe_url, failure_kind
 from mediflow.store.duplicates import link_fields, same_images
 from mediflow.store.models import Study
 
@@ -34,6 +36,8 @@ log = logging.getLogger("mediflow.serve")
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
+# Page offsets beyond this are refused (422): the databases' OFFSET is a signed 64-bit integer.
+MAX_OFFSET = 2**31 - 1
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -43,7 +47,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     log.info("API keys %s", f"on: {len(keys)} key{'s' if len(keys) != 1 else ''} configured; every /api call needs "
              "one" if keys else "off: /api calls are anonymous (make a key with `mediflow keys new NAME`)")
     url = configured_database_url(settings.database_url)
-    app.state.store = Store.open(url, store_images=settings.store_images) if url else None
+    app.state.store = (Store.open(url, store_images=settings.store_images, timeout_s=settings.db_timeout_s)
+                       if url else None)
+    app.state.store_health = StoreHealth()
     if url:
         log.info("study store %s; uploaded images %s", describe_url(url),
                  "kept (--store-images)" if settings.store_images else "not kept")
@@ -57,9 +63,30 @@ def configured_database_url(value: str | None) -> str | None:
     return None if value is None or value.strip().lower() in ("", "none") else value.strip()
 
 
+STORE_PROBLEMS = {
+    "unavailable": "the study database is unavailable",
+    "timeout": "the study database did not answer in time",
+    "disk full": "the study database's disk is full",
+}
+
+
 async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": f"study database unavailable ({type(exc).__name__}); "
-                                                            "nothing was saved by this request"})
+    """A store error as the client should see it: 422 for a value the database refuses (not an
+    outage: retrying will not help), else 503 with Retry-After. One log line per failure, with its kind."""
+    kind = failure_kind(exc)
+    request.state.storage_failed = True  # the audit row would fail the same way (auth.py skips it)
+    log.error("storage failure (%s): %s on %s %s", kind, type(exc).__name__, request.method,
+              route_template(request))
+    if kind == "bad input":
+        return JSONResponse(status_code=422, content={"detail": "the study database refused a value in this "
+                                                                f"request ({type(exc).__name__}); nothing was saved"})
+    request.app.state.store_health.failed(kind)
+    retry = request.app.state.settings.retry_after_s
+    outcome = ("this request may not have been completed" if kind == "timeout"
+               else "nothing was saved by this request")
+    return JSONResponse(status_code=503, headers={"Retry-After": str(retry)},
+                        content={"detail": f"{STORE_PROBLEMS[kind]} ({type(exc).__name__}); {outcome}; "
+                                           f"retry in {retry} seconds"})
 
 
 # -- saving analyses -------------------------------------------------------------------------------
@@ -78,8 +105,11 @@ def source_info(data: bytes) -> repository.SourceInfo:
             return info  # the pixels decoded; a header we cannot read just leaves the identifiers empty
 
         def text(key: str, limit: int) -> str | None:
+            # NUL bytes (DICOM pads some values with them; a damaged header may hold more) are
+            # dropped: PostgreSQL text cannot hold them, and the film must still get its finding.
             value = meta.get(key)
-            return str(value)[:limit] if value not in (None, "") else None
+            value = None if value is None else str(value).replace("\x00", "").strip()
+            return value[:limit] if value else None
 
         info.study_instance_uid = text("StudyInstanceUID", 64)
         info.sop_instance_uid = text("SOPInstanceUID", 64)
@@ -115,6 +145,7 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
             return study.id, same_images(s, [study]).get(study.id)
 
     study_id, same = await run_in_threadpool(save)
+    request.app.state.store_health.succeeded()
     request.state.study_id = study_id
     request.state.audited = True
     duplicate_of = same.duplicate_of(study_id) if same is not None else None
@@ -196,7 +227,7 @@ def list_studies(
     sort: repository.SortKey = Query("priority", description="priority: most suspicious first; "
                                      "uncertainty: closest to the threshold first; received: newest first"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> dict[str, Any]:
     with _store(request).session() as s:
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
@@ -206,8 +237,8 @@ def list_studies(
 
 
 @router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")
-def list_refused(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
-                 ) -> dict[str, Any]:
+def list_refused(request: Request, limit: int = Query(50, ge=1, le=500),
+                 offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
     """Newest first: when, what kind of file, and why no finding was given. No pixels are kept."""
     with _store(request).session() as s:
         total, rows = repository.list_refusals(s, limit=limit, offset=offset)
@@ -298,7 +329,8 @@ def review_study(request: Request, study_id: uuid.UUID, body: ReviewRequest) -> 
     classes = list(request.app.state.predictor.class_names)
     label = body.label.strip()
     if label not in classes:
-        raise HTTPException(422, detail=f"label {body.label!r} is not one of the model's classes: {', '.join(classes)}")
+        raise HTTPException(422, detail=f"label '{excerpt(body.label)}' is not one of the model's classes: "
+                                        f"{', '.join(classes)}")
     note = (body.note or "").strip() or None
     with _store(request).session() as s:
         review = repository.add_review(s, study_id, label=label, note=note, reviewer=request.state.actor)
