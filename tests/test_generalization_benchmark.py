@@ -287,3 +287,20 @@ def test_original_vs_copy_pairs_each_original_with_its_copy_and_scores_every_for
     png, _ = inv.png_bytes(Image.open(pairs[0].original).convert("L"))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))),
                           np.asarray(Image.open(pairs[0].original).convert("L")))
+
+
+def test_paired_auc_difference_is_zero_for_the_same_scores_and_signed_for_better_ones(bench):
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(60, bool), np.zeros(40, bool)]
+    noisy = y + rng.normal(0, 1.0, 100)
+    same = bench.paired_auc_difference(y, noisy, noisy, n_boot=300)
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0], "p_not_better": 1.0}
+    better = y + rng.normal(0, 0.3, 100)
+    d = bench.paired_auc_difference(y, noisy, better, n_boot=300)
+    from sklearn.metrics import roc_auc_score
+
+    assert d["difference"] == pytest.approx(roc_auc_score(y, better) - roc_auc_score(y, noisy))
+    assert 0 < d["ci95"][0] <= d["difference"] <= d["ci95"][1] and d["p_not_better"] < 0.05
+    assert bench.paired_auc_difference(y, better, noisy, n_boot=300)["difference"] == pytest.approx(-d["difference"])
+    with pytest.raises(ValueError):
+        bench.paired_auc_difference(np.ones(5, bool), noisy[:5], better[:5])
