@@ -249,6 +249,16 @@ def as_training_copy(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return jpeg_roundtrip(_resize(image, size, cfg.interpolation).convert("RGB"), cfg.source_jpeg_quality)
 
 
+def decode_size(cfg: PreprocessConfig) -> int:
+    """The smallest side, in pixels, a JPEG decoder may reduce an upload to in the DCT domain (draft
+    mode, see data/images.decode_image) before `harmonize`: the model's input size, or twice it for a
+    model read through training copies (`source_jpeg_quality`). The copies were squashed from full
+    resolution; squashing a draft reduced to about 224 px instead changes enough pixels that 3.0% of
+    original films got another call than their copies, against 2.3% from a 448 px draft or a full
+    decode (bundled model, 264 original/copy pairs, 2026-12-07)."""
+    return cfg.image_size * (2 if cfg.source_jpeg_quality is not None else 1)
+
+
 def _resize(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
     try:
         resample = _PIL_RESAMPLE[interpolation]

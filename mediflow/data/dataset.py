@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from mediflow.data.images import load_image
 from mediflow.errors import DatasetError, ImageDecodeError
-from mediflow.preprocessing import PreprocessConfig, harmonize
+from mediflow.preprocessing import PreprocessConfig, decode_size, harmonize
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int =
     (preprocessing.normalize_pixels). `workers`: decoding threads. Raises ImageDecodeError for a file
     that cannot be read or decoded."""
     def one(path: Path) -> np.ndarray:
-        return np.asarray(harmonize(load_image(path, draft_size=prep.image_size), prep))
+        return np.asarray(harmonize(load_image(path, draft_size=decode_size(prep)), prep))
 
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(one, paths)))

@@ -31,7 +31,7 @@ from mediflow.inference.backends import (Backend, GuardedInt8Backend, OnnxBacken
 from mediflow.inference.bundled import default_model_path
 from mediflow.inference.input_check import (InputCheck, InputRejected, Reason, header_age_known, rejected,
                                             summarize)
-from mediflow.preprocessing import PreprocessConfig, eval_array
+from mediflow.preprocessing import PreprocessConfig, decode_size, eval_array
 
 if TYPE_CHECKING:
     import torch
@@ -133,7 +133,7 @@ class Predictor:
         self.review_below = review_below
         self.prep = PreprocessConfig.from_dict(members[0].get("preprocessing", {}))
         # JPEG draft decoding straight to about the model's input size (see decode_image).
-        self.draft_size: int | None = self.prep.image_size if fast_decode else None
+        self.draft_size: int | None = decode_size(self.prep) if fast_decode else None
         self.decode_threads = decode_threads
         sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
         arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
