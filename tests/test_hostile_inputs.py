@@ -176,3 +176,12 @@ def test_public_view_drops_builds_and_folders():
             "backend": "onnx", "paths": ["C:\\models\\m.onnx", "~/m.pth", "relative/name"]}
     assert public_view(card) == {"export": {"quantization": {"data": "x224"}}, "backend": "onnx",
                                  "paths": ["m.onnx", "m.pth", "relative/name"]}
+
+
+def test_public_view_reduces_paths_inside_sentences():
+    from mediflow.serving.public import public_view
+
+    msg = "fitted on another model: refit with mediflow fit-input-check --model /srv/models/m.pth (https://ex.org/a/b)"
+    assert public_view({"problem": msg}) == {
+        "problem": "fitted on another model: refit with mediflow fit-input-check --model m.pth (https://ex.org/a/b)"}
+    assert public_view("see ./relative/path and ~/x/y.pth") == "see ./relative/path and y.pth"

@@ -15,6 +15,9 @@ from typing import Any
 BUILD_KEYS = frozenset({"torch", "torchvision", "onnxruntime", "python", "cuda", "cudnn", "numpy", "platform",
                         "hostname"})
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+# An absolute path inside a sentence (e.g. a message naming the command to run): at least two
+# segments, not part of a URL or a relative path.
+_EMBEDDED_PATH = re.compile(r"(?<![\w.:/~-])~?/[^\s'\"`,;()]+/[^\s'\"`,;()]+")
 
 
 def is_server_path(value: str) -> bool:
@@ -35,6 +38,8 @@ def public_view(document: Any) -> Any:
         return {k: public_view(v) for k, v in document.items() if str(k).lower() not in BUILD_KEYS}
     if isinstance(document, list):
         return [public_view(v) for v in document]
-    if isinstance(document, str) and is_server_path(document):
-        return file_name(document)
+    if isinstance(document, str):
+        if is_server_path(document):
+            return file_name(document)
+        return _EMBEDDED_PATH.sub(lambda m: file_name(m.group(0)), document)
     return document
