@@ -32,6 +32,9 @@ class SourceInfo:
     sop_instance_uid: str | None = None
     patient_age: str | None = None
     patient_sex: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
 
 
 def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, positive_class: str | None,
@@ -42,6 +45,7 @@ def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, p
         image_sha256=source.image_sha256, source_format=source.source_format,
         study_instance_uid=source.study_instance_uid, sop_instance_uid=source.sop_instance_uid,
         patient_age=source.patient_age, patient_sex=source.patient_sex,
+        accession_number=source.accession_number, study_date=source.study_date, modality=source.modality,
         prediction=result["prediction"], confidence=float(result["confidence"]),
         probabilities=dict(result["probabilities"]), threshold=result.get("threshold"),
         calibrated_threshold=(result.get("operating_point") or {}).get("calibrated_threshold"),
