@@ -1,0 +1,285 @@
+"""`mediflow dicom-node` against a real Orthanc (auto-routing by Lua), real dcmtk and real processes.
+
+A chest film stored in Orthanc is routed to the node, which sends back exactly one PRELIMINARY SR
+(and one Secondary Capture) into the same study, with the finding and probability the API gives
+for the same bytes; what is not a frontal chest film gets nothing; the routing loop, re-sent films,
+a killed node and a PACS that is down add nothing and lose nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REAL_224, environment_missing
+from dicom_factory import structured_report_bytes
+from dicom_node_process import (NodeProcess, echoscu, film_dataset, missing_tools, sr_finding, store_rows,
+                                storescu, wait_for, write)
+from orthanc_process import OrthancProcess, free_port
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive 3D SR
+SETTLE_S = 8  # long enough for Orthanc's StableAge (1 s) plus a routing round trip through the node
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    if (missing := missing_tools()):
+        environment_missing(f"the DICOM node tests need {', '.join(missing)} "
+                            "(apt-get install -y orthanc orthanc-dicomweb dcmtk dicom3tools)")
+
+
+@pytest.fixture(scope="module")
+def films() -> list[Path]:
+    found = sorted((REAL_224 / "test_dev" / "PNEUMONIA").glob("*.jpeg"))[:6] + \
+        sorted((REAL_224 / "test_dev" / "NORMAL").glob("*.jpeg"))[:6]
+    if len(found) < 12:
+        pytest.skip(f"real films not present under {REAL_224}/test_dev (a user's clone has no ../shared)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def pacs(tools, tmp_path_factory):
+    """Orthanc routing every stable study to a node with --heatmap-sc on a SQLite store."""
+    folder = tmp_path_factory.mktemp("pacs")
+    node_port = free_port()
+    orthanc = OrthancProcess(folder / "orthanc", node_port=node_port).start()
+    node = NodeProcess(folder, f"sqlite:///{folder / 'node.db'}", send_to=orthanc.destination,
+                       extra=["--heatmap-sc"], port=node_port)
+    try:
+        node.start()
+    except RuntimeError:
+        orthanc.stop()
+        raise
+    yield orthanc, node
+    node.stop()
+    orthanc.stop()
+
+
+def _sr_count(orthanc: OrthancProcess, study_uid: str) -> int:
+    return len(orthanc.qido_instances(study_uid, "SR"))
+
+
+def _api_result(data: bytes) -> dict:
+    from fastapi.testclient import TestClient
+
+    from mediflow.serving.app import create_app
+    from mediflow.serving.settings import Settings
+
+    app = create_app(Settings(database_url=None, api_keys=None, api_keys_file=None))
+    with TestClient(app) as client:
+        r = client.post("/api/vision/analyze", files={"file": ("film.dcm", data, "application/dicom")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_echo_and_calling_ae_titles(pacs):
+    _, node = pacs
+    ok = echoscu(node.port, aet="TESTPACS")
+    assert ok.returncode == 0, ok.stderr
+    refused = echoscu(node.port, aet="INTRUDER")
+    assert refused.returncode != 0
+    assert "reject" in (refused.stdout + refused.stderr).lower()
+
+
+def test_refused_calling_ae_stores_nothing(pacs, tmp_path):
+    _, node = pacs
+    ds = film_dataset(next((REAL_224 / "val" / "NORMAL").glob("*.jpeg"), None) or _skip_no_data())
+    sent = storescu(node.port, [write(ds, tmp_path / "film.dcm")], aet="INTRUDER")
+    assert sent.returncode != 0
+    uids = {r["sop_instance_uid"] for r in store_rows(node.database_url)["instances"]}
+    assert str(ds.SOPInstanceUID) not in uids
+
+
+def _skip_no_data():
+    pytest.skip(f"real films not present under {REAL_224}")
+
+
+@pytest.mark.realdata
+def test_routed_chest_film_gets_one_sr_equal_to_the_api(pacs, films, tmp_path):
+    orthanc, node = pacs
+    ds = film_dataset(films[0], modality="CR", view="PA")
+    path = write(ds, tmp_path / "cr.dcm")
+    data = path.read_bytes()
+    assert orthanc.upload(data).status_code == 200
+    study = str(ds.StudyInstanceUID)
+    wait_for(lambda: _sr_count(orthanc, study) >= 1, 90, what="the SR in Orthanc")
+    time.sleep(SETTLE_S)  # the routing loop sends film + SR + SC back to the node: nothing more may come
+    srs = orthanc.qido_instances(study, "SR")
+    scs = orthanc.qido_instances(study, "OT")
+    assert len(srs) == 1 and len(scs) == 1, (len(srs), len(scs))
+    found = orthanc.instances(study)
+    assert len(found) == 3  # film, SR, SC
+    sr_id = next(i["ID"] for i in found if i["MainDicomTags"]["SOPInstanceUID"] == srs[0]["00080018"]["Value"][0])
+    sc_id = next(i["ID"] for i in found if i["MainDicomTags"]["SOPInstanceUID"] == scs[0]["00080018"]["Value"][0])
+    sr_bytes, sc_bytes = orthanc.file(sr_id), orthanc.file(sc_id)
+
+    finding = sr_finding(sr_bytes)
+    api = _api_result(data)
+    assert finding["pneumonia"] == ("Present" if api["prediction"] == "PNEUMONIA" else "Absent")
+    assert finding["probability"] == pytest.approx(api["probabilities"]["PNEUMONIA"], abs=1e-4)
+    assert finding["needs_review"] == ("Yes" if api["needs_review"] else "No")
+    assert "operating-point-centred" in finding["probability_name"]
+    assert finding["preliminary"] == "PRELIMINARY"
+    assert finding["study_uid"] == study and finding["series_uid"] != str(ds.SeriesInstanceUID)
+    assert finding["source_uids"] == [str(ds.SOPInstanceUID)]
+    for name, blob in (("sr", sr_bytes), ("sc", sc_bytes)):
+        out = tmp_path / f"{name}.dcm"
+        out.write_bytes(blob)
+        check = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], (name, errors)
+
+    rows = store_rows(node.database_url)
+    mine = [r for r in rows["instances"] if r["sop_instance_uid"] == str(ds.SOPInstanceUID)]
+    assert len(mine) == 1 and mine[0]["state"] == "analysed" and mine[0]["no_bytes"]
+    own = [r for r in rows["instances"] if r["sop_instance_uid"] in {finding["sop_uid"]}]
+    assert own and own[0]["state"] == "refused" and own[0]["reason"].startswith("mediflow_output")
+
+
+@pytest.mark.realdata
+def test_what_is_not_a_frontal_chest_film_gets_nothing(pacs, films, tmp_path):
+    orthanc, node = pacs
+    ct = film_dataset(films[1], modality="CT", view=None, body_part=None)
+    lateral = film_dataset(films[2], modality="DX", view="LL")
+    pelvis = film_dataset(films[3], modality="CR", view="AP", body_part="PELVIS")
+    for ds in (ct, lateral, pelvis):
+        assert orthanc.upload(write(ds, tmp_path / "x.dcm").read_bytes()).status_code == 200
+    sr = structured_report_bytes()
+    assert orthanc.upload(sr).status_code == 200
+    junk = tmp_path / "notes.dcm"
+    junk.write_bytes(b"this is not a DICOM file, only text with a .dcm name\n" * 50)
+    assert orthanc.upload(junk.read_bytes()).status_code == 400
+    assert storescu(node.port, [junk]).returncode != 0  # storescu will not send it; nothing reached the node
+
+    from pydicom import dcmread
+    import io
+
+    sr_uid = str(dcmread(io.BytesIO(sr)).SOPInstanceUID)
+    expected = {str(ct.SOPInstanceUID): "not_chest_radiograph", str(lateral.SOPInstanceUID): "not_frontal_view",
+                str(pelvis.SOPInstanceUID): "not_chest_radiograph", sr_uid: "not_an_image"}
+
+    def refused():
+        rows = {r["sop_instance_uid"]: r for r in store_rows(node.database_url)["instances"]}
+        return rows if all(uid in rows for uid in expected) else None
+
+    rows = wait_for(refused, 90, what="the node to record the four refusals")
+    time.sleep(SETTLE_S)
+    for uid, code in expected.items():
+        assert rows[uid]["state"] == "refused" and rows[uid]["reason"].startswith(code), rows[uid]
+        assert rows[uid]["no_bytes"] and rows[uid]["study_id"] is None
+    refused_list = {r["sop_instance_uid"] for r in store_rows(node.database_url)["refused"]}
+    assert set(expected) <= refused_list  # visible in the worklist's refused list
+    for ds in (ct, lateral, pelvis):
+        assert _sr_count(orthanc, str(ds.StudyInstanceUID)) == 0
+        assert len(orthanc.instances(str(ds.StudyInstanceUID))) == 1
+
+
+@pytest.mark.realdata
+def test_film_sent_twice_and_routing_loop_add_nothing(pacs, films, tmp_path):
+    orthanc, node = pacs
+    ds = film_dataset(films[4], modality="DX", view="AP")
+    path = write(ds, tmp_path / "dx.dcm")
+    first = storescu(node.port, [path, path])  # twice in one association
+    assert first.returncode == 0, first.stderr
+    second = storescu(node.port, [path])  # and again in a second one
+    assert second.returncode == 0, second.stderr
+    study = str(ds.StudyInstanceUID)
+    wait_for(lambda: _sr_count(orthanc, study) >= 1, 90, what="the SR in Orthanc")
+    # Orthanc now holds SR + SC only; its routing sends them to the node: a second settle for that.
+    time.sleep(2 * SETTLE_S)
+    assert _sr_count(orthanc, study) == 1
+    rows = store_rows(node.database_url)
+    assert [r["state"] for r in rows["instances"] if r["sop_instance_uid"] == str(ds.SOPInstanceUID)] == ["analysed"]
+    mine = [r for r in rows["results"] if r["state"] == "sent"]
+    assert len({r["sop_instance_uid"] for r in mine}) == len(mine)  # no result object twice
+
+
+@pytest.mark.realdata
+def test_node_killed_after_reception_then_restarted_sends_each_sr_once(tools, films, tmp_path):
+    node_port = free_port()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False).start()
+    node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination,
+                       port=node_port)
+    try:
+        node.start()
+        sets = [film_dataset(f, study_uid=None) for f in films[:4]]
+        paths = [write(ds, tmp_path / f"f{i}.dcm") for i, ds in enumerate(sets)]
+        assert storescu(node.port, paths).returncode == 0
+        node.kill()  # at once: some films are only received, perhaps one is being analysed or sent
+        states = [r["state"] for r in store_rows(node.database_url)["instances"]]
+        assert len(states) == 4  # every answered C-STORE was durable before the answer
+        node.start()
+        for ds in sets:
+            wait_for(lambda ds=ds: _sr_count(orthanc, str(ds.StudyInstanceUID)) >= 1, 120, what="each SR")
+        time.sleep(3)
+        assert [_sr_count(orthanc, str(ds.StudyInstanceUID)) for ds in sets] == [1, 1, 1, 1]
+        rows = store_rows(node.database_url)
+        assert rows["studies"] == 4
+        assert sorted(r["state"] for r in rows["results"]) == ["sent"] * 4
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+@pytest.mark.realdata
+def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path):
+    node_port = free_port()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False)
+    node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination,
+                       port=node_port)
+    try:
+        node.start()  # Orthanc is not running yet
+        ds = film_dataset(films[5])
+        assert storescu(node.port, [write(ds, tmp_path / "f.dcm")]).returncode == 0
+        health = wait_for(lambda: (h := node.health())["status"] == "degraded" and h, 60,
+                          what="/health to report the waiting result")
+        assert health["results"].get("pending", 0) + health["results"].get("sending", 0) == 1
+        assert "no association" in health["oldest_waiting_result"]["last_error"]
+        assert "waiting for delivery" in node.log()
+        orthanc.start()
+        study = str(ds.StudyInstanceUID)
+        wait_for(lambda: _sr_count(orthanc, study) >= 1, 60, what="the SR once Orthanc is back")
+        time.sleep(4)
+        assert _sr_count(orthanc, study) == 1
+        assert wait_for(lambda: node.health()["status"] == "ok", 20, what="/health back to ok")
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+@pytest.mark.realdata
+def test_two_nodes_on_one_postgresql_analyse_each_film_once(tools, films, tmp_path):
+    import os
+
+    from db_fixtures import POSTGRES_ENV, _postgres_database
+
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        environment_missing(f"this test needs {POSTGRES_ENV} (a PostgreSQL user allowed to CREATE DATABASE)")
+    databases = _postgres_database(base)
+    url = next(databases)
+    node_port = free_port()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False).start()
+    listening = NodeProcess(tmp_path, url, send_to=orthanc.destination, name="a", port=node_port)
+    worker = NodeProcess(tmp_path, url, send_to=orthanc.destination, listen=False, name="b")
+    try:
+        listening.start()
+        worker.start()
+        sets = [film_dataset(f) for f in films]
+        assert storescu(listening.port, [write(ds, tmp_path / f"f{i}.dcm") for i, ds in enumerate(sets)]).returncode == 0
+        for ds in sets:
+            wait_for(lambda ds=ds: _sr_count(orthanc, str(ds.StudyInstanceUID)) >= 1, 180, what="each SR")
+        time.sleep(3)
+        assert [_sr_count(orthanc, str(ds.StudyInstanceUID)) for ds in sets] == [1] * len(sets)
+        rows = store_rows(url)
+        assert rows["studies"] == len(sets)  # one analysis per film
+        assert all(r["attempts"] == 1 and r["state"] == "analysed" for r in rows["instances"])
+        assert sorted(r["attempts"] for r in rows["results"]) == [1] * len(sets)
+    finally:
+        listening.stop()
+        worker.stop()
+        orthanc.stop()
+        next(databases, None)
