@@ -138,6 +138,20 @@ def test_routed_chest_film_gets_one_sr_equal_to_the_api(pacs, films, tmp_path):
     own = [r for r in rows["instances"] if r["sop_instance_uid"] in {finding["sop_uid"]}]
     assert own and own[0]["state"] == "refused" and own[0]["reason"].startswith("mediflow_output")
 
+    # The worklist shows the DICOM study with what a reader needs to find it in the PACS.
+    from fastapi.testclient import TestClient
+
+    from mediflow.serving.app import create_app
+    from mediflow.serving.settings import Settings
+
+    app = create_app(Settings(database_url=node.database_url, api_keys=None, api_keys_file=None))
+    with TestClient(app) as client:
+        items = client.get("/api/studies", params={"status": "all"}).json()["items"]
+    listed = [i for i in items if i["accession_number"] == ds.AccessionNumber]
+    assert len(listed) == 1
+    assert (listed[0]["study_date"], listed[0]["modality"], listed[0]["prediction"]) == \
+        ("20261207", "CR", api["prediction"])
+
 
 @pytest.mark.realdata
 def test_what_is_not_a_frontal_chest_film_gets_nothing(pacs, films, tmp_path):

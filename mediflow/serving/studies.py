@@ -144,7 +144,8 @@ def _summary(study: Study, has_image: bool) -> dict[str, Any]:
         "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
         "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
         "reviewer": study.reviewer, "reviewed_at": study.reviewed_at, "has_image": has_image,
-        "input_check": study.input_check,
+        "input_check": study.input_check, "accession_number": study.accession_number,
+        "study_date": study.study_date, "modality": study.modality,
     }
 
 

@@ -42,6 +42,9 @@ class StudySummary(BaseModel):
     has_image: bool
     input_check: InputCheckResult | None = Field(default=None, description="the input check's verdict (ok or "
                                                  "warning); null for studies saved before the check existed")
+    accession_number: str | None = Field(default=None, description="DICOM studies: to find the study in the PACS")
+    study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
+    modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
 
 
 class StudyList(BaseModel):
