@@ -73,7 +73,7 @@ class NodeProcess:
 
     def __init__(self, folder: Path, database_url: str, *, send_to: str | None = None, listen: bool = True,
                  allow_ae: str = "TESTPACS", extra: list[str] | None = None, name: str = "node",
-                 port: int | None = None):
+                 port: int | None = None, env: dict[str, str] | None = None):
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.health_port = free_port()
@@ -86,11 +86,13 @@ class NodeProcess:
             args += ["--send-to", send_to]
         self.args = args + (extra or [])
         self.listen = listen
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "NodeProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIFLOW_")}
         env["PYTHONPATH"] = str(REPO)
+        env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mediflow", "dicom-node", *self.args], cwd=REPO,
                                      env=env, stdout=log, stderr=subprocess.STDOUT)

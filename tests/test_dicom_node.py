@@ -297,3 +297,35 @@ def test_two_nodes_on_one_postgresql_analyse_each_film_once(tools, films, tmp_pa
         worker.stop()
         orthanc.stop()
         next(databases, None)
+
+
+@pytest.mark.realdata
+def test_results_by_stow_rs_with_authorization(tools, films, tmp_path):
+    import base64
+
+    node_port = free_port()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False,
+                             http_users={"mediflow": "s3cret"}).start()
+    good = "Basic " + base64.b64encode(b"mediflow:s3cret").decode()
+    node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", port=node_port, name="good",
+                       extra=["--stow-url", orthanc.url + "/dicom-web", "--stow-auth-header", "PACS_AUTH"],
+                       env={"PACS_AUTH": good})
+    wrong = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'wrong.db'}", name="wrong",
+                        extra=["--stow-url", orthanc.url + "/dicom-web", "--stow-auth-header", "PACS_AUTH"],
+                        env={"PACS_AUTH": "Basic " + base64.b64encode(b"mediflow:guess").decode()})
+    try:
+        node.start()
+        wrong.start()
+        ds, other = film_dataset(films[6]), film_dataset(films[7])
+        assert storescu(node.port, [write(ds, tmp_path / "f.dcm")]).returncode == 0
+        assert storescu(wrong.port, [write(other, tmp_path / "g.dcm")]).returncode == 0
+        wait_for(lambda: _sr_count(orthanc, str(ds.StudyInstanceUID)) >= 1, 60, what="the SR by STOW-RS")
+        health = wait_for(lambda: (h := wrong.health())["status"] == "degraded" and h, 60,
+                          what="the refused STOW-RS to show in /health")
+        assert "HTTP 401" in health["oldest_waiting_result"]["last_error"]
+        assert _sr_count(orthanc, str(other.StudyInstanceUID)) == 0
+        assert "s3cret" not in node.log() and "guess" not in wrong.log()
+    finally:
+        node.stop()
+        wrong.stop()
+        orthanc.stop()
