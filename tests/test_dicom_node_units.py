@@ -183,10 +183,10 @@ def test_an_expired_lease_is_claimed_again_and_the_late_worker_records_nothing(s
                                  keep_image=False) is None
     assert queue.finish_analysed(store, second.id, "other", _result(), [built], positive_class="PNEUMONIA",
                                  keep_image=False) is not None
-    out = queue.claim_result(store, "sender", 60)
-    assert out is not None and out.sop_instance_uid == "9.9.9"
+    [out] = queue.claim_results(store, "sender", 60)
+    assert out.sop_instance_uid == "9.9.9"
     queue.mark_failed(store, out.id, "no association", retry_in_s=3600)
-    assert queue.claim_result(store, "sender", 60) is None  # waits for its backoff
+    assert queue.claim_results(store, "sender", 60) == []  # waits for its backoff
     figures = queue.counts(store)
     assert figures["results"] == {"pending": 1}
     assert figures["oldest_waiting_result"]["last_error"] == "no association"

@@ -40,7 +40,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
-    p.add_argument("--workers", type=int, default=1, help="analysis threads in this process (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="analysis threads in this process (default 1); 0: only receive and deliver, leaving the "
+                        "analyses to worker-only processes (--no-listen) on the same PostgreSQL queue")
     p.add_argument("--health-port", type=int, help="serve GET /health (queue state) on 127.0.0.1:PORT")
     p.add_argument("--retry-backoff", type=float, default=2.0,
                    help="seconds before the first re-send of a result; doubles per failure (default 2)")
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     if not args.ae_title or len(args.ae_title) > 16:
         raise MediFlowError("--ae-title must be 1 to 16 characters")
+    if args.workers < 0 or (args.workers == 0 and args.no_listen):
+        raise MediFlowError("--workers must be at least 1 with --no-listen (and never negative)")
     allowed = [a.strip() for a in (args.allow_ae or "").split(",") if a.strip()] or None
     if allowed is None:
         log.warning("no --allow-ae: any calling AE title may store to this node")
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
              predictor.info.sha256[:12], predictor.backend_name, describe_url(url))
     config = NodeConfig(ae_title=args.ae_title, host=args.host, port=None if args.no_listen else args.port,
                         allowed_aes=allowed, heatmap_sc=args.heatmap_sc, keep_images=args.store_images,
-                        health_port=args.health_port, analysis_workers=max(1, args.workers),
+                        health_port=args.health_port, analysis_workers=args.workers,
                         backoff_s=args.retry_backoff, max_backoff_s=args.max_retry_backoff, ssl_context=ssl_context)
     node = Node(store, predictor, sender, config)
     stop = threading.Event()

@@ -65,6 +65,8 @@ def admit(ds: Dataset, own_uids: set[str] | frozenset[str] = frozenset()) -> Ref
     if modality in NON_IMAGE_MODALITIES or "PixelData" not in ds and "FloatPixelData" not in ds \
             and "DoubleFloatPixelData" not in ds:
         return Refusal("not_an_image", f"not an image (Modality {modality or 'absent'}): nothing to analyse")
+    if not _text(ds, "StudyInstanceUID") or not _text(ds, "SOPInstanceUID"):
+        return Refusal("missing_identifiers", "no Study or SOP Instance UID: a result could not be filed with it")
     if modality not in ANALYSED_MODALITIES:
         return Refusal("not_chest_radiograph", f"Modality {modality or 'absent'}: only chest radiographs "
                                                f"({'/'.join(ANALYSED_MODALITIES)}) are analysed")

@@ -174,19 +174,19 @@ class Outgoing:
     attempts: int
 
 
-def claim_result(store: Store, worker: str, lease_s: float) -> Outgoing | None:
-    """Lease the oldest result due for delivery; None when none is due."""
+def claim_results(store: Store, worker: str, lease_s: float, limit: int = 16) -> list[Outgoing]:
+    """Lease up to `limit` results due for delivery, oldest first (one association carries them)."""
     with store.session() as s:
         now = utcnow()
         query = (select(DicomResult)
                  .where(_lease_filter(DicomResult, now, ("pending", "sending")), DicomResult.next_attempt_at <= now)
-                 .order_by(DicomResult.next_attempt_at, DicomResult.id).limit(1))
-        row = s.scalars(_locked(query, s)).first()
-        if row is None:
-            return None
-        row.state, row.worker, row.lease_until = "sending", worker, now + timedelta(seconds=lease_s)
-        row.attempts += 1
-        return Outgoing(row.id, row.kind, row.sop_instance_uid, row.data, row.attempts)
+                 .order_by(DicomResult.next_attempt_at, DicomResult.id).limit(limit))
+        out = []
+        for row in s.scalars(_locked(query, s)):
+            row.state, row.worker, row.lease_until = "sending", worker, now + timedelta(seconds=lease_s)
+            row.attempts += 1
+            out.append(Outgoing(row.id, row.kind, row.sop_instance_uid, row.data, row.attempts))
+        return out
 
 
 def mark_sent(store: Store, result_id: int) -> None:

@@ -129,7 +129,7 @@ def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
              f"values >= 0.5 are called Present")
     probability = Measurement(
         name=_code("MF001", f"Probability of pneumonia ({REPORTED_SCALE} scale)"),
-        value=round(p, 4), unit=CodedConcept("1", "UCUM", "no units"), algorithm_id=algorithm)
+        value=round(p, 4), unit=CodedConcept("1", "UCUM", "no units"))
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=result_uid(sop_uid, model["sha256"], "tracking"),
                                                identifier="MediFlow pneumonia screening"),

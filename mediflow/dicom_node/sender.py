@@ -1,8 +1,8 @@
 """Delivering result objects: C-STORE to a DICOM node, or STOW-RS to a DICOMweb server.
 
-Each `send` makes one attempt and raises SendError on failure, saying whether trying again can
-help (the destination is down or busy) or not (it refused the object for good); the worker
-(worker.py) keeps the result queued between attempts, with backoff.
+`send_many` makes one attempt per object and reports a SendError for each failure, saying whether
+trying again can help (the destination is down or busy) or not (it refused the object for good);
+the worker (worker.py) keeps the result queued between attempts, with backoff.
 """
 
 from __future__ import annotations
@@ -41,39 +41,49 @@ class DicomDestination:
 
 
 class CStoreSender:
-    """One association per object: results are few and far between, and a fresh association
-    notices a restarted PACS at once."""
+    """One association per batch of due results: a fresh association per batch notices a
+    restarted PACS at once, and a backlog does not pay an association per object."""
 
     def __init__(self, destination: DicomDestination, *, ae_title: str, timeout_s: float = 30.0):
         self.destination = destination
         self.ae_title = ae_title
         self.timeout_s = timeout_s
 
-    def send(self, data: bytes) -> None:
+    def send_many(self, items: list[bytes]) -> list[SendError | None]:
+        """Send `items` over one association; for each, None (stored) or why not."""
         from pydicom import dcmread
         from pynetdicom import AE
 
-        ds = dcmread(io.BytesIO(data))
+        datasets = [dcmread(io.BytesIO(data)) for data in items]
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = min(self.timeout_s, 10.0)
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        for context in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}:
+            ae.add_requested_context(*context)
         d = self.destination
         assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
         if not assoc.is_established:
             # Refused or unreachable: both may change (a PACS restarting, a config being fixed).
-            raise SendError(f"no association with {d}" + (" (rejected)" if assoc.is_rejected else ""), retry=True)
+            err = SendError(f"no association with {d}" + (" (rejected)" if assoc.is_rejected else ""), retry=True)
+            return [err] * len(items)
         try:
-            status = assoc.send_c_store(ds)
+            return [self._store(assoc, ds) for ds in datasets]
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
+
+    def _store(self, assoc, ds) -> SendError | None:
+        d = self.destination
+        if not assoc.is_established:
+            return SendError(f"association with {d} ended", retry=True)
+        status = assoc.send_c_store(ds)
         code = getattr(status, "Status", None)
         if code is None:
-            raise SendError(f"no C-STORE response from {d}", retry=True)
+            return SendError(f"no C-STORE response from {d}", retry=True)
         if code == 0x0000 or 0xB000 <= code <= 0xBFFF:  # success, or a warning: stored
-            return
+            return None
         # 0xA7xx: out of resources; anything else: refused (the object will not do better next time).
-        raise SendError(f"{d} answered C-STORE status 0x{code:04X}", retry=(code & 0xFF00) == 0xA700)
+        return SendError(f"{d} answered C-STORE status 0x{code:04X}", retry=(code & 0xFF00) == 0xA700)
 
 
 class StowSender:
@@ -87,6 +97,17 @@ class StowSender:
     @property
     def destination(self) -> str:
         return self.url
+
+    def send_many(self, items: list[bytes]) -> list[SendError | None]:
+        """One POST per object; for each, None (stored) or why not."""
+        out: list[SendError | None] = []
+        for data in items:
+            try:
+                self.send(data)
+                out.append(None)
+            except SendError as exc:
+                out.append(exc)
+        return out
 
     def send(self, data: bytes) -> None:
         import uuid

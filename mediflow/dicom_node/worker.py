@@ -79,6 +79,13 @@ class Analyser:
             log.info("received film refused by the input check: %s",
                      ",".join(r["code"] for r in exc.input_check["reasons"] if r["severity"] == "rejected"))
             return True
+        except Exception as exc:  # a film no part of the pipeline foresaw: set it aside, keep the node up
+            check = {"status": "rejected", "reasons": [{"code": "analysis_error", "severity": "rejected",
+                                                         "message": f"the film could not be analysed ({type(exc).__name__})"}]}
+            queue.finish_refused(self.store, claimed.id, self.worker, detail=check["reasons"][0]["message"],
+                                 input_check=check, model_sha256=sha)
+            log.error("received film could not be analysed: %s", type(exc).__name__)
+            return True
         study_id = queue.finish_analysed(self.store, claimed.id, self.worker, result, built,
                                          positive_class=self.positive_class, keep_image=self.keep_images)
         if study_id is None:
@@ -102,13 +109,19 @@ class Deliverer:
         return min(self.backoff_s * 2 ** max(attempts - 1, 0), self.max_backoff_s)
 
     def run_once(self) -> bool:
-        """Send one due result; False when none is due."""
-        out = queue.claim_result(self.store, self.worker, self.lease_s)
-        if out is None:
+        """Send the results now due (a batch, over one association); False when none is due."""
+        outs = queue.claim_results(self.store, self.worker, self.lease_s)
+        if not outs:
             return False
         try:
-            self.sender.send(out.data)
-        except SendError as exc:
+            errors = self.sender.send_many([o.data for o in outs])
+        except Exception as exc:  # a network library's surprise must not end the loop
+            errors = [SendError(type(exc).__name__, retry=True)] * len(outs)
+        for out, exc in zip(outs, errors):
+            if exc is None:
+                queue.mark_sent(self.store, out.id)
+                log.info("%s %s delivered to %s", out.kind.upper(), out.sop_instance_uid, self.sender.destination)
+                continue
             permanent = not exc.retry and out.attempts >= self.max_refusals
             wait = None if permanent else self.delay(out.attempts)
             queue.mark_failed(self.store, out.id, str(exc), retry_in_s=wait)
@@ -118,14 +131,6 @@ class Deliverer:
             else:
                 log.warning("%s waiting for delivery (attempt %d failed: %s); next try in %.0f s",
                             out.kind.upper(), out.attempts, exc, wait)
-            return True
-        except Exception as exc:  # a network library's surprise must not end the loop
-            queue.mark_failed(self.store, out.id, f"{type(exc).__name__}", retry_in_s=self.delay(out.attempts))
-            log.warning("%s waiting for delivery (attempt %d failed: %s)", out.kind.upper(), out.attempts,
-                        type(exc).__name__)
-            return True
-        queue.mark_sent(self.store, out.id)
-        log.info("%s %s delivered to %s", out.kind.upper(), out.sop_instance_uid, self.sender.destination)
         return True
 
 
