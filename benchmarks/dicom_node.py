@@ -155,7 +155,7 @@ def run_drain(work: Path, files: list[Path], lanes: int, database_url: str, proc
     """A receiving node with no analysis thread takes every film first (PostgreSQL queue); then
     `processes` worker-only node processes drain the queue and deliver the SRs."""
     node_port = free_port()
-    orthanc = OrthancProcess(work / f"orthanc-drain{processes}", node_port=node_port, routing=False).start()
+    orthanc = OrthancProcess(work / f"orthanc-drain{processes}", node_port=node_port, routing=None).start()
     receiver = NodeProcess(work, database_url, send_to=orthanc.destination, port=node_port,
                            name=f"receiver{processes}", extra=["--workers", "0"])
     workers = [NodeProcess(work, database_url, send_to=orthanc.destination, listen=False,

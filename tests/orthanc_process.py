@@ -1,7 +1,7 @@
 """A real Orthanc (Debian's `orthanc`) in the foreground, for the DICOM node tests and benchmark:
 temporary storage, loopback ports, the node as a DicomModality, and auto-routing by a Lua script
-(OnStableStudy: the whole study goes to the node each time it becomes stable, as a PACS
-routing rule does, so the node's own results come back to it too)."""
+(`routing`: "study", the whole study each time it becomes stable, so the node's own results come
+back to it too; "instance", each frontal chest film as it is stored; None: no routing)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,25 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
 
-ROUTING_LUA = """
+ROUTING_LUA = {
+    # The whole study each time it becomes stable: the node's own results come back to it too.
+    "study": """
 function OnStableStudy(studyId, tags, metadata)
   RestApiPost('/modalities/mediflow/store', studyId)
 end
-"""
+""",
+    # Each frontal chest film as it is stored (docs/pacs.md recommends this one).
+    "instance": """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  local modality = tags['Modality'] or ''
+  local part = string.upper(tags['BodyPartExamined'] or 'CHEST')
+  if (modality == 'CR' or modality == 'DX') and part == 'CHEST'
+     and origin['RemoteAet'] ~= 'MEDIFLOW' then
+    RestApiPost('/modalities/mediflow/store', instanceId)
+  end
+end
+""",
+}
 
 
 def free_port() -> int:
@@ -32,7 +46,7 @@ def free_port() -> int:
 
 
 def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, node_aet: str, node_port: int,
-                   routing: bool = True, stable_age_s: int = 1, dicomweb: bool = True,
+                   routing: str | None = "study", stable_age_s: int = 1, dicomweb: bool = True,
                    http_users: dict[str, str] | None = None) -> dict:
     """A working Orthanc configuration (also the one docs/pacs.md shows)."""
     config = {
@@ -55,14 +69,14 @@ def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, n
     }
     if routing:
         script = folder / "route.lua"
-        script.write_text(ROUTING_LUA)
+        script.write_text(ROUTING_LUA[routing])
         config["LuaScripts"] = [str(script)]
     return config
 
 
 class OrthancProcess:
     def __init__(self, folder: Path, *, aet: str = "TESTPACS", node_aet: str = "MEDIFLOW", node_port: int,
-                 routing: bool = True, http_users: dict[str, str] | None = None, stable_age_s: int = 1):
+                 routing: str | None = "study", http_users: dict[str, str] | None = None, stable_age_s: int = 1):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.aet = aet

@@ -214,7 +214,7 @@ def test_film_sent_twice_and_routing_loop_add_nothing(pacs, films, tmp_path):
 @pytest.mark.realdata
 def test_node_killed_after_reception_then_restarted_sends_each_sr_once(tools, films, tmp_path):
     node_port = free_port()
-    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False).start()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None).start()
     node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination,
                        port=node_port)
     try:
@@ -241,7 +241,7 @@ def test_node_killed_after_reception_then_restarted_sends_each_sr_once(tools, fi
 @pytest.mark.realdata
 def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path):
     node_port = free_port()
-    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False)
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None)
     node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination,
                        port=node_port)
     try:
@@ -276,7 +276,7 @@ def test_two_nodes_on_one_postgresql_analyse_each_film_once(tools, films, tmp_pa
     databases = _postgres_database(base)
     url = next(databases)
     node_port = free_port()
-    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False).start()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None).start()
     listening = NodeProcess(tmp_path, url, send_to=orthanc.destination, name="a", port=node_port)
     worker = NodeProcess(tmp_path, url, send_to=orthanc.destination, listen=False, name="b")
     try:
@@ -304,7 +304,7 @@ def test_results_by_stow_rs_with_authorization(tools, films, tmp_path):
     import base64
 
     node_port = free_port()
-    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=False,
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None,
                              http_users={"mediflow": "s3cret"}).start()
     good = "Basic " + base64.b64encode(b"mediflow:s3cret").decode()
     node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", port=node_port, name="good",
@@ -328,4 +328,25 @@ def test_results_by_stow_rs_with_authorization(tools, films, tmp_path):
     finally:
         node.stop()
         wrong.stop()
+        orthanc.stop()
+
+
+@pytest.mark.realdata
+def test_recommended_instance_routing_sends_only_chest_films(tools, films, tmp_path):
+    node_port = free_port()
+    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing="instance").start()
+    node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination, port=node_port)
+    try:
+        node.start()
+        film, ct = film_dataset(films[8]), film_dataset(films[9], modality="CT", view=None, body_part=None)
+        paths = [write(film, tmp_path / "film.dcm"), write(ct, tmp_path / "ct.dcm")]
+        assert storescu(orthanc.dicom_port, paths, aec="TESTPACS").returncode == 0
+        study = str(film.StudyInstanceUID)
+        wait_for(lambda: _sr_count(orthanc, study) >= 1, 60, what="the SR")
+        time.sleep(4)
+        assert _sr_count(orthanc, study) == 1
+        uids = [r["sop_instance_uid"] for r in store_rows(node.database_url)["instances"]]
+        assert uids == [str(film.SOPInstanceUID)]  # neither the CT nor the SR went to the node
+    finally:
+        node.stop()
         orthanc.stop()

@@ -162,6 +162,22 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
 
 
+def _wrap(lines: list[str], font, width: int) -> list[str]:
+    """Each line broken at spaces so that it fits `width` pixels (a long word stays whole)."""
+    out: list[str] = []
+    for line in lines:
+        current = ""
+        for word in line.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and font.getlength(candidate) > width:
+                out.append(current)
+                current = word
+            else:
+                current = candidate
+        out.append(current)
+    return out
+
+
 def burn_in(film: Image.Image, heatmap: np.ndarray | None, lines: list[str]) -> np.ndarray:
     """The film (as analysed) with the heatmap blended over it and `lines` written in a band above
     it: an (H, W, 3) uint8 RGB array, at most 2048 px wide."""
@@ -174,6 +190,7 @@ def burn_in(film: Image.Image, heatmap: np.ndarray | None, lines: list[str]) -> 
         img = blend(img, heatmap)
     size = max(14, img.width // 45)
     font = _font(size)
+    lines = _wrap(lines, font, img.width - 16)
     band = (size + 8) * len(lines) + 8
     canvas = Image.new("RGB", (img.width, img.height + band), (0, 0, 0))
     canvas.paste(img, (0, band))
