@@ -192,7 +192,7 @@ def main() -> int:
     ap.add_argument("--postgres", default=os.environ.get("MEDIFLOW_TEST_POSTGRES_URL",
                                                          "postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres"))
     ap.add_argument("--films", choices=sorted(FILM_SETS), default="fullres")
-    ap.add_argument("--node-workers", type=int, default=1, help="analysis threads per node process (--workers)")
+    ap.add_argument("--node-workers", type=int, default=2, help="analysis threads per node process (--workers)")
     args = ap.parse_args()
     folder_in = FILM_SETS[args.films]
     distinct = sorted(folder_in.glob("*/*.jpeg"))

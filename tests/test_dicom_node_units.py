@@ -179,9 +179,9 @@ def test_an_expired_lease_is_claimed_again_and_the_late_worker_records_nothing(s
     second = queue.claim_instance(store, "other", 60)
     assert second is not None and second.id == first.id and second.attempts == 2
     built = results.Built("sr", "1.2.840.10008.5.1.4.1.1.88.33", "9.9.9", b"sr")
-    assert queue.finish_analysed(store, first.id, "dead", _result(), [built], positive_class="PNEUMONIA",
+    assert queue.finish_analysed(store, first, "dead", _result(), [built], positive_class="PNEUMONIA",
                                  keep_image=False) is None
-    assert queue.finish_analysed(store, second.id, "other", _result(), [built], positive_class="PNEUMONIA",
+    assert queue.finish_analysed(store, second, "other", _result(), [built], positive_class="PNEUMONIA",
                                  keep_image=False) is not None
     [out] = queue.claim_results(store, "sender", 60)
     assert out.sop_instance_uid == "9.9.9"

@@ -40,8 +40,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="analysis threads in this process (default 1); 0: only receive and deliver, leaving the "
+    p.add_argument("--workers", type=int, default=2,
+                   help="analysis threads in this process (default 2: one decodes or runs the model while the "
+                        "other builds an SR); 0: only receive and deliver, leaving the "
                         "analyses to worker-only processes (--no-listen) on the same PostgreSQL queue")
     p.add_argument("--health-port", type=int, help="serve GET /health (queue state) on 127.0.0.1:PORT")
     p.add_argument("--retry-backoff", type=float, default=2.0,

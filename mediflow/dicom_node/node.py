@@ -26,7 +26,7 @@ class NodeConfig:
     keep_images: bool = False
     health_host: str = "127.0.0.1"
     health_port: int | None = None
-    analysis_workers: int = 1
+    analysis_workers: int = 2
     backoff_s: float = 2.0
     max_backoff_s: float = 60.0
     ssl_context: object | None = None

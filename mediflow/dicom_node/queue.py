@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from mediflow.dicom_node.admission import Refusal
 from mediflow.store import repository
@@ -114,7 +114,8 @@ def claim_instance(store: Store, worker: str, lease_s: float) -> Claimed | None:
     """Lease the oldest queued instance to `worker`; None when there is none."""
     with store.session() as s:
         now = utcnow()
-        query = (select(DicomInstance).where(_lease_filter(DicomInstance, now, ("queued", "analysing")))
+        query = (select(DicomInstance).options(undefer(DicomInstance.data))
+                 .where(_lease_filter(DicomInstance, now, ("queued", "analysing")))
                  .order_by(DicomInstance.received_at).limit(1))
         row = s.scalars(_locked(query, s)).first()
         if row is None:
@@ -133,15 +134,15 @@ def _owned(s: Session, instance_id, worker: str) -> DicomInstance | None:
     return row if row is not None and row.state == "analysing" and row.worker == worker else None
 
 
-def finish_analysed(store: Store, instance_id, worker: str, result: dict[str, Any], results: list, *,
+def finish_analysed(store: Store, claimed: Claimed, worker: str, result: dict[str, Any], results: list, *,
                     positive_class: str | None, keep_image: bool) -> uuid.UUID | None:
     """Record the analysis as a study and queue its result objects, in one transaction. None when the
     lease was lost (another worker took the instance over): nothing is recorded twice."""
     with store.session() as s:
-        row = _owned(s, instance_id, worker)
+        row = _owned(s, claimed.id, worker)
         if row is None:
             return None
-        data = row.data
+        data = claimed.data
         study = repository.add_study(s, _source(row, data), result, positive_class=positive_class,
                                      image=data if keep_image else None, media_type="application/dicom")
         for built in results:
@@ -152,14 +153,14 @@ def finish_analysed(store: Store, instance_id, worker: str, result: dict[str, An
         return study.id
 
 
-def finish_refused(store: Store, instance_id, worker: str, *, detail: str, input_check: dict[str, Any],
+def finish_refused(store: Store, claimed: Claimed, worker: str, *, detail: str, input_check: dict[str, Any],
                    model_sha256: str) -> bool:
     """The decoder or the input check refused the film: a refused-list row, the bytes dropped."""
     with store.session() as s:
-        row = _owned(s, instance_id, worker)
+        row = _owned(s, claimed.id, worker)
         if row is None:
             return False
-        repository.add_refusal(s, _source(row, row.data or b""), detail=detail, input_check=input_check,
+        repository.add_refusal(s, _source(row, claimed.data), detail=detail, input_check=input_check,
                                model_sha256=model_sha256)
         row.state, row.reason, row.data, row.finished_at, row.lease_until = "refused", detail, None, utcnow(), None
         return True

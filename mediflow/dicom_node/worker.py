@@ -69,12 +69,12 @@ class Analyser:
         except ImageDecodeError as exc:
             check = {"status": "rejected", "reasons": [{"code": "undecodable", "message": exc.reason,
                                                          "severity": "rejected"}]}
-            queue.finish_refused(self.store, claimed.id, self.worker, detail=str(exc), input_check=check,
+            queue.finish_refused(self.store, claimed, self.worker, detail=str(exc), input_check=check,
                                  model_sha256=sha)
             log.info("received film not analysed: %s", type(exc).__name__)
             return True
         except InputRejected as exc:
-            queue.finish_refused(self.store, claimed.id, self.worker, detail=str(exc), input_check=exc.input_check,
+            queue.finish_refused(self.store, claimed, self.worker, detail=str(exc), input_check=exc.input_check,
                                  model_sha256=sha)
             log.info("received film refused by the input check: %s",
                      ",".join(r["code"] for r in exc.input_check["reasons"] if r["severity"] == "rejected"))
@@ -82,11 +82,11 @@ class Analyser:
         except Exception as exc:  # a film no part of the pipeline foresaw: set it aside, keep the node up
             check = {"status": "rejected", "reasons": [{"code": "analysis_error", "severity": "rejected",
                                                          "message": f"the film could not be analysed ({type(exc).__name__})"}]}
-            queue.finish_refused(self.store, claimed.id, self.worker, detail=check["reasons"][0]["message"],
+            queue.finish_refused(self.store, claimed, self.worker, detail=check["reasons"][0]["message"],
                                  input_check=check, model_sha256=sha)
             log.error("received film could not be analysed: %s", type(exc).__name__)
             return True
-        study_id = queue.finish_analysed(self.store, claimed.id, self.worker, result, built,
+        study_id = queue.finish_analysed(self.store, claimed, self.worker, result, built,
                                          positive_class=self.positive_class, keep_image=self.keep_images)
         if study_id is None:
             log.warning("lease on a film lapsed during its analysis; another worker owns it now")

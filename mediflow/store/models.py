@@ -163,7 +163,8 @@ class DicomInstance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
-    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Deferred: a film is megabytes; only the claim that hands it to a worker loads it.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
