@@ -124,11 +124,41 @@ def orthanc_sr_count(orthanc: OrthancProcess) -> int:
     return len(orthanc.post("/tools/find", json={"Level": "Instance", "Query": {"Modality": "SR"}}).json())
 
 
-def postgres_db(base: str):
-    sys.path.insert(0, str(REPO / "tests"))
-    from db_fixtures import _postgres_database
+class PostgresDatabase:
+    """A fresh database on the server of `base`, dropped afterwards (retried: right after a big
+    load, autovacuum may hold it a moment, and only a superuser may end that)."""
 
-    return _postgres_database(base)
+    def __init__(self, base: str):
+        import uuid
+
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.name = f"mediflow_bench_{uuid.uuid4().hex[:12]}"
+        self.admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        self.url = make_url(base).set(database=self.name).render_as_string(hide_password=False)
+
+    def __enter__(self) -> str:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(10):
+            try:
+                with self.admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}"'))
+                break
+            except SQLAlchemyError:
+                time.sleep(3)
+        else:
+            print(f"could not drop the benchmark database {self.name}", file=sys.stderr)
+        self.admin.dispose()
 
 
 def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], timeout: float = 1800) -> dict:
@@ -208,13 +238,11 @@ def main() -> int:
         files = [write(film_dataset(src), folder / f"{i:04d}.dcm") for i, src in enumerate(sources)]
         routed = run_routed(work, files, args.lanes, node_args)
         drains = {}
+        print(f"routed: {routed}", file=sys.stderr, flush=True)
         for processes in (1, 2):
-            databases = postgres_db(args.postgres)
-            url = next(databases)
-            try:
+            with PostgresDatabase(args.postgres) as url:
                 drains[processes] = run_drain(work, files, args.lanes, url, processes, node_args)
-            finally:
-                next(databases, None)
+            print(f"drained by {processes}: {drains[processes]}", file=sys.stderr, flush=True)
         analyze = analyze_throughput(folder)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
