@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_224, environment_missing
+from conftest import REAL_224, environment_missing, xray_like
 from dicom_factory import structured_report_bytes
 from dicom_node_process import (NodeProcess, echoscu, film_dataset, missing_tools, sr_finding, store_rows,
                                 storescu, wait_for, write)
@@ -86,15 +86,14 @@ def test_echo_and_calling_ae_titles(pacs):
 
 def test_refused_calling_ae_stores_nothing(pacs, tmp_path):
     _, node = pacs
-    ds = film_dataset(next((REAL_224 / "val" / "NORMAL").glob("*.jpeg"), None) or _skip_no_data())
+    synthetic = tmp_path / "film.png"
+    xray_like(1, 7, 256).save(synthetic)  # never analysed: the association is refused first
+    before = store_rows(node.database_url)["instances"]
+    ds = film_dataset(synthetic)
     sent = storescu(node.port, [write(ds, tmp_path / "film.dcm")], aet="INTRUDER")
     assert sent.returncode != 0
-    uids = {r["sop_instance_uid"] for r in store_rows(node.database_url)["instances"]}
-    assert str(ds.SOPInstanceUID) not in uids
-
-
-def _skip_no_data():
-    pytest.skip(f"real films not present under {REAL_224}")
+    assert "reject" in (sent.stdout + sent.stderr).lower()
+    assert store_rows(node.database_url)["instances"] == before  # nothing received, nothing recorded
 
 
 @pytest.mark.realdata
@@ -350,3 +349,32 @@ def test_recommended_instance_routing_sends_only_chest_films(tools, films, tmp_p
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_tls_only_node_refuses_plain_associations(tools, tmp_path):
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        environment_missing("openssl could not make a test certificate")
+    node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}",
+                       extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        node.start()
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        client.check_hostname = False
+        ae = AE(ae_title="TESTPACS")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 10
+        secure = ae.associate("127.0.0.1", node.port, ae_title="MEDIFLOW", tls_args=(client, None))
+        assert secure.is_established
+        assert secure.send_c_echo().Status == 0x0000
+        secure.release()
+        assert echoscu(node.port).returncode != 0  # plain DICOM is not accepted
+    finally:
+        node.stop()
