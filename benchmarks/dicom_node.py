@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from dicom_node_process import NodeProcess, film_dataset, write  # noqa: E402
+from dicom_node_process import NodeProcess, PostgresDatabase, film_dataset, write  # noqa: E402
 from orthanc_process import OrthancProcess, free_port  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -124,43 +124,6 @@ def orthanc_sr_count(orthanc: OrthancProcess) -> int:
     return len(orthanc.post("/tools/find", json={"Level": "Instance", "Query": {"Modality": "SR"}}).json())
 
 
-class PostgresDatabase:
-    """A fresh database on the server of `base`, dropped afterwards (retried: right after a big
-    load, autovacuum may hold it a moment, and only a superuser may end that)."""
-
-    def __init__(self, base: str):
-        import uuid
-
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
-
-        self.name = f"mediflow_bench_{uuid.uuid4().hex[:12]}"
-        self.admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        self.url = make_url(base).set(database=self.name).render_as_string(hide_password=False)
-
-    def __enter__(self) -> str:
-        from sqlalchemy import text
-
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        from sqlalchemy import text
-        from sqlalchemy.exc import SQLAlchemyError
-
-        for attempt in range(10):
-            try:
-                with self.admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}"'))
-                break
-            except SQLAlchemyError:
-                time.sleep(3)
-        else:
-            print(f"could not drop the benchmark database {self.name}", file=sys.stderr)
-        self.admin.dispose()
-
-
 def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], timeout: float = 1800) -> dict:
     """Modality -> Orthanc -> (Lua routing) -> node -> SR -> Orthanc, one node process on SQLite."""
     url = f"sqlite:///{work / 'node.db'}"
@@ -219,8 +182,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--lanes", type=int, default=4)
-    ap.add_argument("--postgres", default=os.environ.get("MEDIFLOW_TEST_POSTGRES_URL",
-                                                         "postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres"))
+    ap.add_argument("--postgres", default=os.environ.get(
+        "MEDIFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres"))
     ap.add_argument("--films", choices=sorted(FILM_SETS), default="fullres")
     ap.add_argument("--node-workers", type=int, default=2, help="analysis threads per node process (--workers)")
     args = ap.parse_args()
@@ -260,7 +223,8 @@ def main() -> int:
         print(f"| straight to the node, queue drained by {processes} worker process(es) (PostgreSQL) "
               f"| {d['answered']}/{n} | {d['store_p95']:.3f} | {d['srs']} | | | {d['rate']:.1f} "
               f"| {d['rate'] / analyze:.2f} |")
-    print(f"| `mediflow analyze` (batch 16, 2 decode threads) on the same .dcm files | | | | | | {analyze:.1f} | 1.00 |")
+    print(f"| `mediflow analyze` (batch 16, 2 decode threads) on the same .dcm files | | | | | "
+          f"| {analyze:.1f} | 1.00 |")
     print(f"\n2 worker processes vs 1 on one PostgreSQL queue: {drains[2]['rate'] / drains[1]['rate']:.2f}x")
     return 0
 

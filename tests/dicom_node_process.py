@@ -193,3 +193,40 @@ def store_rows(database_url: str) -> dict:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+class PostgresDatabase:
+    """A fresh database on the server of `base`, dropped afterwards without FORCE and retried: right
+    after a big load autovacuum may hold it a moment, and only a superuser may end that."""
+
+    def __init__(self, base: str):
+        import uuid
+
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.name = f"mediflow_test_{uuid.uuid4().hex[:12]}"
+        self.admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        self.url = make_url(base).set(database=self.name).render_as_string(hide_password=False)
+
+    def __enter__(self) -> str:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(10):
+            try:
+                with self.admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}"'))
+                break
+            except SQLAlchemyError:
+                time.sleep(3)
+        else:
+            print(f"could not drop the database {self.name}", file=sys.stderr)
+        self.admin.dispose()

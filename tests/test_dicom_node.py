@@ -267,35 +267,35 @@ def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path)
 def test_two_nodes_on_one_postgresql_analyse_each_film_once(tools, films, tmp_path):
     import os
 
-    from db_fixtures import POSTGRES_ENV, _postgres_database
+    from db_fixtures import POSTGRES_ENV
+    from dicom_node_process import PostgresDatabase
 
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         environment_missing(f"this test needs {POSTGRES_ENV} (a PostgreSQL user allowed to CREATE DATABASE)")
-    databases = _postgres_database(base)
-    url = next(databases)
-    node_port = free_port()
-    orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None).start()
-    listening = NodeProcess(tmp_path, url, send_to=orthanc.destination, name="a", port=node_port)
-    worker = NodeProcess(tmp_path, url, send_to=orthanc.destination, listen=False, name="b")
-    try:
-        listening.start()
-        worker.start()
-        sets = [film_dataset(f) for f in films]
-        assert storescu(listening.port, [write(ds, tmp_path / f"f{i}.dcm") for i, ds in enumerate(sets)]).returncode == 0
-        for ds in sets:
-            wait_for(lambda ds=ds: _sr_count(orthanc, str(ds.StudyInstanceUID)) >= 1, 180, what="each SR")
-        time.sleep(3)
-        assert [_sr_count(orthanc, str(ds.StudyInstanceUID)) for ds in sets] == [1] * len(sets)
-        rows = store_rows(url)
-        assert rows["studies"] == len(sets)  # one analysis per film
-        assert all(r["attempts"] == 1 and r["state"] == "analysed" for r in rows["instances"])
-        assert sorted(r["attempts"] for r in rows["results"]) == [1] * len(sets)
-    finally:
-        listening.stop()
-        worker.stop()
-        orthanc.stop()
-        next(databases, None)
+    with PostgresDatabase(base) as url:
+        node_port = free_port()
+        orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None).start()
+        listening = NodeProcess(tmp_path, url, send_to=orthanc.destination, name="a", port=node_port)
+        worker = NodeProcess(tmp_path, url, send_to=orthanc.destination, listen=False, name="b")
+        try:
+            listening.start()
+            worker.start()
+            sets = [film_dataset(f) for f in films]
+            paths = [write(ds, tmp_path / f"f{i}.dcm") for i, ds in enumerate(sets)]
+            assert storescu(listening.port, paths).returncode == 0
+            for ds in sets:
+                wait_for(lambda ds=ds: _sr_count(orthanc, str(ds.StudyInstanceUID)) >= 1, 180, what="each SR")
+            time.sleep(3)
+            assert [_sr_count(orthanc, str(ds.StudyInstanceUID)) for ds in sets] == [1] * len(sets)
+            rows = store_rows(url)
+            assert rows["studies"] == len(sets)  # one analysis per film
+            assert all(r["attempts"] == 1 and r["state"] == "analysed" for r in rows["instances"])
+            assert sorted(r["attempts"] for r in rows["results"]) == [1] * len(sets)
+        finally:
+            listening.stop()
+            worker.stop()
+            orthanc.stop()
 
 
 @pytest.mark.realdata

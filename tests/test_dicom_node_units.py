@@ -37,7 +37,8 @@ def _film(modality="CR", view="PA", part="CHEST", sop_class=CR_STORAGE):
 
 
 def _result(p=0.83, *, warning=False):
-    reasons = [{"code": "low_contrast", "message": "The film has little contrast.", "severity": "warning"}] if warning else []
+    warned = {"code": "low_contrast", "message": "The film has little contrast.", "severity": "warning"}
+    reasons = [warned] if warning else []
     return {"prediction": "PNEUMONIA" if p >= 0.5 else "NORMAL", "confidence": max(p, 1 - p),
             "probabilities": {"NORMAL": 1 - p, "PNEUMONIA": p}, "needs_review": warning, "threshold": 0.5,
             "operating_point": {"positive_class": "PNEUMONIA", "calibrated_threshold": 0.39,
@@ -105,7 +106,8 @@ def test_sr_codes_the_finding_and_passes_dciodvfy(tmp_path, warning):
 def test_result_uids_are_deterministic_and_differ_by_kind_and_model():
     film = _film()
     a, b = results.build_sr(film, _result()), results.build_sr(film, _result(0.2))
-    assert a.sop_instance_uid == b.sop_instance_uid == results.result_uid(str(film.SOPInstanceUID), MODEL["sha256"], "sr")
+    expected = results.result_uid(str(film.SOPInstanceUID), MODEL["sha256"], "sr")
+    assert a.sop_instance_uid == b.sop_instance_uid == expected
     other = {**_result(), "model": {**MODEL, "sha256": "cd" * 32}}
     assert results.build_sr(film, other).sop_instance_uid != a.sop_instance_uid
     assert results.result_uid("1.2.3", "x", "sc") != results.result_uid("1.2.3", "x", "sr")

@@ -64,13 +64,6 @@ def _row(received: Received, **fields) -> DicomInstance:
                          modality=received.modality, attempts=0, **fields)
 
 
-def known(store: Store, sop_instance_uid: str) -> bool:
-    """Whether this instance was received before, or is one of the node's own results."""
-    with store.session() as s:
-        return (s.scalar(select(func.count()).where(DicomInstance.sop_instance_uid == sop_instance_uid))
-                or s.scalar(select(func.count()).where(DicomResult.sop_instance_uid == sop_instance_uid))) > 0
-
-
 def is_result_uid(store: Store, sop_instance_uid: str) -> bool:
     with store.session() as s:
         return s.scalar(select(func.count()).where(DicomResult.sop_instance_uid == sop_instance_uid)) > 0

@@ -26,18 +26,12 @@ PNEUMONIA = ("233604007", "SCT", "Pneumonia")
 # Series numbers far from a modality's own, so the results sort after the films in a viewer.
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
-KINDS = ("sr", "sc")
 _PRIVATE_SCHEME = "99MEDIFLOW"
 
 
 def result_uid(source_sop_instance_uid: str, model_sha256: str, kind: str) -> str:
     """The deterministic UID of one result object (`kind`: 'sr', 'sc', 'sr-series', 'sc-series')."""
     return generate_uid(entropy_srcs=[source_sop_instance_uid, model_sha256, kind])
-
-
-def own_uids(source_sop_instance_uid: str, model_sha256: str) -> set[str]:
-    """Every UID MediFlow would give the results of this source (to recognise them when they return)."""
-    return {result_uid(source_sop_instance_uid, model_sha256, k) for k in ("sr", "sc")}
 
 
 @dataclass
@@ -100,11 +94,11 @@ def _evidence(source: Dataset) -> Dataset:
 def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
     """The TID 1500 Measurement Report for one analysed film. `source`: its header (no pixels needed);
     `result`: the Predictor's response for it."""
-    import highdicom as hd
-    from highdicom.sr import (AlgorithmIdentification, CodedConcept, Comprehensive3DSR, DeviceObserverIdentifyingAttributes,
-                              MeasurementReport, MeasurementsAndQualitativeEvaluations, Measurement,
-                              ObservationContext, ObserverContext, QualitativeEvaluation,
-                              SourceImageForMeasurementGroup, TextContentItem, TrackingIdentifier)
+    from highdicom.sr import (AlgorithmIdentification, CodedConcept, Comprehensive3DSR,
+                              DeviceObserverIdentifyingAttributes, Measurement, MeasurementReport,
+                              MeasurementsAndQualitativeEvaluations, ObservationContext, ObserverContext,
+                              QualitativeEvaluation, SourceImageForMeasurementGroup, TextContentItem,
+                              TrackingIdentifier)
 
     model = result["model"]
     source = _evidence(source)
@@ -214,6 +208,11 @@ def build_sc(source: Dataset, result: dict[str, Any], film: Image.Image, heatmap
     def tag(keyword: str):
         return source.get(keyword) or None
 
+    # The film's own orientation when it has one; else the usual display of a frontal chest film
+    # (rows towards the patient's left, columns towards the feet).
+    given = source.get("PatientOrientation") or []
+    orientation = tuple(given) if len(given) == 2 else ("L", "F")
+
     sc = hd.sc.SCImage(
         pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
         study_instance_uid=str(source.StudyInstanceUID),
@@ -223,7 +222,7 @@ def build_sc(source: Dataset, result: dict[str, Any], film: Image.Image, heatmap
         patient_birth_date=tag("PatientBirthDate"), patient_sex=tag("PatientSex"),
         accession_number=tag("AccessionNumber"), study_id=tag("StudyID"), study_date=tag("StudyDate"),
         study_time=tag("StudyTime"), referring_physician_name=tag("ReferringPhysicianName"),
-        patient_orientation=tuple(source.PatientOrientation) if len(source.get("PatientOrientation") or []) == 2 else ("L", "F"),
+        patient_orientation=orientation,
         series_description=SERIES_DESCRIPTION_SC)
     sc.PreliminaryFlag = "PRELIMINARY"  # not in the SC IOD's modules, but what a reader's viewer shows
     sc.BurnedInAnnotation = "YES"

@@ -56,7 +56,8 @@ class Reception:
             refusal = admission.admit(ds, own)
             if refusal is not None:
                 new = queue.refuse(self.store, received, data, refusal, model_sha256=self.model_sha256)
-                log.info("instance from %s not analysed (%s)%s", calling_ae, refusal.code, "" if new else ", seen before")
+                log.info("instance from %s not analysed (%s)%s", calling_ae, refusal.code,
+                         "" if new else ", seen before")
                 return SUCCESS
             if queue.enqueue(self.store, received, data):
                 log.info("film from %s queued for analysis", calling_ae)

@@ -80,10 +80,11 @@ class Analyser:
                      ",".join(r["code"] for r in exc.input_check["reasons"] if r["severity"] == "rejected"))
             return True
         except Exception as exc:  # a film no part of the pipeline foresaw: set it aside, keep the node up
-            check = {"status": "rejected", "reasons": [{"code": "analysis_error", "severity": "rejected",
-                                                         "message": f"the film could not be analysed ({type(exc).__name__})"}]}
-            queue.finish_refused(self.store, claimed, self.worker, detail=check["reasons"][0]["message"],
-                                 input_check=check, model_sha256=sha)
+            message = f"the film could not be analysed ({type(exc).__name__})"
+            check = {"status": "rejected",
+                     "reasons": [{"code": "analysis_error", "severity": "rejected", "message": message}]}
+            queue.finish_refused(self.store, claimed, self.worker, detail=message, input_check=check,
+                                 model_sha256=sha)
             log.error("received film could not be analysed: %s", type(exc).__name__)
             return True
         study_id = queue.finish_analysed(self.store, claimed, self.worker, result, built,
