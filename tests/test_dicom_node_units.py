@@ -46,7 +46,8 @@ def _result(p=0.83, *, warning=False):
             "model": MODEL, "input_check": {"status": "warning" if warning else "ok", "reasons": reasons}}
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"view": None}, {"part": None}, {"view": "AP"},
+@pytest.mark.parametrize("kwargs", [{}, {"view": None}, {"part": None}, {"view": "AP"}, {"part": "THORAX"},
+                                    {"part": "chest pa"},
                                     {"modality": "DX", "sop_class": "1.2.840.10008.5.1.4.1.1.1.1"}])
 def test_frontal_chest_films_are_admitted(kwargs):
     assert admission.admit(_film(**kwargs)) is None
@@ -56,6 +57,7 @@ def test_frontal_chest_films_are_admitted(kwargs):
     ({"modality": "CT", "sop_class": CT_STORAGE}, "not_chest_radiograph"),
     ({"modality": "MG"}, "not_chest_radiograph"),
     ({"part": "SKULL"}, "not_chest_radiograph"),
+    ({"part": "ABDOMEN"}, "not_chest_radiograph"),
     ({"view": "LL"}, "not_frontal_view"),
     ({"view": "LATERAL"}, "not_frontal_view"),
 ])

@@ -1,4 +1,5 @@
-"""What the node analyses, decided from the header alone: image instances of a frontal chest film.
+"""What the node analyses, decided from the header alone: image instances of a frontal chest film
+(Modality CR or DX, BodyPartExamined naming the chest or absent, ViewPosition AP, PA or absent).
 
 Everything else is refused with a reason code and a sentence (recorded in the refused list, no
 pixels kept): other modalities and body parts, lateral views, non-image objects (SR, PR, KO, ...),
@@ -16,13 +17,8 @@ from mediflow.dicom_node import MANUFACTURER, SERIES_DESCRIPTION_SC, SERIES_DESC
 
 ANALYSED_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("AP", "PA")
-# Image storage SOP classes a chest film arrives as (CR, DX for presentation/processing, the
-# mammography/intra-oral DX variants excluded).
-FILM_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1",       # Computed Radiography Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",     # Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",   # Digital X-Ray Image Storage - For Processing
-}
+# BodyPartExamined is free text at many sites: a value is the chest when one of its words is.
+CHEST_WORDS = {"CHEST", "THORAX", "LUNG", "LUNGS"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "RWV", "AU", "ECG", "PLAN", "RTSTRUCT"}
 
@@ -70,11 +66,8 @@ def admit(ds: Dataset, own_uids: set[str] | frozenset[str] = frozenset()) -> Ref
     if modality not in ANALYSED_MODALITIES:
         return Refusal("not_chest_radiograph", f"Modality {modality or 'absent'}: only chest radiographs "
                                                f"({'/'.join(ANALYSED_MODALITIES)}) are analysed")
-    if sop_class and sop_class not in FILM_SOP_CLASSES:
-        return Refusal("not_chest_radiograph", "not a CR or DX radiograph image (SOP class "
-                                               f"{sop_class}): only chest radiographs are analysed")
-    part = re.sub(r"[^A-Z ]", "", _text(ds, "BodyPartExamined").upper()).strip()
-    if part and part != "CHEST":
+    part = re.sub(r"[^A-Z ]", " ", _text(ds, "BodyPartExamined").upper()).strip()
+    if part and not CHEST_WORDS & set(part.split()):
         return Refusal("not_chest_radiograph", f"BodyPartExamined {part}: only chest films are analysed")
     view = _text(ds, "ViewPosition").upper()
     if view and view not in FRONTAL_VIEWS:
