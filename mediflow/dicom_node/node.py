@@ -41,6 +41,8 @@ def health(store: Store, destination: str) -> dict:
 
 
 class Node:
+    """One node process: its SCP, analysis threads, delivery thread and /health server."""
+
     def __init__(self, store: Store, predictor, sender, config: NodeConfig):
         self.store, self.predictor, self.sender, self.config = store, predictor, sender, config
         self.stop_event = threading.Event()
@@ -50,9 +52,14 @@ class Node:
         self.http = None
 
     def start(self) -> None:
+        """Listen (unless worker-only), then start the analysis and delivery loops and /health."""
         if (n := queue.release_stale_leases(self.store)):
             log.info("%d job(s) left unfinished by a previous run queued again", n)
         c = self.config
+        if c.port is not None:  # first: a port in use ends the start before any job is claimed
+            reception = scp.Reception(self.store, model_sha256=self.predictor.info.sha256, on_queued=self.wake.set)
+            self.server = scp.start(reception, ae_title=c.ae_title, host=c.host, port=c.port,
+                                    allowed_aes=c.allowed_aes, ssl_context=c.ssl_context)
         for i in range(c.analysis_workers):
             analyser = Analyser(self.store, self.predictor, worker=worker_id(), heatmap_sc=c.heatmap_sc,
                                 keep_images=c.keep_images)
@@ -61,10 +68,6 @@ class Node:
             deliverer = Deliverer(self.store, self.sender, worker=worker_id(), backoff_s=c.backoff_s,
                                   max_backoff_s=c.max_backoff_s)
             self._thread("deliver", lambda: loop(deliverer.run_once, self.stop_event, None, idle_s=0.5))
-        if c.port is not None:
-            reception = scp.Reception(self.store, model_sha256=self.predictor.info.sha256, on_queued=self.wake.set)
-            self.server = scp.start(reception, ae_title=c.ae_title, host=c.host, port=c.port,
-                                    allowed_aes=c.allowed_aes, ssl_context=c.ssl_context)
         if c.health_port is not None:
             self.http = _health_server(self.store, str(getattr(self.sender, "destination", "none")),
                                        c.health_host, c.health_port)
