@@ -191,6 +191,21 @@ def store_rows(database_url: str) -> dict:
         engine.dispose()
 
 
+def worklist(database_url: str) -> list[dict]:
+    """The worklist (`GET /api/studies?status=all`) of a server on the node's study store."""
+    from fastapi.testclient import TestClient
+
+    from mediflow.serving.app import create_app
+    from mediflow.serving.settings import Settings
+
+    app = create_app(Settings(database_url=database_url, api_keys=None, api_keys_file=None))
+    with TestClient(app) as client:
+        r = client.get("/api/studies", params={"status": "all"})
+    assert r.status_code == 200, r.text
+    app.state.store.dispose()
+    return r.json()["items"]
+
+
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import REAL_224, environment_missing, xray_like
 from dicom_factory import structured_report_bytes
 from dicom_node_process import (NodeProcess, echoscu, film_dataset, missing_tools, sr_finding, store_rows,
-                                storescu, wait_for, write)
+                                storescu, wait_for, worklist, write)
 from orthanc_process import OrthancProcess, free_port
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive 3D SR
@@ -138,18 +138,10 @@ def test_routed_chest_film_gets_one_sr_equal_to_the_api(pacs, films, tmp_path):
     assert own and own[0]["state"] == "refused" and own[0]["reason"].startswith("mediflow_output")
 
     # The worklist shows the DICOM study with what a reader needs to find it in the PACS.
-    from fastapi.testclient import TestClient
-
-    from mediflow.serving.app import create_app
-    from mediflow.serving.settings import Settings
-
-    app = create_app(Settings(database_url=node.database_url, api_keys=None, api_keys_file=None))
-    with TestClient(app) as client:
-        items = client.get("/api/studies", params={"status": "all"}).json()["items"]
-    listed = [i for i in items if i["accession_number"] == ds.AccessionNumber]
+    listed = [i for i in worklist(node.database_url) if i["accession_number"] == ds.AccessionNumber]
     assert len(listed) == 1
-    assert (listed[0]["study_date"], listed[0]["modality"], listed[0]["prediction"]) == \
-        ("20261207", "CR", api["prediction"])
+    assert (listed[0]["study_date"], listed[0]["modality"], listed[0]["prediction"], listed[0]["pacs_delivery"]) \
+        == ("20261207", "CR", api["prediction"], "sent")
 
 
 @pytest.mark.realdata
@@ -252,12 +244,14 @@ def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path)
         assert health["results"].get("pending", 0) + health["results"].get("sending", 0) == 1
         assert "no association" in health["oldest_waiting_result"]["last_error"]
         assert "waiting for delivery" in node.log()
+        assert [i["pacs_delivery"] for i in worklist(node.database_url)] == ["waiting"]
         orthanc.start()
         study = str(ds.StudyInstanceUID)
         wait_for(lambda: _sr_count(orthanc, study) >= 1, 60, what="the SR once Orthanc is back")
         time.sleep(4)
         assert _sr_count(orthanc, study) == 1
         assert wait_for(lambda: node.health()["status"] == "ok", 20, what="/health back to ok")
+        assert [i["pacs_delivery"] for i in worklist(node.database_url)] == ["sent"]
     finally:
         node.stop()
         orthanc.stop()

@@ -162,6 +162,7 @@ def _operating_point(study: Study) -> dict[str, Any] | None:
 def _detail(session, study: Study) -> dict[str, Any]:
     return {
         **_summary(study, repository.has_image(session, study.id)),
+        "pacs_delivery": repository.pacs_delivery(session, [study.id]).get(study.id),
         "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
         "operating_point": _operating_point(study),
         "margin": study.margin,
@@ -191,8 +192,9 @@ def list_studies(
 ) -> dict[str, Any]:
     with _store(request).session() as s:
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
+        delivery = repository.pacs_delivery(s, [st.id for st, _ in rows])
         return {"total": total, "limit": limit, "offset": offset,
-                "items": [StudySummary(**_summary(st, has)) for st, has in rows]}
+                "items": [StudySummary(**_summary(st, has), pacs_delivery=delivery.get(st.id)) for st, has in rows]}
 
 
 @router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")

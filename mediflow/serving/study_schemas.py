@@ -45,6 +45,8 @@ class StudySummary(BaseModel):
     accession_number: str | None = Field(default=None, description="DICOM studies: to find the study in the PACS")
     study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
     modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
+    pacs_delivery: str | None = Field(default=None, description="studies from the DICOM node: sent (the SR is in "
+                                      "the PACS), waiting (queued while the PACS is unreachable) or failed")
 
 
 class StudyList(BaseModel):
