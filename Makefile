@@ -1,4 +1,4 @@
-# `make run`: set up .venv and serve the bundled model on http://127.0.0.1:8000
+# `make run`: set up .venv and serve the bundled model on http://127.0.0.1:8000 (`make run PORT=8080 HOST=...` for another)
 # `make test`: set up .venv and run the test suite
 # `make fuzz`: fuzz the upload decoder for longer than the test suite does (random seeds, 5,000 examples a test)
 # `make frontend`: rebuild the web app (frontend/, React + Vite) into mediflow/serving/static (needs Node 20.19+ and npm;

@@ -41,7 +41,7 @@ from PIL import Image
 from mediflow.data.dataset import Samples, grouped_split, scan_class_folders
 from mediflow.data.images import decode_image
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.invariance import VARIANTS, EncodedVariant
+from mediflow.evaluation.invariance import ORIGINAL_FORMS, VARIANTS, EncodedVariant, FilmPair, original_copy_pairs
 from mediflow.evaluation.metrics import compute_metrics
 from mediflow.inference.predictor import BACKENDS, Predictor
 
@@ -169,6 +169,38 @@ def auc_ci_bootstrap(y: np.ndarray, s: np.ndarray, *, n_boot: int = BOOTSTRAP, s
     return float(lo), float(hi)
 
 
+def paired_auc_difference(y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, *, n_boot: int = BOOTSTRAP,
+                          seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """AUC(s_b) - AUC(s_a) on the same films (scores (N,) of two models for binary labels y (N,)), with
+    a percentile interval from `n_boot` paired stratified bootstrap resamples: each resample draws
+    the same films for both models, so the films' shared difficulty cancels and the interval is far
+    narrower than two separate ones would suggest. Also the share of resamples where B is not better
+    (a one-sided bootstrap p-value). Raises ValueError when a class is absent."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    ip, in_ = np.flatnonzero(y), np.flatnonzero(~y)
+    if not len(ip) or not len(in_):
+        raise ValueError("AUC needs both classes")
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([ip[rng.integers(0, len(ip), (n_boot, len(ip)))],
+                          in_[rng.integers(0, len(in_), (n_boot, len(in_)))]], axis=1)
+
+    def aucs(s: np.ndarray) -> np.ndarray:
+        ranks = rankdata(np.asarray(s, dtype=np.float64)[idx], axis=1)
+        return (ranks[:, :len(ip)].sum(axis=1) - len(ip) * (len(ip) + 1) / 2) / (len(ip) * len(in_))
+
+    def auc(s: np.ndarray) -> float:
+        r = rankdata(np.asarray(s, dtype=np.float64))
+        return float((r[y].sum() - len(ip) * (len(ip) + 1) / 2) / (len(ip) * len(in_)))
+
+    diff = aucs(s_b) - aucs(s_a)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(diff, [alpha, 1 - alpha])
+    return {"difference": auc(s_b) - auc(s_a), "ci95": [float(lo), float(hi)],
+            "p_not_better": float(np.mean(diff <= 0))}
+
+
 def roc_points(y: np.ndarray, s: np.ndarray, max_points: int = ROC_POINTS) -> dict[str, list[float]]:
     """The ROC curve (sklearn's, collinear points dropped), thinned to at most `max_points` points
     evenly spaced along it, both ends kept."""
@@ -246,6 +278,47 @@ def summarize_invariance(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "worst_flip_rate": worst["flip_rate"] if worst else None}
 
 
+def original_vs_copy(p: Predictor, pairs: Sequence[FilmPair], pool: ThreadPoolExecutor,
+                     progress: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
+    """Each original film in every form of ORIGINAL_FORMS against its training copy, both through the
+    server's decode and the model: per form, n, calls that agree with the copy's, the positive-call
+    rate on positive films for the form and for the copies, and |dP| of the reported P(positive).
+    The copies' own row comes first. Originals are decoded one chunk at a time (full-resolution
+    PNG and DICOM films are large)."""
+    pos_name = p.class_names[p.pos]
+    is_pos = np.asarray([fp.label == pos_name for fp in pairs], dtype=bool)
+
+    def load_copy(fp: FilmPair) -> Image.Image:
+        return serve_decode(p, fp.copy.read_bytes(), fp.copy.name)
+
+    copy_p, copy_call = reported(p, np.concatenate([predict(p, list(pool.map(load_copy, [pairs[i] for i in idx])), pool)
+                                                    for idx in _chunks(len(pairs), BATCH)]))
+    forms: dict[str, list[np.ndarray]] = {name: [] for name in ORIGINAL_FORMS}
+    t = time.perf_counter()
+    for idx in _chunks(len(pairs), 8):
+        def encode_all(i: int) -> list[Image.Image]:
+            data = pairs[i].original.read_bytes()
+            full = Image.open(pairs[i].original)
+            full.load()
+            return [serve_decode(p, *encode(data, full)) for encode in ORIGINAL_FORMS.values()]
+
+        decoded = list(pool.map(encode_all, idx))
+        for k, name in enumerate(ORIGINAL_FORMS):
+            forms[name].append(predict(p, [d[k] for d in decoded], pool))
+    progress(f"original vs copy: {len(pairs)} films x {len(ORIGINAL_FORMS)} forms ({time.perf_counter() - t:.0f} s)")
+
+    def row(name: str, rp: np.ndarray, call: np.ndarray) -> dict[str, Any]:
+        return {"form": name, "n": len(pairs), "agree": float(np.mean(call == copy_call)),
+                "positive_rate": float(call[is_pos].mean()) if is_pos.any() else float("nan"),
+                "copy_positive_rate": float(copy_call[is_pos].mean()) if is_pos.any() else float("nan"),
+                "n_positive": int(is_pos.sum()), "mean_abs_dp": float(np.abs(rp - copy_p).mean())}
+
+    rows = [row("224 px copy", copy_p, copy_call)]
+    for name, chunks in forms.items():
+        rows.append(row(name, *reported(p, np.concatenate(chunks))))
+    return rows
+
+
 def fixed_subset(n_total: int, n: int | None) -> list[int]:
     """`n` of `n_total` indices spread evenly over the sorted file list (all when n is None)."""
     if n is None or n >= n_total:
@@ -255,7 +328,7 @@ def fixed_subset(n_total: int, n: int | None) -> list[int]:
 
 def run(model: str | None, backend: str, data: Path, *, films: int | None = None,
         variants: dict[str, Callable[[Image.Image], Image.Image]] | None = None, workers: int | None = None,
-        progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        originals: Sequence[Path] = (), progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document (see module docstring and docs/generalization.md).
     Raises MediFlowError (or DatasetError) for a missing model or data folder."""
     t0 = time.perf_counter()
@@ -298,6 +371,8 @@ def run(model: str | None, backend: str, data: Path, *, films: int | None = None
 
         subset = fixed_subset(len(test_imgs), films)
         inv_rows, inv_all = invariance(p, [test_imgs[i] for i in subset], pool, variants, progress)
+        pairs = original_copy_pairs(originals, data / "train")
+        ovc_rows = original_vs_copy(p, pairs, pool, progress) if pairs else []
 
     s_test = pr_test[:, p.pos]
     lo, hi = auc_ci_bootstrap(y_test == p.pos, s_test)
@@ -326,6 +401,8 @@ def run(model: str | None, backend: str, data: Path, *, films: int | None = None
         "invariance": inv_rows,
         "invariance_overall": {**inv_all, "films": "all test_dev films" if len(subset) == len(test_imgs)
                                else f"{len(subset)} of {len(test_imgs)} test_dev films, evenly spaced in sorted order"},
+        "original_vs_copy": ovc_rows,
+        "original_vs_copy_folders": [str(d) for d in originals if Path(d).is_dir()],
     }
 
 
@@ -374,6 +451,15 @@ def format_table(r: dict[str, Any]) -> str:
                      f"\\|dP\\| mean {row['mean_abs_dp']:.3f}, max {row['max_abs_dp']:.3f} |")
     lines.append(f"| flips: all variants | | {o['flips']}/{o['n']} ({_pct(o['flip_rate'])}); worst "
                  f"{o['worst_variant']} ({_pct(o['worst_flip_rate'])}) |")
+    ovc = r.get("original_vs_copy") or []
+    if ovc:
+        lines += ["", f"original vs copy: training films' full-resolution originals ({', '.join(r['original_vs_copy_folders'])}) "
+                      f"against their 224 px copies (PIL bilinear squash, JPEG q75), {ovc[0]['n']} films, "
+                      f"{ovc[0]['n_positive']} {t['positive_class']}",
+                  "", f"| form | calls agreeing with the copy's | {t['positive_class']} called on {t['positive_class']} films "
+                      f"(copies: {_pct(ovc[0]['copy_positive_rate'])}) | \\|dP\\| mean |", "|---|---|---|---|"]
+        for row in ovc:
+            lines.append(f"| {row['form']} | {_pct(row['agree'])} | {_pct(row['positive_rate'])} | {row['mean_abs_dp']:.3f} |")
     return "\n".join(lines)
 
 
@@ -383,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--data", type=Path, default=DATA, help=f"folder with train/ and test_dev/ (default {DATA})")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--originals", type=Path, nargs="*", default=None,
+                    help="class folders of full-resolution originals whose copies are in DATA/train, for the "
+                         "original-vs-copy rows (default: fullres_train and fullres_samples beside DATA; none: skip)")
     ap.add_argument("--films", type=int, default=None,
                     help="invariance on this many test_dev films, evenly spaced in sorted order (default: all)")
     ap.add_argument("--workers", type=int, default=None, help="decode/preprocess threads (default: CPU count)")
@@ -397,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     say = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
-        result = run(args.model, args.backend, args.data, films=args.films, workers=args.workers, progress=say)
+        originals = [args.data.parent / "fullres_train", args.data.parent / "fullres_samples"] \
+            if args.originals is None else args.originals
+        result = run(args.model, args.backend, args.data, films=args.films, workers=args.workers,
+                     originals=originals, progress=say)
     except MediFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

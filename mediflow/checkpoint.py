@@ -5,7 +5,8 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, and is alway
 
 Keys: the design's (`epoch`, `state_dict`, `class_names`, `best_val_acc`, `architecture`) plus
 `preprocessing`, `positive_class`, `threshold`, `temperature`, `val_metrics`, `train_config`,
-`seed`, `versions`, `file_list_sha256`, `created`. An ensemble is `{"format": ENSEMBLE_FORMAT,
+`seed`, `versions`, `file_list_sha256`, `created`; after `mediflow calibrate` also `weights_sha256`
+(see weights_sha256()). An ensemble is `{"format": ENSEMBLE_FORMAT,
 "members": [checkpoint, ...], ...}` with its own threshold and temperature over averaged members.
 """
 
@@ -131,6 +132,13 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_sha256(ckpt: dict[str, Any], file_sha: str) -> str:
+    """The identity of a checkpoint's weights: the SHA-256 of the file they were first saved in.
+    Recalibrating (`mediflow calibrate`) rewrites the file but not the weights and records this in
+    `weights_sha256`; what belongs to the weights (the input check's statistics) is keyed to it."""
+    return str(ckpt.get("weights_sha256") or file_sha)
 
 
 def checkpoint_members(ckpt: dict[str, Any]) -> list[dict[str, Any]]:

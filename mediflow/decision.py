@@ -141,8 +141,9 @@ def centred(p_pos: np.ndarray | float, threshold: float) -> np.ndarray:
 class DecisionRule:
     """A model's decision rule, read from its checkpoint (or ONNX export metadata) at load time.
 
-    temperature, logit_bias: calibration applied to the network's logits (an ensemble's exported
-    graph already outputs its averaged calibrated probabilities: T 1, no bias). threshold: the
+    temperature, logit_bias: calibration applied to the network's logits. An ensemble's graph
+    outputs the log of its members' averaged calibrated probabilities; its own temperature and bias
+    are 1 and none until a site calibration refits them on those log-probabilities. threshold: the
     operating point on calibrated P(positive), None for multi-class models. pos: index of the
     positive class, None unless binary.
     """
@@ -158,15 +159,12 @@ class DecisionRule:
         """From a checkpoint dict or an ONNX export's metadata (the checkpoint without weights).
         Works for every stored checkpoint: nothing beyond class names, temperature, logit bias and
         threshold is read."""
-        from mediflow.checkpoint import checkpoint_members
-
         names = tuple(ckpt["class_names"])
-        ensemble = len(checkpoint_members(ckpt)) > 1
-        bias = None if ensemble or ckpt.get("logit_bias") is None else tuple(float(b) for b in ckpt["logit_bias"])
+        bias = None if ckpt.get("logit_bias") is None else tuple(float(b) for b in ckpt["logit_bias"])
         pos = positive_index(list(names), ckpt.get("positive_class") or "PNEUMONIA")
         threshold = ckpt.get("threshold")
         return cls(class_names=names,
-                   temperature=1.0 if ensemble else float(ckpt.get("temperature") or 1.0),
+                   temperature=float(ckpt.get("temperature") or 1.0),
                    logit_bias=bias,
                    threshold=None if pos is None or threshold is None else float(threshold),
                    pos=pos)

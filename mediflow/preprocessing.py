@@ -231,15 +231,41 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int]:
 INTENSITY_MODES = ("none", "equalize")
 
 
+def as_training_copy(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """`image` made the way the training copies were made from their originals: squashed to
+    image_size x image_size with `cfg.interpolation` and, when the copies were JPEGs
+    (`source_jpeg_quality`), encoded at that quality (PIL, 4:2:0) and decoded. Inputs already at the
+    model's size, and configs without a source encoding, come back unchanged.
+
+    Kermany's 224 px copies are PIL bilinear squashes saved at JPEG quality 75 (shared/data's
+    README). A model trained on them reads the copies' block artifacts: the same film uploaded as
+    its original, without them, drifts toward NORMAL. Making the copy first, before any framing or
+    grey-level step, hands the model the pixels it was trained on.
+
+    Raises ValueError for an unknown interpolation name."""
+    size = (cfg.image_size, cfg.image_size)
+    if cfg.source_jpeg_quality is None or image.size == size:
+        return image
+    return jpeg_roundtrip(_resize(image, size, cfg.interpolation).convert("RGB"), cfg.source_jpeg_quality)
+
+
+def _resize(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
+    try:
+        resample = _PIL_RESAMPLE[interpolation]
+    except KeyError:
+        raise ValueError(f"unsupported interpolation {interpolation!r}") from None
+    return image.resize(size, resample)
+
+
 def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """The first step of every transform: an RGB image at image_size x image_size.
 
-    With `framing="trim"` uniform borders are cut off first (`content_box`); with
-    `intensity="equalize"` the grey levels are histogram-equalised after resizing (on the model-sized
-    image, so the result does not depend on the upload's resolution). With the defaults (the
-    design's squash, no equalisation) inputs already at the model's size pass untouched; others are
-    resized (squashed, as the training data was) and, when the training copies were JPEGs
-    (`source_jpeg_quality`), re-encoded the same way (PIL, 4:2:0). Grayscale ("L") inputs are
+    An input of another size is first made into a training copy (`as_training_copy`: squashed and,
+    when the training copies were JPEGs, re-encoded the same way). Then, with `framing="trim"`,
+    uniform borders are cut off (`content_box`) and the rest squashed back to the model's size; with
+    `intensity="equalize"` the grey levels are histogram-equalised on the model-sized image, so the
+    result does not depend on the upload's resolution. With the defaults (the design's squash, no
+    equalisation) inputs already at the model's size pass untouched. Grayscale ("L") inputs are
     resized before becoming RGB: the same pixels for a third of the work.
 
     Raises ValueError for an unknown interpolation, framing or intensity name."""
@@ -247,6 +273,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         raise ValueError(f"unsupported framing {cfg.framing!r}")
     if cfg.intensity not in INTENSITY_MODES:
         raise ValueError(f"unsupported intensity normalisation {cfg.intensity!r}")
+    image = as_training_copy(image, cfg)
     if cfg.intensity != "none" and image.mode != "L":
         image = image.convert("L")  # equalisation works on grey levels; a chest film has no colour
     elif image.mode not in ("RGB", "L"):
@@ -257,13 +284,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
             image = image.crop(box)
     size = (cfg.image_size, cfg.image_size)
     if image.size != size:
-        try:
-            resample = _PIL_RESAMPLE[cfg.interpolation]
-        except KeyError:
-            raise ValueError(f"unsupported interpolation {cfg.interpolation!r}") from None
-        image = image.resize(size, resample)
-        if cfg.source_jpeg_quality is not None:
-            image = jpeg_roundtrip(image.convert("RGB"), cfg.source_jpeg_quality)
+        image = _resize(image, size, cfg.interpolation)
     if cfg.intensity == "equalize":
         image = ImageOps.equalize(image.convert("L"))
 

@@ -32,8 +32,9 @@ def make_folder(root: Path) -> Path:
         "multi.dicom": dicom_bytes(np.stack([gradient(top=255, dtype=np.uint8)] * 2)),
         "broken.jpeg": jpeg_bytes(xray_like(0, 6))[:200],
         "report.dcm": structured_report_bytes(),
-        # Not images: ignored.
+        # Not images: skipped, and said so.
         "notes.txt": b"reading notes",
+        "PNEUMONIA/empty": b"",
         ".hidden.png": png_bytes(xray_like(0, 7)),
         "PNEUMONIA/series/DICOMDIR": b"\0" * 128 + b"DICM" + b"\0" * 16,
     }
@@ -73,7 +74,52 @@ def test_mixed_formats_and_error_rows(tmp_path, tiny_model, tiny_predictor, caps
     assert by_file["broken.jpeg"]["error"].startswith("broken.jpeg: corrupt or truncated JPEG")
     assert by_file["report.dcm"]["error"].startswith("report.dcm: DICOM has no image (SOP class Basic Text SR")
     assert by_file["report.dcm"]["prediction"] == ""
-    assert "8 image files: 6 analysed, 0 refused by the input check (no finding), 2 unreadable" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "8 image files: 6 analysed, 0 refused by the input check (no finding), 2 unreadable" in printed
+    # What was not analysed, and why: counted and named.
+    assert "skipped 4 entries that are not images" in printed
+    assert "notes.txt: not a JPEG, PNG or DICOM file by its extension (.txt)" in printed
+    assert "PNEUMONIA/empty: empty file (0 bytes) without an image extension" in printed
+    assert "PNEUMONIA/series/DICOMDIR: DICOMDIR" in printed and ".hidden.png: hidden file" in printed
+
+
+def test_error_rows_are_retried_on_resume_and_the_model_is_recorded(tmp_path, tiny_model, tiny_predictor, capsys):
+    import json
+
+    from mediflow.inference.folder import provenance_path
+
+    root = make_folder(tmp_path / "films")
+    out = tmp_path / "results.csv"
+    assert analyze(root, out, tiny_model) == 0
+    first = {r["file"]: r for r in read_rows(out)}
+    assert first["broken.jpeg"]["error"]
+    # The file is repaired; a resumed run analyses it again, and only it; each file keeps one row.
+    (root / "broken.jpeg").write_bytes(jpeg_bytes(xray_like(0, 6)))
+    capsys.readouterr()
+    assert analyze(root, out, tiny_model, "--no-retry-errors") == 0
+    assert "0 analysed" in capsys.readouterr().out and read_rows(out) == list(first.values())
+    assert analyze(root, out, tiny_model) == 0
+    printed = capsys.readouterr().out
+    assert "1 analysed" in printed and "2 error rows tried again" in printed
+    rows = read_rows(out)
+    assert sorted(r["file"] for r in rows) == sorted(GOOD + BAD)
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["broken.jpeg"]["error"] == "" and by_file["broken.jpeg"]["prediction"]
+    assert by_file["report.dcm"]["error"]  # still no image in it
+    assert all(by_file[n] == first[n] for n in GOOD)  # answered rows kept as they were
+    # The sidecar: which model (SHA-256, version) at which operating point, and every run.
+    record = json.loads(provenance_path(out).read_text())
+    info = tiny_predictor.info
+    assert record["model"]["sha256"] == info.sha256 and record["model"]["version"] == info.version
+    assert record["operating_point"]["calibrated_threshold"] == pytest.approx(tiny_predictor.threshold, abs=1e-6)
+    assert [r["error_rows_retried"] for r in record["runs"]] == [0, 0, 2]
+    assert record["runs"][0]["not_images"][0] == {"file": ".hidden.png", "reason": "hidden file"}
+    assert all("finished" in r for r in record["runs"])
+    # Resuming with another model is refused: one CSV, one model.
+    record["model"]["sha256"] = "f" * 64
+    provenance_path(out).write_text(json.dumps(record))
+    assert analyze(root, out, tiny_model) == 2
+    assert "written by another model" in capsys.readouterr().err
 
 
 def test_resume_after_lost_and_cut_rows(tmp_path, tiny_predictor):
@@ -84,7 +130,7 @@ def test_resume_after_lost_and_cut_rows(tmp_path, tiny_predictor):
     kept = lines[:-3]
     # The last two rows are lost, the one before is cut mid-write (as by a kill during a write).
     out.write_text("".join(kept) + lines[-3][:7])
-    summary = analyze_folder(tiny_predictor, root, out, progress=False)
+    summary = analyze_folder(tiny_predictor, root, out, progress=False, retry_errors=False)
     assert summary.skipped == len(kept) - 1 and summary.analysed + summary.failed == 3
     rows = read_rows(out)
     assert sorted(r["file"] for r in rows) == sorted(GOOD + BAD)  # each file exactly once

@@ -20,7 +20,8 @@ DISCLAIMER_TEXT = "AI-assisted preliminary reading. Clinical correlation require
 RESPONSE_FIELDS = {"prediction", "confidence", "disclaimer", "probabilities", "needs_review", "threshold",
                    "model", "inference_ms"}
 # Added by the clinical workflow (the live server keeps a study store) and the DICOM decoder.
-EXTRA_FIELDS = {"study_id", "notes", "preview", "heatmap", "heatmap_class", "operating_point", "input_check"}
+EXTRA_FIELDS = {"study_id", "notes", "preview", "heatmap", "heatmap_class", "operating_point", "input_check",
+                "duplicate_of"}
 LIMIT = 20 * 1024 * 1024  # the default upload limit the live server runs with
 BOUNDARY = "mediflowtestboundary"
 

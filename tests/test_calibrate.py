@@ -92,3 +92,107 @@ def test_calibrate_in_place_and_bad_input(tiny_model, tiny_data, tmp_path, capsy
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", "--model", str(model), "--data", str(tiny_data), "--min-sensitivity", "1.5"])
     assert exc.value.code == 2 and "min-sensitivity" in capsys.readouterr().err
+
+
+def test_site_calibration_of_an_ensemble_refits_its_own_operating_point(tiny_model, tmp_path):
+    """An ensemble takes the go-live step like a single model: its members' calibrations (which weigh
+    them in the average) stay, and it gets a temperature, bias and threshold of its own, fitted on the
+    site's films; the served call is that operating point."""
+    from mediflow.checkpoint import save_checkpoint
+    from mediflow.inference.predictor import Predictor
+
+    member = load_checkpoint(tiny_model)
+    ens_path = tmp_path / "ens.pth"
+    save_checkpoint({"format": "mediflow-ensemble", "members": [member, member], "class_names": member["class_names"],
+                     "architecture": "ensemble", "positive_class": "PNEUMONIA", "threshold": 0.5,
+                     "temperature": 1.0, "preprocessing": member["preprocessing"]}, ens_path)
+    site = make_dataset(tmp_path / "site", n_per_class=10) / "train"
+    out = tmp_path / "ens_site.pth"
+    assert main(["calibrate", "--model", str(ens_path), "--data", str(site), "--out", str(out),
+                 "--min-sensitivity", "0.9"]) == 0
+    after = load_checkpoint(out)
+    assert after["site_calibration"]["n"] == 20 and "10 labelled films" not in after["threshold_rule"]
+    assert [m["temperature"] for m in after["members"]] == [member["temperature"]] * 2
+    p = Predictor.load(out, backend="torch")
+    assert (p.temperature, p.threshold) == (after["temperature"], after["threshold"])
+    paths = sorted(site.glob("*/*"))
+    probs = p.probabilities_from_images([p.load_image(f) for f in paths])
+    is_pos = np.array([f.parent.name == "PNEUMONIA" for f in paths])
+    # the fitted threshold keeps the floor on the site's films (scored here through the serving
+    # path's numpy preprocessing, calibration's through torch's: equal up to float rounding), and the
+    # served call is that rule
+    assert (probs[is_pos, p.pos] >= after["threshold"] - 1e-5).mean() >= 0.9
+    calls = [p.response(row, 0.0)["prediction"] == "PNEUMONIA" for row in probs]
+    assert calls == list(probs[:, p.pos] >= after["threshold"])
+
+
+# -- the input check after calibration -------------------------------------------------------------
+def site_folder(root: Path, per_class: int) -> Path:
+    """A site's labelled films: the first `per_class` test_dev films of each class, copied."""
+    from conftest import REAL_224
+
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((REAL_224 / "test_dev" / cls).glob("*.jpeg"))[:per_class]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("where", ["in-place", "--out"])
+def test_an_adult_film_is_still_flagged_after_calibrate(tmp_path, where):
+    """Calibration rewrites the checkpoint file but not the weights: the input check's statistics
+    (fitted on those weights) must keep flagging adult films, whether the calibrated model replaces the
+    original or is written elsewhere."""
+    from conftest import REAL_224, SHARED_DATA
+    from mediflow.inference.bundled import default_model_path
+    from mediflow.inference.input_check import InputRejected, stats_path
+    from mediflow.inference.predictor import Predictor
+    from mediflow.training.input_check_fit import adult_halves
+
+    adult_dir = SHARED_DATA / "nih_adult"
+    if not (REAL_224.is_dir() and adult_dir.is_dir()):
+        pytest.skip(f"real data not present at {SHARED_DATA} (a user's clone has no ../shared)")
+    bundled = default_model_path(None)
+    model = tmp_path / "base" / "m.pth"
+    model.parent.mkdir()
+    shutil.copy(bundled, model)
+    shutil.copy(stats_path(bundled), stats_path(model))
+    out = model if where == "in-place" else tmp_path / "site" / "m_site.pth"
+    args = ["calibrate", "--model", str(model), "--data", str(site_folder(tmp_path / "films", 12))]
+    assert main(args + ([] if where == "in-place" else ["--out", str(out)])) == 0
+    calibrated = load_checkpoint(out)
+    assert calibrated["site_calibration"]["n"] == 24
+
+    predictor = Predictor.load(out, backend="torch")
+    assert predictor.input_check.uses_features
+    assert predictor.model_card()["input_check"] == {"feature_checks": True, "problem": None,
+                                                     "statistics_fitted_on": predictor.info.weights_sha256}
+    assert predictor.info.weights_sha256 != predictor.info.sha256  # the file changed, the weights did not
+    _, held, _ = adult_halves(adult_dir)
+    flagged = 0
+    for film in held[::50]:
+        try:
+            check = predictor.predict_bytes(film.read_bytes())["input_check"]
+        except InputRejected as exc:
+            check = exc.input_check
+        flagged += any(r["code"] == "likely_adult" for r in check["reasons"])
+        if any(r["code"] == "likely_adult" for r in check["reasons"]):
+            assert check["status"] == "warning"
+    assert flagged >= 0.9 * len(held[::50])
+
+
+def test_a_model_without_statistics_says_so(tiny_model, caplog):
+    """No statistics beside the model: a warning naming the command to run, and `/api/model`'s
+    `input_check` says the feature checks are off and why."""
+    import logging
+
+    from mediflow.inference.predictor import Predictor
+
+    with caplog.at_level(logging.WARNING, logger="mediflow.inference.input_check"):
+        predictor = Predictor.load(tiny_model, backend="torch")
+    assert not predictor.input_check.uses_features
+    assert any("INPUT CHECK INCOMPLETE" in r.getMessage() and "mediflow fit-input-check" in r.getMessage()
+               for r in caplog.records)
+    card = predictor.model_card()["input_check"]
+    assert card["feature_checks"] is False and "NOT flagged" in card["problem"]

@@ -175,7 +175,7 @@ def test_rule_from_checkpoints_old_new_ensemble_and_multiclass():
     r = DecisionRule.from_checkpoint(old)
     assert (r.temperature, r.logit_bias, r.threshold, r.pos) == (1.0, None, 0.8, 1)
     assert r.finding(np.array([0.25, 0.75]), 0.7)["prediction"] == "NORMAL"
-    # an ensemble's graph outputs averaged calibrated probabilities: no second calibration
+    # an ensemble as built from its members: T 1, no bias of its own
     ens = {"format": "mediflow-ensemble", "members": [single, single], "class_names": NAMES, "threshold": 0.7,
            "temperature": 1.0, "positive_class": "PNEUMONIA"}
     r = DecisionRule.from_checkpoint(ens)
@@ -320,13 +320,20 @@ def test_rule_finds_the_positive_class_by_name_whatever_its_index():
     assert r.pos == 0 and r.operating_point()["positive_class"] == "EFFUSION"
 
 
-def test_ensemble_rule_ignores_calibration_stored_beside_the_members():
-    # the exported graph already averages calibrated members: a top-level T or bias must not apply twice
+def test_ensemble_rule_applies_its_own_calibration_once_on_the_averaged_members():
+    # The graph averages the members' calibrated probabilities (each member's T and bias live there);
+    # the ensemble's own T and bias, fitted by site calibration, act once on the log of that average.
     member = {"class_names": NAMES, "temperature": 2.0, "logit_bias": [-0.5, 0.5], "threshold": 0.9}
     ens = {"format": "mediflow-ensemble", "members": [member, member], "class_names": NAMES, "threshold": 0.7,
            "temperature": 2.0, "logit_bias": [-1.0, 1.0]}
     r = DecisionRule.from_checkpoint(ens)
-    assert (r.temperature, r.logit_bias, r.threshold, r.pos) == (1.0, None, 0.7, 1)
+    assert (r.temperature, r.logit_bias, r.threshold, r.pos) == (2.0, (-1.0, 1.0), 0.7, 1)
+    mean_p = np.array([[0.3, 0.7]])  # what the graph averaged
+    z = (math.log(0.7) - math.log(0.3)) / 2.0 + 2.0
+    assert r.probabilities(np.log(mean_p))[0, 1] == pytest.approx(1 / (1 + math.exp(-z)))
+    # an ensemble as `mediflow ensemble` writes it (T 1, no bias) reports the members' average unchanged
+    plain = DecisionRule.from_checkpoint({**ens, "temperature": 1.0, "logit_bias": None})
+    assert plain.probabilities(np.log(mean_p))[0] == pytest.approx(mean_p[0])
 
 
 def test_rule_without_bias_applies_its_temperature():

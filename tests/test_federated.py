@@ -2,6 +2,7 @@
 real Flower simulation on tiny data whose checkpoint `mediflow evaluate` loads."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -87,6 +88,14 @@ def test_simulation_writes_a_checkpoint_evaluate_loads_and_only_weights_and_aggr
                 "--weights", "none", "--image-size", "64", "--partition", "label-skew", "--dp-noise", "0.5",
                 "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
+    # The log: a line per round phase and per site, no colour codes and none of Ray's noise.
+    log = r.stderr
+    assert "\x1b[" not in log and "metrics exporter agent" not in log and "(raylet)" not in log
+    for rnd in (1, 2):
+        for phase in ("train", "evaluate"):
+            assert f"round {rnd}/2 {phase}: sent to 2 sites" in log
+            for site in (1, 2):
+                assert re.search(rf"round {rnd}/2 {phase}: site {site} done \(\d of 2\)", log), (rnd, phase, site)
     from mediflow.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out)
@@ -297,3 +306,23 @@ def test_tls_and_supernode_authentication_admit_only_registered_sites(tmp_path: 
     assert load_checkpoint(out)["federated"]["sites"] == 1
     audit = json.loads(Path(str(out) + ".audit.json").read_text())
     assert [r["phase"] for r in audit["received"]] == ["train", "evaluate"]
+
+
+def test_sites_survive_the_pickling_that_carries_the_client_app_to_ray():
+    """Flower's simulation sends the ClientApp to its Ray actor with cloudpickle for every message;
+    the site registry must be the actor's own (features computed once), not a copy made per message."""
+    import cloudpickle
+
+    from mediflow.federated import apps
+
+    assert cloudpickle.loads(cloudpickle.dumps(apps.site_registry))() is apps._SITES
+
+
+def test_log_filter_strips_colour_codes_and_drops_rays_complaints():
+    from mediflow.logs import clean_line
+
+    assert clean_line("\x1b[92mINFO \x1b[0m:      [ROUND 1/2]\n") == "INFO :      [ROUND 1/2]\n"
+    assert clean_line("[2026-12-07 21:55:41,505 E 25038 25354] core_worker_process.cc:825: Failed to establish "
+                      "connection to the metrics exporter agent. Metrics will not be exported.\n") is None
+    assert clean_line("\x1b[33m(raylet)\x1b[0m [2026-12-07] main.cc:975: something\n") is None
+    assert clean_line("21:57:23 INFO round 2/2 done in 1 s\n") == "21:57:23 INFO round 2/2 done in 1 s\n"

@@ -8,6 +8,7 @@ hands over the film it documents.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import importlib.util
 import json
@@ -250,3 +251,56 @@ def test_validation_is_the_split_the_bundled_model_was_selected_on(real_data):
                            seed=split["seed"])
     assert len(val) == split["n_val"]
     assert val.file_list_sha256() == ckpt["val_file_list_sha256"]
+
+
+def test_original_vs_copy_pairs_each_original_with_its_copy_and_scores_every_form(bench, tiny_model, tmp_path):
+    """Originals (larger grayscale JPEGs) beside their copies under the same names; a name in two
+    original folders counts once; an original without a copy is left out. Each form is the same film,
+    so a copy made exactly as the model's preprocessing makes one gets the copy's call."""
+    from mediflow.preprocessing import as_training_copy
+
+    p = Predictor.load(tiny_model, backend="torch")
+    copies, first, second = tmp_path / "copies", tmp_path / "fullres_a", tmp_path / "fullres_b"
+    names = []
+    for i in range(6):
+        cls = "PNEUMONIA" if i % 2 else "NORMAL"
+        big = xray_like(i % 2, seed=300 + i, size=256)
+        for d in (first, second) if i == 0 else (first,):
+            (d / cls).mkdir(parents=True, exist_ok=True)
+            big.save(d / cls / f"film{i}.jpeg", quality=95)
+        if i < 5:  # film5 has no copy
+            (copies / cls).mkdir(parents=True, exist_ok=True)
+            copy = as_training_copy(Image.open(first / cls / f"film{i}.jpeg").convert("L"),
+                                    dataclasses.replace(p.prep, source_jpeg_quality=75))
+            copy.save(copies / cls / f"film{i}.jpeg", quality=95)
+            names.append(f"film{i}.jpeg")
+    pairs = inv.original_copy_pairs([first, second, tmp_path / "absent"], copies)
+    assert sorted(fp.original.name for fp in pairs) == sorted(names)
+    assert all(fp.copy == copies / fp.label / fp.original.name and fp.original.parent.parent == first for fp in pairs)
+    with ThreadPoolExecutor(2) as pool:
+        rows = bench.original_vs_copy(p, pairs, pool)
+    assert [r["form"] for r in rows] == ["224 px copy", *inv.ORIGINAL_FORMS]
+    assert all(r["n"] == 5 and r["n_positive"] == 2 and 0 <= r["agree"] <= 1 for r in rows)
+    assert rows[0]["agree"] == 1.0 and rows[0]["mean_abs_dp"] == 0.0
+    assert len({r["copy_positive_rate"] for r in rows}) == 1
+    # the PNG and DICOM forms carry the original's pixels losslessly (DICOM at 12 bits): same film
+    png, _ = inv.png_bytes(Image.open(pairs[0].original).convert("L"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))),
+                          np.asarray(Image.open(pairs[0].original).convert("L")))
+
+
+def test_paired_auc_difference_is_zero_for_the_same_scores_and_signed_for_better_ones(bench):
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(60, bool), np.zeros(40, bool)]
+    noisy = y + rng.normal(0, 1.0, 100)
+    same = bench.paired_auc_difference(y, noisy, noisy, n_boot=300)
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0], "p_not_better": 1.0}
+    better = y + rng.normal(0, 0.3, 100)
+    d = bench.paired_auc_difference(y, noisy, better, n_boot=300)
+    from sklearn.metrics import roc_auc_score
+
+    assert d["difference"] == pytest.approx(roc_auc_score(y, better) - roc_auc_score(y, noisy))
+    assert 0 < d["ci95"][0] <= d["difference"] <= d["ci95"][1] and d["p_not_better"] < 0.05
+    assert bench.paired_auc_difference(y, better, noisy, n_boot=300)["difference"] == pytest.approx(-d["difference"])
+    with pytest.raises(ValueError):
+        bench.paired_auc_difference(np.ones(5, bool), noisy[:5], better[:5])

@@ -273,8 +273,6 @@ def test_layout_fits_the_screen_and_passes_axe(browser, live_server, xray_file, 
                 box = page.get_by_test_id(test_id).bounding_box()
                 assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], test_id
         assert axe_violations(page) == []
-        if viewport is LAPTOP:
-            screenshot(page, "analyse")
 
 
 @pytest.mark.parametrize("review_below", [0.0, 1.0])
@@ -304,3 +302,30 @@ def test_a_file_over_the_limit_is_refused_with_the_limit_named(browser, thread_s
         page.get_by_test_id("error").wait_for()
         assert "larger than the 4 KB limit" in page.get_by_test_id("error-detail").inner_text()
         assert uploads == []  # refused in the browser; the server would answer 413 anyway
+
+
+# A film of the Kermany data set (CC BY 4.0) at its original resolution: the README's first picture.
+README_FILM = "PNEUMONIA/person139_virus_283.jpeg"
+
+
+@pytest.mark.realdata
+def test_a_real_film_read_by_the_bundled_model(browser, thread_server):
+    """The bundled model as `mediflow serve` loads it, on a real full-resolution film: the finding, the
+    model's version and the heatmap. With MEDIFLOW_SCREENSHOTS set this writes the README's picture."""
+    from conftest import FULLRES
+
+    film = FULLRES / README_FILM
+    if not film.is_file():
+        pytest.skip(f"real data not present at {FULLRES} (a user's clone has no ../shared)")
+    predictor = Predictor.load(serving=True)
+    url = thread_server(create_app(Settings(database_url=None, api_keys=None, api_keys_file=None), predictor=predictor))
+    with open_page(browser, LAPTOP) as page:
+        page.goto(url + "/")
+        api = choose(page, film)
+        page.locator(CARD).wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')?.dataset.heatmap === 'shown'")
+        assert page.get_by_test_id("finding").inner_text() == expected_finding(api)
+        card = page.locator(CARD).inner_text()
+        assert predictor.info.version in card and api["model"]["version"] == predictor.info.version
+        assert api["input_check"]["status"] == "ok"
+        screenshot(page, "analyse")

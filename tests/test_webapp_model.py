@@ -102,3 +102,56 @@ def test_model_view_shows_the_card_and_the_evaluation_figures(browser, thread_se
         page.reload()
         page.get_by_test_id("evaluation-mismatch").wait_for()
         assert "do not describe the current model" in page.get_by_test_id("evaluation-mismatch").inner_text()
+
+
+@pytest.mark.browser
+def test_a_calibrated_model_has_a_new_version_and_the_model_view_shows_its_operating_point(
+        browser, thread_server, model_dir, tmp_path):
+    """`mediflow calibrate --data SITE_DIR --site NAME`: a new version keeping its lineage (base model
+    SHA-256, site, date), and the Model view shows the operating point in force with the site's
+    figures next to the training ones."""
+    from conftest import make_dataset
+    from mediflow.checkpoint import file_sha256, load_checkpoint
+    from mediflow.cli import main
+
+    base = model_dir / "lungs.pth"
+    base_version = Predictor.load(base).info.version
+    site = make_dataset(tmp_path / "site", n_per_class=8) / "train"  # class folders NORMAL/ and PNEUMONIA/
+    out = model_dir / "lungs_site.pth"
+    assert main(["calibrate", "--model", str(base), "--data", str(site), "--site", "St Elsewhere",
+                 "--min-sensitivity", "0.5", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(out)
+    lineage = ckpt["calibration"]
+    assert lineage["base_model_sha256"] == file_sha256(base) and lineage["site"] == "St Elsewhere"
+    assert lineage["base_version"] == base_version and lineage["date"].endswith("+00:00")
+    predictor = Predictor.load(out)
+    assert predictor.info.version != base_version and predictor.info.version.startswith(base_version + "+cal.St-Elsewhere.")
+    card = predictor.model_card()
+    assert card["calibration"] == lineage and card["site_calibration"]["n"] == 16
+    with TestClient(create_app(Settings(), predictor=predictor)) as client:
+        api = client.get("/api/model").json()
+        assert api["version"] == predictor.info.version and api["calibration"] == lineage
+        assert api["operating_point"]["calibrated_threshold"] == pytest.approx(ckpt["threshold"], abs=1e-6)
+    # Calibrated again: the version still starts from the first base, not from the calibrated one.
+    again = model_dir / "lungs_site2.pth"
+    assert main(["calibrate", "--model", str(out), "--data", str(site), "--out", str(again)]) == 0
+    assert load_checkpoint(again)["version"].startswith(base_version + "+cal.train.")  # the folder's name
+
+    url = thread_server(create_app(Settings(), predictor=predictor))
+    with open_page(browser) as page:
+        page.goto(url + "/model")
+        page.get_by_test_id("operating-point").wait_for()
+        text = page.get_by_test_id("model-card").inner_text()
+        assert predictor.info.version in text
+        op = page.get_by_test_id("operating-point").inner_text()
+        assert f"{ckpt['threshold']:.4f}" in op and "16 labelled films" in op and "St Elsewhere" in op
+        assert lineage["base_model_sha256"][:16] in page.get_by_test_id("calibration-lineage").inner_text()
+        table = page.get_by_test_id("metrics-table")
+        headers = table.locator("thead th").all_inner_texts()
+        assert headers == ["Figure", "Training validation", "Site calibration films"]
+        auc_row = table.locator("tbody tr", has_text="auc").first.inner_text().split("\t")
+        assert auc_row[1] == f"{ckpt['val_metrics']['auc']:.3f}"
+        assert auc_row[2] == f"{ckpt['site_calibration']['metrics']['auc']:.3f}"
+        # The tiny model has no input-check statistics: the view says so.
+        assert "feature statistics" in page.get_by_test_id("input-check-missing").inner_text()
+        assert axe_violations(page) == []

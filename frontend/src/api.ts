@@ -37,6 +37,7 @@ export interface Analysis {
   heatmap?: string | null;
   heatmap_class?: string | null;
   study_id?: string | null;
+  duplicate_of?: string | null;
 }
 
 export interface StudySummary {
@@ -54,6 +55,10 @@ export interface StudySummary {
   has_image: boolean;
   /** Null for studies saved before the input check existed. */
   input_check?: InputCheck | null;
+  /** The first study of the same image (identical bytes) when this upload repeats it. */
+  duplicate_of?: string | null;
+  /** Studies of this same image, this one included. */
+  same_image_uploads?: number;
 }
 
 /** GET /api/studies/refused: uploads the input check refused (no finding, no pixels kept). */
@@ -125,6 +130,18 @@ export interface ModelCard {
   preprocessing: Record<string, unknown>;
   training_data: string;
   validation_metrics: Record<string, number>;
+  operating_point?: { positive_class: string; calibrated_threshold: number; scale: string } | null;
+  /** The labelled films of the site the operating point was fitted on, when not the validation split. */
+  site_calibration?: {
+    n: number;
+    counts?: Record<string, number>;
+    min_sensitivity?: number;
+    threshold?: number | null;
+    metrics?: Record<string, number | null>;
+  } | null;
+  /** Lineage of a recalibrated model. */
+  calibration?: { base_model_sha256: string; base_version: string; weights_sha256: string; site: string; date: string } | null;
+  input_check?: { feature_checks: boolean; statistics_fitted_on: string | null; problem: string | null } | null;
   training: Record<string, unknown>;
   backend?: string;
   intended_use: string;

@@ -10,6 +10,8 @@ COMMAND_MODULES = [
     "analyze",
     "serve",
     "db",
+    "audit",
+    "keys",
     "feedback",
     "export",
     "fit_input_check",

@@ -27,18 +27,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="write here instead of overwriting --model")
     p.add_argument("--min-sensitivity", type=_fraction, default=0.97,
                    help="threshold rule: the highest threshold keeping sensitivity >= this on those films (0-1]")
+    p.add_argument("--site", help="name of the site, kept in the model's lineage and new version (default: the "
+                                  "--data folder's name)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from mediflow.inference.input_check import carry_statistics
+
     out = args.out or args.model
     if (Path(args.data) / "train").is_dir():
         from mediflow.training.ensemble import recalibrate
 
-        recalibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity)
+        ckpt = recalibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity, site=args.site)
     else:
         from mediflow.training.site_calibration import site_calibrate
 
-        site_calibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity, skip_bad=args.skip_bad)
+        ckpt = site_calibrate(args.model, args.data, out, min_sensitivity=args.min_sensitivity,
+                              skip_bad=args.skip_bad, site=args.site)
+    print(f"wrote {out}: version {ckpt['version']} (weights unchanged; calibrated from "
+          f"{ckpt['calibration']['base_model_sha256'][:12]}..., site {ckpt['calibration']['site']}); "
+          f"threshold {ckpt['threshold'] if ckpt['threshold'] is None else round(ckpt['threshold'], 4)}; re-export it (mediflow export --model {out}) before serving ONNX")
+    # The weights are unchanged, so the input check's statistics still hold: keep them beside the copy.
+    carried = carry_statistics(args.model, out)
+    if carried is not None:
+        print(f"input-check statistics copied to {carried}")
     return 0

@@ -29,6 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 # Three passes over the bundled model's 4,173 training films in batches of 32 (docs/performance.md).
 DEFAULT_DISTILL_STEPS = 390
+# For the up-front estimate: EfficientNet-Lite0, batches of 32, 2 CPU cores (docs/performance.md).
+SECONDS_PER_DISTILL_STEP = 5.0
 
 
 def int8_path(onnx_path: Path) -> Path:
@@ -52,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not (data and Path(data).is_dir()):
         raise MediFlowError("--int8 needs the training dataset to calibrate and to measure the validation AUC "
                             f"change; pass --data DIR ({data or 'no path stored in the checkpoint'} not found)")
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    say(f"exporting {source.name} to ONNX ({out}) and checking it against PyTorch")
     diffs = export_checkpoint(ckpt, source, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); |onnx - torch| on random inputs (logits absolute, "
           "the others relative to their range): " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
@@ -59,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
         from mediflow.inference.quantize import int8_export
 
         q = int8_path(out)
+        minutes = args.distill_steps * SECONDS_PER_DISTILL_STEP / 60
+        say(f"writing {q}: quantization" + (f", then {args.distill_steps} batches of distillation (about "
+                                             f"{SECONDS_PER_DISTILL_STEP:.0f} s each on 2 CPU cores: ~{minutes:.0f} min)"
+                                             if args.distill_steps else "") +
+            ", then measuring it against fp32. Interrupting leaves no partial int8 file; run the same command again.")
         refine = None
         if args.distill_steps:
             from mediflow.checkpoint import checkpoint_preprocessing
@@ -66,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
             from mediflow.training.quantization_aware import int8_refiner
 
             refine = int8_refiner(checkpoint_preprocessing(ckpt), DecisionRule.from_checkpoint(ckpt).temperature,
-                                  steps=args.distill_steps, progress=sys.stderr.isatty())
-        report = int8_export(ckpt, out, q, data, n_calibration=args.calibration_images, progress=sys.stderr.isatty(),
-                             refine=refine)
+                                  steps=args.distill_steps, progress=True)
+        report = int8_export(ckpt, out, q, data, n_calibration=args.calibration_images, progress=True,
+                             refine=refine, say=say)
         d = report.get("distillation")
         distilled = (f" (weights distilled through int8 for {d['steps']} batches: calibrated-logit MSE "
                      f"{d['logit_mse']['first']:.3f} -> {d['logit_mse']['last']:.3f})") if d else ""

@@ -53,6 +53,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="patient: IID by patient; label-skew: Dirichlet class balance; framing: by film framing")
     s.add_argument("--alpha", type=float, default=0.5, help="label-skew Dirichlet alpha (default 0.5)")
     s.add_argument("--cache-dir", help="sites' feature cache folder (frozen recipe); reruns skip the backbone pass")
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also show Flower's and Ray's own output (colour codes, Ray's worker lines and warnings)")
     _recipe_args(s)
 
     v = fs.add_parser("server", help="the aggregator: a Flower SuperLink running the federation; writes the checkpoint",
@@ -179,11 +181,23 @@ def _simulate(args: argparse.Namespace) -> int:
     # and one worker process keeps every site's cached features in memory between rounds.
     import os
 
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=args.sites,
-                   backend_config={"client_resources": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                                                 # its own Ray instance, even when another simulation runs here
-                                                 "address": "local"}})
+    from mediflow.logs import filtered_stderr
+
+    verbose = bool(getattr(args, "verbose", False))
+    if not verbose:
+        # Our own lines say what each round and site did (apps.Audit); Flower's INFO block per round and
+        # its final dump of every metric stay out of the log, as do Ray's worker lines.
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    log.info("simulating %d sites, %d rounds of %s (recipe %s): one line per round phase and per site follows",
+             args.sites, args.rounds, settings.strategy, cfg.recipe)
+    with filtered_stderr(enabled=not verbose):
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=args.sites,
+                       backend_config={"client_resources": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+                                                     # its own Ray instance, even when another simulation runs here
+                                                     "address": "local",
+                                                     # workers' stdout/stderr reach the log only with --verbose
+                                                     "log_to_driver": verbose}})
     from pathlib import Path
 
     if not Path(args.out).is_file():

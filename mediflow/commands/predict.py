@@ -48,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
-    from mediflow.inference.folder import analyze_folder
+    from mediflow.inference.folder import analyze_folder, skipped_lines
 
     s = analyze_folder(predictor, folder, args.out, batch_size=args.batch_size, workers=args.workers,
                        progress=sys.stderr.isatty(), heatmap_dir=args.heatmap)
     print(f"mediflow predict: {s.found} image files: {s.analysed} predicted, {s.refused} refused by the input "
           f"check (no finding), {s.failed} unreadable (error rows), "
           f"{s.skipped} already in {args.out}", file=sys.stderr)
+    for line in skipped_lines(s):
+        print(f"mediflow predict: {line}", file=sys.stderr)
     if s.failed:
         print(f"mediflow predict: error: {s.failed} image(s) could not be read (see the 'error' column)",
               file=sys.stderr)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 
 from mediflow.commands import _preprocessing_options as preprocessing_options
 from mediflow.errors import MediFlowError
 from mediflow.training.config import RECIPES, TrainConfig, apply_recipe
+
+log = logging.getLogger("mediflow.train")
 
 
 def _floats(text: str) -> list[float]:
@@ -42,51 +46,86 @@ class _ArchitectureNames:
         return iter(self._names())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` for options with a fixed default; options whose default comes from the
+    recipe say so in their help (recipe_defaults) instead of a misleading `None`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def recipe_defaults(field: str) -> str:
+    """'default: frozen 5, partial 12, ...': the value each recipe gives `field` (the base default
+    where a recipe leaves it), for --help."""
+    base = getattr(TrainConfig(), field)
+    values = {name: RECIPES[name].get(field, base) for name in ("frozen", "partial", "probe", "finetune")}
+    if len(set(map(str, values.values()))) == 1:
+        return f"default: {base}"
+    return "default by recipe: " + ", ".join(f"{name} {value}" for name, value in values.items())
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train a model on a class-folder dataset",
-                       description="Train on ROOT/train (or ROOT itself) with a patient-grouped validation split.")
+    p = sub.add_parser("train", help="train a model on a class-folder dataset", formatter_class=_HelpFormatter,
+                       description="Train on ROOT/train (or ROOT itself) with a patient-grouped validation split. "
+                                   "Options left out take the --recipe's values; the log names the recipe and "
+                                   "prints the full configuration at the start. README 'The bundled model' gives "
+                                   "the command that trained the bundled model.")
     p.add_argument("--data", required=True, help="dataset root with train/ (Kaggle layout) or class folders")
-    p.add_argument("--out", default="model.pth", help="checkpoint to write (default: model.pth)")
+    p.add_argument("--out", default="model.pth", help="checkpoint to write")
     p.add_argument("--arch", default="efficientnet_lite0", choices=_ArchitectureNames(), metavar="ARCH",
-                   help="architecture from the model registry (default efficientnet_lite0; also efficientnet_b0)")
-    p.add_argument("--weights", default=None, help="'imagenet' (default), a weights file, or 'none'")
+                   help="architecture from the model registry (also efficientnet_b0)")
+    p.add_argument("--weights", default=None, help="'imagenet', a weights file, or 'none' (default: imagenet)")
     p.add_argument("--recipe", default="frozen", choices=sorted(RECIPES),
-                   help="probe (the bundled model's): frozen backbone, L2 logistic-regression head on many augmented "
-                        "views, framing and intensity normalised; frozen: the design's head-only recipe; partial / "
-                        "finetune: fine-tuning (fits the training films' framing, generalises worse)")
+                   help="partial (the bundled model's, with the options README 'The bundled model' gives): the "
+                        "last --unfreeze stages fine-tuned on cached activations of the frozen ones; frozen: the "
+                        "design's head-only recipe; probe: frozen backbone, L2 logistic-regression head on many "
+                        "augmented views, framing and intensity normalised; finetune: the whole network")
     p.add_argument("--finetune", action="store_true", help="same as --recipe finetune")
-    p.add_argument("--unfreeze", type=int, default=None, help="finetune only the last N backbone stages")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--backbone-lr-scale", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--unfreeze", type=int, default=None,
+                   help="partial/finetune: train only the last N backbone stages (default: partial 3, finetune "
+                        "all stages)")
+    p.add_argument("--epochs", type=int, help=recipe_defaults("epochs"))
+    p.add_argument("--batch-size", type=int, help=recipe_defaults("batch_size"))
+    p.add_argument("--lr", type=float, help="learning rate of the head (" + recipe_defaults("lr") + ")")
+    p.add_argument("--backbone-lr-scale", type=float,
+                   help="backbone learning rate / --lr (" + recipe_defaults("backbone_lr_scale") + ")")
+    p.add_argument("--weight-decay", type=float, help=recipe_defaults("weight_decay"))
+    p.add_argument("--warmup-epochs", type=float, help=recipe_defaults("warmup_epochs"))
+    p.add_argument("--label-smoothing", type=float, help=recipe_defaults("label_smoothing"))
     preprocessing_options.add_arguments(p)
-    p.add_argument("--probe-c", type=float, help="probe recipe: inverse L2 strength C (smaller = stronger)")
+    for action in p._actions:  # shared options whose defaults this command's recipes set
+        if action.dest in ("augment", "framing", "intensity"):
+            action.help = f"{action.help or ''} ({recipe_defaults(action.dest)})".strip()
+    p.add_argument("--probe-c", type=float,
+                   help="probe recipe: inverse L2 strength C, smaller = stronger (" + recipe_defaults("probe_c") + ")")
     p.add_argument("--class-weights", type=_floats, help="e.g. 3,1 (in sorted class order); default: inverse frequency")
-    p.add_argument("--feature-views", type=int, help="frozen recipe: augmented views cached per image (default 2)")
-    p.add_argument("--val-fraction", type=float, help="grouped validation share of train (default 0.2)")
+    p.add_argument("--feature-views", type=int,
+                   help="cached recipes: augmented views cached per image (" + recipe_defaults("feature_views") + ")")
+    p.add_argument("--val-fraction", type=float, help="grouped validation share of train (default: 0.2)")
     p.add_argument("--val-dir", help="use this class-folder dataset for validation instead of a split")
     p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="more class folders added to training only (e.g. a `mediflow feedback export`)")
-    p.add_argument("--min-sensitivity", type=float, help="threshold rule: PNEUMONIA sensitivity floor (default 0.97)")
+    p.add_argument("--min-sensitivity", type=float,
+                   help="threshold rule: PNEUMONIA sensitivity floor on validation (default: 0.97)")
     p.add_argument("--select", choices=["best", "last"],
                    help="epoch kept: best validation AUC (frozen's default) or last (partial/finetune: the "
-                        "cosine schedule ends converged, and AUCs of late epochs differ by noise)")
+                        "cosine schedule ends converged, and AUCs of late epochs differ by noise); "
+                        + recipe_defaults("select"))
     p.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: 224)")
     p.add_argument("--source-jpeg-quality", type=_source_quality, metavar="auto|none|Q",
                    help="inputs of another size are resized and JPEG-encoded at Q like the training copies; "
-                        "auto (default): detect it from the training images")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
-    p.add_argument("--workers", type=int, help="data-loading processes (default 1)")
+                        "auto: detect it from the training images (" + recipe_defaults("source_jpeg_quality") + ")")
+    p.add_argument("--seed", type=int, help="random seed of the split, augmentation and training (default: 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when available)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast where the hardware has it (" + recipe_defaults("bf16") + ")")
+    p.add_argument("--workers", type=int, help="data-loading processes (default: 1)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt/non-image files instead of stopping")
     p.add_argument("--resume", help="continue from this checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--max-train-samples", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -116,5 +155,8 @@ def run(args: argparse.Namespace) -> int:
         raise MediFlowError("--epochs and --batch-size must be at least 1")
     if not 0 < cfg.val_fraction < 1:
         raise MediFlowError("--val-fraction must be between 0 and 1")
+    # The whole configuration the run uses, recipe values filled in: a log alone says how to reproduce it.
+    log.info("recipe %s; configuration (recipe values where no option was given): %s", cfg.recipe,
+             json.dumps(cfg.to_dict(), sort_keys=True))
     train(cfg)
     return 0

@@ -17,6 +17,12 @@ from mediflow.evaluation.report import write_report
 from mediflow.inference.predictor import Predictor
 
 
+def display_dataset(folder: str | Path) -> str:
+    """A data set's name for titles: its last two path parts (e.g. chest_xray224/test_dev)."""
+    parts = Path(folder).resolve().parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(folder)
+
+
 def evaluate(predictor: Predictor, data: str | Path, out_dir: str | Path | None, *, batch_size: int = 64,
              workers: int = 1, skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
     samples = scan_class_folders(resolve_split_dir(data, "test"), min_classes=1)
@@ -41,5 +47,9 @@ def evaluate(predictor: Predictor, data: str | Path, out_dir: str | Path | None,
     if out_dir is not None:
         files = [str(p.relative_to(samples.paths[0].parent.parent)) if p.is_relative_to(samples.paths[0].parent.parent)
                  else str(p) for p in samples.paths]
-        write_report(out_dir, metrics, files, labels, probs, predictor.decide(probs), predictor.class_names, predictor.pos)
+        # Plot titles name the model and the films: a PNG passed around alone still says what it shows.
+        subject = (f"{predictor.info.architecture} {predictor.info.version} on "
+                   f"{display_dataset(resolve_split_dir(data, 'test'))} ({len(labels)} films)")
+        write_report(out_dir, metrics, files, labels, probs, predictor.decide(probs), predictor.class_names, predictor.pos,
+                     subject=subject)
     return metrics

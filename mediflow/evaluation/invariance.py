@@ -14,8 +14,9 @@ server decodes an upload (JPEG draft mode, see `decode_image`).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -155,3 +156,46 @@ VARIANTS: dict[str, Variant] = {
     "rotated -7 deg": rotate(-7),
     "horizontal flip": hflip,
 }
+
+
+# -- original vs copy: the same film as the hospital's original and as the training copy ----------
+
+
+@dataclass(frozen=True)
+class FilmPair:
+    """A full-resolution original and its 224 px training copy (same file name), with the class."""
+
+    label: str
+    original: Path
+    copy: Path
+
+
+def original_copy_pairs(original_dirs: Sequence[Path], copies_root: Path) -> list[FilmPair]:
+    """Every original under `original_dirs` (class folders, e.g. shared/data/fullres_train and
+    fullres_samples) whose copy sits at `copies_root/<class>/<same name>`, each file name once (the
+    first folder wins), sorted by class then name. Folders that do not exist are skipped."""
+    pairs: dict[str, FilmPair] = {}
+    for root in original_dirs:
+        for original in sorted(Path(root).glob("*/*")):
+            copy = Path(copies_root) / original.parent.name / original.name
+            if original.is_file() and copy.is_file() and original.name not in pairs:
+                pairs[original.name] = FilmPair(original.parent.name, original, copy)
+    return sorted(pairs.values(), key=lambda fp: (fp.label, fp.original.name))
+
+
+def png_bytes(img: Image.Image) -> tuple[bytes, str]:
+    """`img` as a lossless PNG (grey levels kept), the way a film digitizer or a viewer exports it."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), "original.png"
+
+
+ORIGINAL_FORMS: dict[str, Callable[[bytes, Image.Image], tuple[bytes, str]]] = {
+    "original JPEG": lambda data, _img: (data, "original.jpeg"),
+    "original PNG": lambda _data, img: png_bytes(img.convert("L")),
+    "original 12-bit DICOM": lambda _data, img: dicom_12bit_bytes(img),
+}
+"""How a hospital sends an original film: the file as acquired (a full-resolution JPEG), its pixels as
+a lossless PNG, or as a 12-bit MONOCHROME2 DICOM. Each takes the original's bytes and its fully
+decoded image and returns (bytes, a file name saying the format). None of them carries the training
+copies' JPEG q75 blocks: a model that reads the film gives each the call its copy gets."""

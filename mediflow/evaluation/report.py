@@ -11,7 +11,10 @@ import numpy as np
 
 
 def write_report(out_dir: str | Path, metrics: dict[str, Any], files: list[str], labels: np.ndarray,
-                 probs: np.ndarray, preds: np.ndarray, class_names: list[str], pos: int | None) -> Path:
+                 probs: np.ndarray, preds: np.ndarray, class_names: list[str], pos: int | None, *,
+                 subject: str = "") -> Path:
+    """`subject`: which model on which films (e.g. 'efficientnet_lite0 v1 on chest_xray224/test_dev'),
+    shown under each plot's title."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -21,13 +24,17 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], files: list[str],
         w.writerow(["file", "label", col, "prediction"])
         for name, y, p, yhat in zip(files, labels, probs, preds):
             w.writerow([name, class_names[y], f"{(p[pos] if pos is not None else p[yhat]):.6f}", class_names[yhat]])
-    _plot_confusion(out / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]), class_names)
+    _plot_confusion(out / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]), class_names, subject)
     if pos is not None and len(np.unique(labels)) > 1:
-        _plot_roc(out / "roc.png", labels == pos, probs[:, pos], metrics)
+        _plot_roc(out / "roc.png", labels == pos, probs[:, pos], metrics, subject)
     return out
 
 
-def _plot_confusion(path: Path, cm: np.ndarray, names: list[str]) -> None:
+def _title(kind: str, subject: str) -> str:
+    return f"{kind}\n{subject}" if subject else kind
+
+
+def _plot_confusion(path: Path, cm: np.ndarray, names: list[str], subject: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,13 +50,13 @@ def _plot_confusion(path: Path, cm: np.ndarray, names: list[str]) -> None:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title("Confusion matrix")
+    ax.set_title(_title("Confusion matrix", subject), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _plot_roc(path: Path, is_pos: np.ndarray, score: np.ndarray, metrics: dict[str, Any]) -> None:
+def _plot_roc(path: Path, is_pos: np.ndarray, score: np.ndarray, metrics: dict[str, Any], subject: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,10 +69,10 @@ def _plot_roc(path: Path, is_pos: np.ndarray, score: np.ndarray, metrics: dict[s
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     if "sensitivity" in metrics:
         ax.plot(1 - metrics["specificity"], metrics["sensitivity"], "o", color="red",
-                label=f"threshold {metrics['threshold']:.3f}")
+                label=f"threshold {metrics['threshold']:.4f}")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC")
+    ax.set_title(_title("ROC", subject), fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -75,7 +82,8 @@ def _plot_roc(path: Path, is_pos: np.ndarray, score: np.ndarray, metrics: dict[s
 def summary_table(metrics: dict[str, Any]) -> str:
     """The design's tables: headline metrics, per-class precision/recall/F1, confusion matrix."""
     names = metrics["class_names"]
-    lines = [f"Evaluated {metrics['n']} images (threshold {metrics['threshold']})", ""]
+    thr = metrics.get("threshold")
+    lines = [f"Evaluated {metrics['n']} images (threshold {'highest score' if thr is None else format(thr, '.4f')})", ""]
     for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         if key in metrics:
             lines.append(f"  {key:<18} {metrics[key]:.4f}")

@@ -55,6 +55,15 @@ def site_config(recipe: dict[str, Any], device: str = "cpu") -> TrainConfig:
 _SITES: dict[tuple, Site] = {}  # one Site per (data, recipe) for the life of the process
 
 
+def site_registry() -> dict[tuple, Site]:
+    """The process's Sites. Read through this module-level function, not as a global of the closures
+    below: Flower's simulation sends the ClientApp to its Ray actor pickled (cloudpickle) with every
+    message, and a closure's globals travel by value (an empty copy each time, so every site would be
+    prepared and its features computed again each round); a module-level function travels by name
+    and finds the actor's own registry."""
+    return _SITES
+
+
 def make_client_app(load_site_data: Callable[[Context, TrainConfig, list[str]], tuple[Samples, Samples]],
                     cache_dir: Callable[[Context], str | None] = lambda ctx: None) -> ClientApp:
     """A ClientApp whose site data comes from `load_site_data(context, recipe_cfg, class_names)`
@@ -75,13 +84,14 @@ def make_client_app(load_site_data: Callable[[Context, TrainConfig, list[str]], 
         recipe = json.loads(str(conf["recipe"]))
         class_names = json.loads(str(conf["class-names"]))
         key = (json.dumps(dict(context.node_config), sort_keys=True, default=str), conf["recipe"])
-        if key not in _SITES:
+        sites = site_registry()
+        if key not in sites:
             cfg = site_config(recipe)
             train, val = load_site_data(context, cfg, class_names)
             log.warning("site %s: preparing (%d training, %d validation films; features cached once)",
                         context.node_config.get("partition-id", ""), len(train), len(val))
-            _SITES[key] = Site(cfg, train, val, cache_dir=cache_dir(context))
-        site = _SITES[key]
+            sites[key] = Site(cfg, train, val, cache_dir=cache_dir(context))
+        site = sites[key]
         if site.fingerprint != str(conf["backbone-sha"]):
             raise RuntimeError("this site's frozen backbone differs from the server's (weights or library versions)")
         return site, conf
@@ -165,25 +175,57 @@ class Audit(Strategy):
     """Delegates to `inner` and records, for every reply the server receives, the record names and
     types, array names/shapes/bytes and metric names: the evidence of what left the sites."""
 
-    def __init__(self, inner: Strategy):
+    def __init__(self, inner: Strategy, rounds: int = 0):
         super().__init__()
         self.inner = inner
+        self.rounds = rounds
         self.received: list[dict[str, Any]] = []
         self.sent_bytes: dict[int, int] = {}
         self.histograms: dict[int, tuple[list[int], list[int]]] = {}
+        self.site_numbers: dict[int, int] = {}  # Flower node id -> 1, 2, ... in the order first sent to
+        self.started: dict[tuple[int, str], float] = {}
+
+    def _site(self, node_id: int) -> int:
+        return self.site_numbers.setdefault(int(node_id), len(self.site_numbers) + 1)
+
+    def _progress(self, rnd: int, phase: str, messages: list[Message]) -> None:
+        """One line as a phase of a round starts: which sites, and why round 1 is slow."""
+        sites = sorted(self._site(m.metadata.dst_node_id) for m in messages)
+        self.started[(rnd, phase)] = time.perf_counter()
+        slow = (" (round 1 also passes every site's films through the frozen backbone once: the slow part)"
+                if rnd == 1 and phase == "train" else "")
+        log.info("round %d/%d %s: sent to %d sites (%s)%s", rnd, self.rounds, phase, len(sites),
+                 ", ".join(f"site {i}" for i in sites), slow)
+
+    def _replied(self, rnd: int, phase: str, m: Message, n_replies: int, n_sent: int) -> None:
+        """One line per site's reply, with what it reported."""
+        site = self._site(m.metadata.src_node_id)
+        took = time.perf_counter() - self.started.get((rnd, phase), time.perf_counter())
+        if m.has_error():
+            log.warning("round %d/%d %s: site %d failed: %s", rnd, self.rounds, phase, site,
+                        str(m.error.reason)[:200])
+            return
+        metrics = {k: v for r in m.content.metric_records.values() for k, v in r.items()}
+        what = (f"{int(metrics.get('num-examples', 0))} films, train loss {float(metrics.get('train-loss', math.nan)):.4f}"
+                if phase == "train" else
+                f"{int(metrics.get('num-examples', 0))} validation films, val loss {float(metrics.get('val-loss', math.nan)):.4f}")
+        log.info("round %d/%d %s: site %d done (%d of %d) after %.0f s: %s", rnd, self.rounds, phase, site,
+                 n_replies, n_sent, took, what)
 
     def summary(self) -> None:
         self.inner.summary()
 
-    def _sent(self, rnd: int, messages) -> list[Message]:
+    def _sent(self, rnd: int, messages, phase: str = "train") -> list[Message]:
         messages = list(messages)
+        self._progress(rnd, phase, messages)
         self.sent_bytes[rnd] = self.sent_bytes.get(rnd, 0) + sum(
             sum(r.count_bytes() for r in m.content.array_records.values()) for m in messages)
         return messages
 
     def _record(self, rnd: int, phase: str, replies) -> list[Message]:
         replies = list(replies)
-        for m in replies:
+        for i, m in enumerate(replies, 1):
+            self._replied(rnd, phase, m, i, len(replies))
             if m.has_error():
                 self.received.append({"round": rnd, "phase": phase, "error": str(m.error.reason)[:300]})
                 continue
@@ -209,13 +251,16 @@ class Audit(Strategy):
         return self.inner.aggregate_train(server_round, self._record(server_round, "train", replies))
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        return self._sent(server_round, self.inner.configure_evaluate(server_round, arrays, config, grid))
+        return self._sent(server_round, self.inner.configure_evaluate(server_round, arrays, config, grid), "evaluate")
 
     def aggregate_evaluate(self, server_round, replies):
         m = self.inner.aggregate_evaluate(server_round, self._record(server_round, "evaluate", replies))
         if m is not None and "hist-neg" in m:
             # Kept here rather than in the round's MetricRecord, which Flower prints in full.
             self.histograms[server_round] = (list(m.pop("hist-neg")), list(m.pop("hist-pos")))
+        began = self.started.get((server_round, "train"))
+        if began is not None:
+            log.info("round %d/%d done in %.0f s", server_round, self.rounds, time.perf_counter() - began)
         return m
 
 
@@ -227,7 +272,7 @@ def build_strategy(s: FedSettings) -> Strategy:
     if s.dp_noise > 0:
         strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=s.dp_noise,
                                                               clipping_norm=s.dp_clip, num_sampled_clients=s.min_sites)
-    return Audit(strategy)
+    return Audit(strategy, s.rounds)
 
 
 def run_federation(grid: Grid, s: FedSettings) -> dict[str, Any]:

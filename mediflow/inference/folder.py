@@ -2,22 +2,30 @@
 
 Rows are appended and flushed batch by batch, so an interrupted run loses at most the batch in
 flight, and a re-run skips every file the CSV already has (a row cut short by the interruption is
-dropped first). Unreadable files get a row with `error` and do not stop the run. The next batches
-decode in threads while one runs through the model; optionally a heatmap overlay is written per image.
+dropped first) except those with an error row, which it tries again (unless `retry_errors` is off).
+Unreadable files get a row with `error` and do not stop the run. Files under the folder that are not
+images are counted and named with the reason. A sidecar `<csv>.provenance.json` records the model
+(SHA-256, version), its operating point and each run; a CSV written by another model is not resumed.
+The next batches decode in threads while one runs through the model; optionally a heatmap overlay is
+written per image.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mediflow import __version__
 from mediflow.data.dataset import IMAGE_SUFFIXES
 from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, image_dicom_header, image_notes, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
@@ -35,6 +43,9 @@ class FolderSummary:
     failed: int  # analysed now, with an error row
     ok_in_csv: int  # rows with an answer (a finding or a refusal) in the CSV after this run, earlier runs included
     refused: int = 0  # read now, but refused by the input check (no finding)
+    retried: int = 0  # files with an error row from an earlier run, tried again now
+    not_images: list[tuple[str, str]] = field(default_factory=list)  # (file, why it was skipped)
+    provenance: Path | None = None  # the sidecar JSON
 
 
 def csv_columns(class_names: list[str]) -> list[str]:
@@ -62,18 +73,117 @@ def _is_dicom_without_suffix(path: Path) -> bool:
 
 def find_images(root: Path, *, exclude: Path | None = None) -> list[Path]:
     """Image files under `root` (recursively, hidden files and folders skipped), sorted."""
+    return scan_folder(root, exclude={exclude} if exclude is not None else set())[0]
+
+
+def _not_an_image(path: Path, name: str) -> str | None:
+    """Why the file `path` (called `name` in messages) is not analysed, or None when it is an image file."""
+    if name.startswith("."):
+        return "hidden file"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    if path.name.upper() == "DICOMDIR":
+        return "DICOMDIR: a DICOM media index, not an image"
+    # DICOM names are often bare (IM000001) or UID-like (1.2.840.113619.2.55.3): sniff those.
+    if not path.suffix or path.suffix[1:].isdigit():
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if size == 0:
+            return "empty file (0 bytes) without an image extension"
+        if _is_dicom_without_suffix(path):
+            return None
+        return "no image extension and no DICOM preamble"
+    return f"not a JPEG, PNG or DICOM file by its extension ({path.suffix})"
+
+
+def scan_folder(root: Path, *, exclude: set[Path] = frozenset()) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files under `root`, sorted; [(file relative to root, why it was skipped)] for the rest).
+    Hidden folders are not searched (each is listed once); `exclude`: files to pass over silently
+    (the CSV being written and its sidecar)."""
     found: list[Path] = []
+    skipped: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for d in sorted(d for d in dirnames if d.startswith(".")):
+            skipped.append(((here / d).relative_to(root).as_posix() + "/", "hidden folder (not searched)"))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            path = Path(dirpath) / name
-            if name.startswith(".") or (exclude is not None and path == exclude):
+        for name in sorted(filenames):
+            path = here / name
+            if exclude and path.resolve() in exclude:
                 continue
-            # DICOM names are often bare (IM000001) or UID-like (1.2.840.113619.2.55.3): sniff those.
-            maybe_dicom = not path.suffix or path.suffix[1:].isdigit()
-            if path.suffix.lower() in IMAGE_SUFFIXES or (maybe_dicom and _is_dicom_without_suffix(path)):
+            why = _not_an_image(path, name)
+            if why is None:
                 found.append(path)
-    return sorted(found)
+            else:
+                skipped.append((path.relative_to(root).as_posix(), why))
+    return sorted(found), sorted(skipped)
+
+
+def skipped_lines(summary: FolderSummary, *, show: int = 10) -> list[str]:
+    """What a command prints about the files it did not analyse: a count, then up to `show` of them
+    with the reason (all of them are in the provenance file)."""
+    if not summary.not_images:
+        return []
+    lines = [f"skipped {len(summary.not_images)} entr{'y' if len(summary.not_images) == 1 else 'ies'} that are "
+             f"not images" + (f" (all listed in {summary.provenance})" if summary.provenance else "") + ":"]
+    lines += [f"  {name}: {why}" for name, why in summary.not_images[:show]]
+    if len(summary.not_images) > show:
+        lines.append(f"  ... and {len(summary.not_images) - show} more")
+    return lines
+
+
+def provenance_path(out: Path) -> Path:
+    """The sidecar JSON of a results CSV: `<csv>.provenance.json` beside it."""
+    return out.with_name(out.name + ".provenance.json")
+
+
+def model_provenance(predictor: Predictor) -> dict[str, Any]:
+    """Which model, at which operating point, wrote a results CSV."""
+    info = predictor.info
+    return {
+        "model": {"architecture": info.architecture, "version": info.version, "sha256": info.sha256,
+                  "weights_sha256": info.weights_sha256, "path": info.path, "backend": predictor.backend_name},
+        "operating_point": {**(predictor.rule.operating_point() or {}), "threshold_rule": predictor.ckpt.get("threshold_rule"),
+                            "temperature": predictor.temperature},
+        "review_below_confidence": predictor.review_below,
+        "input_check": predictor.input_check.describe(),
+        "mediflow": __version__,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_provenance(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise MediFlowError(f"{path}: not a readable provenance file; move it away to start a new record") from None
+    return data if isinstance(data, dict) else None
+
+
+def _drop_error_rows(out: Path, columns: list[str]) -> int:
+    """Rewrite `out` (atomically) without its error rows, so the files they name are analysed again
+    and each file keeps one row. Returns how many rows were dropped."""
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    error_col = columns.index("error")
+    kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(columns) and not r[error_col]]
+    dropped = len(rows) - len(kept)
+    if dropped:
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerows(kept)
+        tmp.replace(out)
+    return dropped
 
 
 def _drop_partial_last_row(out: Path) -> None:
@@ -150,25 +260,47 @@ def check_folder(root: str | Path) -> Path:
 
 def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, batch_size: int = 16,
                    workers: int = 2, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   heatmap_dir: str | Path | None = None) -> FolderSummary:
-    """`heatmap_dir`: also write each image with its heatmap overlaid there (see overlay_name)."""
+                   heatmap_dir: str | Path | None = None, retry_errors: bool = True) -> FolderSummary:
+    """`heatmap_dir`: also write each image with its heatmap overlaid there (see overlay_name).
+    `retry_errors`: files with an error row from an earlier run are analysed again (their old rows
+    dropped); off, they are skipped like the files already answered."""
     root, out = check_folder(root), Path(out)
     if batch_size < 1:
         raise MediFlowError("--batch-size must be at least 1")
     columns = csv_columns(predictor.class_names)
+    sidecar = provenance_path(out)
+    record = _read_provenance(sidecar)
+    mine = model_provenance(predictor)
+    if record is not None and out.exists() and record.get("model", {}).get("sha256") != mine["model"]["sha256"]:
+        theirs = record.get("model", {})
+        raise MediFlowError(f"{out} was written by another model (version {theirs.get('version')}, SHA-256 "
+                            f"{str(theirs.get('sha256'))[:12]}...; see {sidecar.name}): use another --out")
     previous = read_previous(out, columns)
-    paths = find_images(root, exclude=out.resolve() if out.exists() else None)
+    retried = 0
+    if retry_errors and previous and not all(previous.values()):
+        retried = _drop_error_rows(out, columns)
+        previous = {name: ok for name, ok in previous.items() if ok}
+    paths, not_images = scan_folder(root, exclude={out.resolve(), sidecar.resolve()})
     if not paths:
-        raise DatasetError(f"{root}: no JPEG, PNG or DICOM files found")
+        raise DatasetError(f"{root}: no JPEG, PNG or DICOM files found" +
+                           (f" ({len(not_images)} other entries skipped, e.g. {not_images[0][0]}: {not_images[0][1]})"
+                            if not_images else ""))
     names = [p.relative_to(root).as_posix() for p in paths]
     todo = [(p, n) for p, n in zip(paths, names) if n not in previous]
     summary = FolderSummary(found=len(paths), skipped=len(paths) - len(todo), analysed=0, failed=0,
-                            ok_in_csv=sum(previous.values()))
+                            ok_in_csv=sum(previous.values()), retried=retried, not_images=not_images,
+                            provenance=sidecar)
+    run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folder": str(root),
+           "image_files": len(paths), "already_in_csv": summary.skipped, "error_rows_retried": retried,
+           "not_images": [{"file": n, "reason": why} for n, why in not_images]}
+    record = {**(record or {}), **mine, "csv": out.name}
+    record["runs"] = [*(record.get("runs") or []), run]
     heat = Path(heatmap_dir) if heatmap_dir is not None else None
     if heat is not None:
         heat.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        _write_json(sidecar, record)
         f = open(out, "a", newline="", encoding="utf-8")
     except OSError as exc:
         raise MediFlowError(f"{out}: cannot write ({exc.strerror})") from None
@@ -214,4 +346,7 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
             os.fsync(f.fileno())
             bar.update(len(batch))
     summary.ok_in_csv += summary.analysed + summary.refused
+    run.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), analysed=summary.analysed,
+               refused=summary.refused, failed=summary.failed)
+    _write_json(sidecar, record)
     return summary

@@ -3,7 +3,7 @@
 Outputs, for a preprocessed batch `image` (N, 3, S, S):
 - `logits` (N, K): a single model's raw logits (the predictor applies the checkpoint's
   temperature and bias); for an ensemble, log of the members' averaged softmax(logits / T_i + b_i), so that
-  softmax(logits) is the ensemble's probability with no further temperature.
+  softmax(logits) is the ensemble's probability before its own site calibration (none until refitted).
 - `features` (N, C, h, w): the last feature map (members' maps concatenated for an ensemble).
 - `cam` (N, K, h, w): class activation maps, the feature map weighted by the linear head's weights.
   With global average pooling followed by a linear head, this is what Grad-CAM on the last layer

@@ -18,8 +18,11 @@ Three sources, cheapest first (docs/input_check.md gives the measured figures an
    pediatric-vs-adult classifier on the same features -> `likely_adult`.
 
 The fitted statistics live in `<model stem>.input_check.npz` next to the model (refit with
-`mediflow fit-input-check`); without that file, or when it was fitted on another model's features,
-only the header and pixel checks run. Steps 1-2 run before the model, so a blank or a CT DICOM costs no
+`mediflow fit-input-check`). They belong to the model's weights, not to its file: `mediflow calibrate`
+rewrites the checkpoint (new temperature, threshold) but keeps the weights and records their
+identity (`weights_sha256`), so the statistics keep working. Without that file, or when it was fitted on
+another model's features, only the header and pixel checks run, and the model says so (a warning at
+load time and `input_check` in `/api/model`). Steps 1-2 run before the model, so a blank or a CT DICOM costs no
 inference; a rejection raises `InputRejected` and no finding is given.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -290,6 +294,13 @@ class InputCheckStats:
     def model_sha256(self) -> str:
         return str(self.meta.get("model_sha256", ""))
 
+    @property
+    def weights_sha256(self) -> str:
+        """The identity of the weights the statistics were fitted on (checkpoint.weights_sha256);
+        files fitted before it was recorded name the checkpoint file, which is the same thing for a
+        model that was never recalibrated."""
+        return str(self.meta.get("weights_sha256") or self.model_sha256)
+
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N, C) pooled features -> (N,) cosine distance to the k-th nearest chest film of the bank."""
         z = np.asarray(features, dtype=np.float32) @ self.projection
@@ -371,6 +382,20 @@ class InputCheckStats:
             raise MediFlowError(f"{path}: not a readable input-check file ({exc})") from None
 
 
+def carry_statistics(model_path: str | Path, out_path: str | Path) -> Path | None:
+    """Copy the statistics beside `model_path` to beside `out_path` (a recalibrated copy of the same
+    weights written elsewhere): the path written, or None when there was nothing to carry or they are
+    the same file."""
+    src, dst = stats_path(model_path), stats_path(out_path)
+    if not src.is_file() or src.resolve() == dst.resolve():
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    return dst
+
+
 def stats_path(model_path: str | Path) -> Path:
     """Where the input-check statistics of a model file live: `<stem>.input_check.npz` beside it
     (an export `x.onnx` / `x.int8.onnx` shares `x.pth`'s)."""
@@ -383,29 +408,47 @@ class InputCheck:
     """The check as the predictor runs it: `before(img, header)` without the model, then
     `after(pooled)` on the model's pooled features."""
 
-    def __init__(self, *, image_size: int, trims_borders: bool, stats: InputCheckStats | None = None):
+    def __init__(self, *, image_size: int, trims_borders: bool, stats: InputCheckStats | None = None,
+                 missing: str | None = None):
         self.image_size = image_size
         self.trims_borders = trims_borders
         self.stats = stats
+        # Why the feature checks do not run (None when they do, or when nobody asked for them).
+        self.missing = missing
 
     @classmethod
     def for_model(cls, model_path: str | Path | None, model_sha256: str, *, image_size: int,
-                  trims_borders: bool) -> "InputCheck":
-        """Loads the statistics beside `model_path` when they were fitted on this model (by SHA-256);
-        otherwise only header and pixel checks run (logged once)."""
-        stats = None
+                  trims_borders: bool, weights_sha256: str | None = None) -> "InputCheck":
+        """Loads the statistics beside `model_path` when they were fitted on this model's weights
+        (`weights_sha256`, else the file's `model_sha256`); otherwise only header and pixel checks run
+        and a warning says so, with the command that fits them."""
+        stats, missing = None, None
         if model_path:
             path = stats_path(model_path)
-            if path.is_file():
+            known = {model_sha256, weights_sha256 or model_sha256} - {""}
+            if not path.is_file():
+                missing = f"no input-check statistics ({path.name}) beside the model"
+            else:
                 try:
                     stats = InputCheckStats.load(path)
                 except MediFlowError as exc:
-                    log.warning("input check without feature statistics: %s", exc)
-                if stats is not None and stats.model_sha256 != model_sha256:
-                    log.warning("input check without feature statistics: %s was fitted on another model "
-                                "(refit with mediflow fit-input-check)", path.name)
+                    missing = str(exc)
+                if stats is not None and stats.weights_sha256 not in known and stats.model_sha256 not in known:
+                    missing = f"{path.name} was fitted on another model's weights"
                     stats = None
-        return cls(image_size=image_size, trims_borders=trims_borders, stats=stats)
+            if missing:
+                fix = (f"mediflow fit-input-check --model {model_path} --adult ADULT_FILMS_DIR "
+                       "(docs/input_check.md)")
+                missing = (f"{missing}: adult films and non-radiographs are NOT flagged by their features, only by "
+                           f"DICOM header and pixel checks. Fit them with: {fix}")
+                log.warning("INPUT CHECK INCOMPLETE for %s: %s", Path(model_path).name, missing)
+        return cls(image_size=image_size, trims_borders=trims_borders, stats=stats, missing=missing)
+
+    def describe(self) -> dict[str, Any]:
+        """What `/api/model` says of the check: whether the feature checks run, and why not."""
+        return {"feature_checks": self.stats is not None,
+                "statistics_fitted_on": self.stats.weights_sha256 if self.stats is not None else None,
+                "problem": self.missing}
 
     @property
     def uses_features(self) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mediflow import DISCLAIMER
-from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint
+from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint, weights_sha256
 from mediflow.data.images import decode_image, image_dicom_header, image_flags, image_notes, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
@@ -54,6 +54,8 @@ class ModelInfo:
     version: str
     sha256: str
     path: str
+    # The weights' identity (checkpoint.weights_sha256): equal to sha256 unless recalibrated.
+    weights_sha256: str = ""
 
 
 def onnx_candidates(checkpoint: Path) -> list[Path]:
@@ -71,17 +73,34 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
     for cand in onnx_candidates(checkpoint):
         if not cand.is_file():
             continue
-        backend = OnnxBackend(cand, **backend_kwargs)
-        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
-            log.warning("ignoring %s: exported from a different checkpoint than %s", cand.name, checkpoint.name)
+        int8 = cand.name.endswith(".int8.onnx")
+        redo = f"mediflow export --model {checkpoint}" + (" --int8" if int8 else "")
+        try:
+            backend = OnnxBackend(cand, **backend_kwargs)
+        except Exception as exc:  # a truncated or foreign file: onnxruntime's own errors vary by version
+            log.warning("ignoring %s: not a complete MediFlow export (%s); to export again, run: %s", cand.name,
+                        str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__, redo)
             continue
-        found["int8" if (backend.metadata.get("onnx") or {}).get("quantization") else "fp32"] = backend
+        if (backend.metadata.get("source_checkpoint") or {}).get("sha256") != sha:
+            log.warning("ignoring %s: stale, exported from a different checkpoint than %s (recalibrated or "
+                        "retrained since?); to export again, run: %s", cand.name, checkpoint.name, redo)
+            continue
+        quant = (backend.metadata.get("onnx") or {}).get("quantization")
+        if quant is not None and "accepted" not in quant:
+            log.warning("ignoring %s: incomplete, its agreement with fp32 was never measured (an interrupted "
+                        "export?); to export again, run: %s", cand.name, redo)
+            continue
+        found["int8" if quant else "fp32"] = backend
     int8, fp32 = found.get("int8"), found.get("fp32")
     if int8 is not None:
         quant = int8.metadata["onnx"]["quantization"]
         if not quant.get("accepted"):
-            log.info("not using %s: int8 agreed with fp32 on %s of decisions, AUC change %s", int8.path.name,
-                     quant.get("decision_agreement"), quant.get("auc_change"))
+            agreement, change = quant.get("decision_agreement"), quant.get("auc_change")
+            measured = ("" if agreement is None or change is None else
+                        f": int8 agreed with fp32 on {100 * float(agreement):.2f}% of decisions and changed the AUC "
+                        f"by {float(change):+.4f}")
+            log.info("not using %s, its export did not accept it%s (the rule: >= %.1f%% and within %.3f)",
+                     int8.path.name, measured, 100 * INT8_MIN_AGREEMENT, INT8_MAX_AUC_DROP)
         elif quant.get("fallback_band") is None:
             return int8  # an export from before the guarded rule: accepted on its own agreement
         elif fp32 is None:
@@ -119,11 +138,12 @@ class Predictor:
         sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
         arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
-                              sha256=sha, path=str(path or ""))
-        # Header and pixel checks always; the feature checks when statistics fitted on this model
-        # sit beside it (input_check.py).
+                              sha256=sha, path=str(path or ""), weights_sha256=weights_sha256(ckpt, sha))
+        # Header and pixel checks always; the feature checks when statistics fitted on this model's
+        # weights sit beside it (input_check.py).
         self.input_check = InputCheck.for_model(path, sha, image_size=self.prep.image_size,
-                                                trims_borders=self.prep.framing == "trim")
+                                                trims_borders=self.prep.framing == "trim",
+                                                weights_sha256=self.info.weights_sha256)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
@@ -164,8 +184,8 @@ class Predictor:
             predictor.info.architecture += " (int8)"
         return predictor
 
-    # The rule is the one source of the calibration and operating point (an ensemble's graph already
-    # averages its members' calibrated probabilities: T 1, no bias); these read it, never copy it.
+    # The rule is the one source of the calibration and operating point (for an ensemble, the one
+    # acting on its members' averaged calibrated probabilities); these read it, never copy it.
     @property
     def pos(self) -> int | None:
         return self.rule.pos
@@ -352,11 +372,14 @@ class Predictor:
             # Where the operating point was fitted when it was not the training validation split
             # (`mediflow calibrate --data SITE_DIR`): film counts and the metrics on those films.
             "site_calibration": c.get("site_calibration"),
+            # Lineage of a recalibrated model: the file it was calibrated from, its version, site, date.
+            "calibration": c.get("calibration"),
             "training": {"recipe": c.get("train_config", {}).get("recipe"), "epochs": c.get("epoch"),
                          "seed": c.get("seed"), "seconds": c.get("train_seconds"),
                          "members": self.n_members},
             "backend": self.backend_name,
             "export": c.get("onnx") if self.backend_name == "onnx" else None,
+            "input_check": self.input_check.describe(),
             "intended_use": "Screening aid for pediatric (ages 1-5) anterior-posterior chest X-rays like the "
                             "training data; flags likely pneumonia for priority review by a clinician.",
             "limitations": [

@@ -7,6 +7,7 @@ agreement is measured on its validation part and on test_dev; neither touches tr
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -130,8 +131,14 @@ def onnx_logits(model: Path, films: Samples, *, progress: bool = False) -> tuple
 Refiner = Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
 
 
+def partial_path(out: Path) -> Path:
+    """Where int8_export builds `out` until it is measured and complete (a hidden name beside it)."""
+    return out.with_name(f".{out.name}.partial")
+
+
 def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *, n_calibration: int = 200,
-                progress: bool = False, refine: Refiner | None = None) -> dict[str, Any]:
+                progress: bool = False, refine: Refiner | None = None,
+                say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Quantize, then accept the int8 model only where it computes the same decisions as the fp32
     one: with the checkpoint's own calibration and operating point (no refit), its calls must
     agree with fp32's on >= INT8_MIN_AGREEMENT of the validation split plus the films in
@@ -139,7 +146,24 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     must be within INT8_MAX_AUC_DROP of fp32's. The report is stored in the int8 file; the
     predictor serves it by default only when `accepted`. `refine`: after post-training quantization,
     replace the weights (quantization-aware distillation on the training films) and quantize again
-    with the activation scales it returns; its report goes under `distillation`."""
+    with the activation scales it returns; its report goes under `distillation`.
+
+    The int8 model is built under partial_path(out) and renamed to `out` only once measured: an
+    interrupted export leaves any earlier `out` as it was and no half-made one. `say`: one line per
+    stage, for the user."""
+    work = partial_path(out)
+    try:
+        report = _int8_export(ckpt, fp32, work, data, n_calibration=n_calibration, progress=progress,
+                              refine=refine, say=say)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            work.unlink()
+    return report
+
+
+def _int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *, n_calibration: int,
+                 progress: bool, refine: Refiner | None, say: Callable[[str], None]) -> dict[str, Any]:
     # The one import from evaluation/ in inference/: export-time measurement only (`mediflow export
     # --int8`), never on the serving path.
     from mediflow.evaluation.metrics import compute_metrics
@@ -152,11 +176,15 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     prep = checkpoint_preprocessing(ckpt)
     rng = np.random.default_rng(int(ckpt.get("seed") or 0))
     pick = sorted(rng.choice(len(train), size=min(n_calibration, len(train)), replace=False))
+    stages = 4 if refine is not None else 3
+    say(f"int8 1/{stages}: post-training quantization, calibrated on {len(pick)} training films")
     # Decoded once (200 films, ~30 MB): with distillation, both quantizations calibrate on them.
     calibration = serving_pixels([train.paths[i] for i in pick], prep)
     quantize_int8(fp32, out, calibration_batches(calibration, prep))
     distillation = None
     if refine is not None:
+        say(f"int8 2/{stages}: quantization-aware distillation: decoding {len(train)} training films, then training "
+            "(a progress bar with its estimate follows)")
         with tempfile.TemporaryDirectory() as tmp:
             weights, activations, distillation = refine(fp32, out, list(train.paths), Path(tmp))
             quantize_int8(fp32, out, calibration_batches(calibration, prep), weights_from=weights,
@@ -167,6 +195,8 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     if distillation is not None:
         report["distillation"] = distillation
     keys = ("auc", "accuracy", "sensitivity", "specificity")
+    say(f"int8 {stages - 1}/{stages}: scoring fp32 and int8 on " + " and ".join(f"{name} ({len(films)} films)"
+                                                                        for name, films in sets.items()))
     scored = {name: (onnx_logits(fp32, films, progress=progress), onnx_logits(out, films, progress=progress)[1])
               for name, films in sets.items()}
     # The guard band, from validation films only: the 99th percentile of how far int8 moves an
@@ -200,5 +230,6 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
     # What this CPU computes on a fixed input: a CPU that computes other logits is not served int8.
     q8 = OnnxBackend(out)
     report["probe_logits"] = q8.run(probe_batch(q8.image_size))["logits"].tolist()
+    say(f"int8 {stages}/{stages}: recording the measured agreement in the model file")
     record_quantization(out, report)
     return report

@@ -16,15 +16,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from mediflow import DISCLAIMER, __version__
 from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
+from mediflow.serving.audit import router as audit_router
+from mediflow.serving.docs_page import install_docs
+from mediflow.serving.errors import validation_failed
 from mediflow.serving.evaluation import read_evaluation
+from mediflow.serving.health import probe_store
 from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.limits import UploadLimitMiddleware
+from mediflow.serving.public import public_view
+from mediflow.serving.response_headers import StandardHeadersMiddleware
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, HealthResponse, ModelCard, RejectedResponse
 from mediflow.serving.settings import Settings
 from mediflow.serving.studies import install as install_studies, record_analysis, record_refusal
@@ -49,6 +56,9 @@ UPLOAD_OPENAPI = {
         }}},
     }
 }
+
+# Longest wait of the /health store probe, in seconds (less when --db-timeout is shorter).
+HEALTH_PROBE_S = 2.0
 
 # Client-side routes of the web app: each path answers the same index.html.
 APP_ROUTES = ("/", "/worklist", "/model")
@@ -113,7 +123,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         finally:
             app.state.inference.close()
 
-    app = FastAPI(title="MediFlow", version=__version__, lifespan=lifespan,
+    # /docs is served by docs_page.py (local assets, a CSP); ReDoc would load from a CDN.
+    app = FastAPI(title="MediFlow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pediatric chest X-ray pneumonia screening. " + DISCLAIMER)
     app.state.settings = settings
     app.state.predictor = predictor
@@ -122,7 +133,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # Added first, so it runs inside CORS (a 503 still carries the CORS headers) and the access
     # middleware (a refusal is authenticated and audited like any other answer).
     app.add_middleware(UploadLimitMiddleware, upload_paths=UPLOAD_PATHS,
-                       max_in_flight=settings.max_uploads_in_flight, retry_after_s=settings.retry_after_s)
+                       max_in_flight=settings.max_uploads_in_flight, max_upload_bytes=settings.max_upload_bytes,
+                       retry_after_s=settings.retry_after_s, min_rate=settings.min_upload_rate)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
@@ -133,14 +145,31 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             raise HTTPException(503, detail="model not loaded yet")
         return p
 
-    @app.get("/health", response_model=HealthResponse)
-    def health(request: Request) -> HealthResponse:
+    @app.get("/health/live", summary="liveness: the process answers")
+    def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health", response_model=HealthResponse, summary="readiness: model loaded and store taking writes",
+             responses={503: {"model": HealthResponse, "description": "the model is not loaded, or the study "
+                                                                      "store cannot take writes (see store.problem)"}})
+    async def health(request: Request) -> JSONResponse:
         p = request.app.state.predictor
-        return HealthResponse(status="ok", model_loaded=p is not None, version=__version__)
+        store = request.app.state.store
+        if store is None:
+            state = {"status": "none", "problem": None}
+        else:
+            # Bounded: a hung database must not hang the health check.
+            state = await run_in_threadpool(probe_store, store, request.app.state.store_health,
+                                            min(settings.db_timeout_s, HEALTH_PROBE_S))
+        ready = p is not None and state["status"] != "failing"
+        body = HealthResponse(status="ok" if ready else "failing", model_loaded=p is not None, store=state,
+                              version=__version__).model_dump()
+        return JSONResponse(body, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": str(settings.retry_after_s)})
 
     @app.get("/api/model", response_model=ModelCard)
     def model_card(request: Request) -> dict[str, Any]:
-        return get_predictor(request).model_card()
+        return public_view(get_predictor(request).model_card())
 
     @app.get("/api/model/evaluation", responses={404: {"model": ErrorResponse, "description": "no evaluation "
                                                           "file next to the served checkpoint"},
@@ -148,20 +177,22 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     def model_evaluation(request: Request) -> dict[str, Any]:
         """The latest evaluation of the served model: `<checkpoint stem>.evaluation.json` next to the
         checkpoint (written by benchmarks/generalization.py), as it is on disk."""
-        return read_evaluation(get_predictor(request).info.path)
+        return public_view(read_evaluation(get_predictor(request).info.path))
 
     @app.post(ANALYZE_PATH, response_model=AnalysisResponse, openapi_extra=UPLOAD_OPENAPI,
               responses={400: {"model": ErrorResponse, "description": "empty, corrupt, truncated, oversized-in-pixels "
                                                                        "or non-image upload"},
                          408: {"model": ErrorResponse, "description": "the body did not arrive within the "
-                                                                      "upload timeout"},
+                                                                      "upload timeout, or arrived slower than "
+                                                                      "the minimum upload rate"},
                          413: {"model": ErrorResponse, "description": "upload larger than the size limit"},
                          422: {"model": RejectedResponse, "description": "the input check refused the image (not a "
                                                                          "chest radiograph, or blank): no finding; "
                                                                          "or no `file` field"},
-                         503: {"model": ErrorResponse, "description": "busy: too many uploads in flight "
-                                                                      "(see the Retry-After header), or the "
-                                                                      "model is not loaded yet"}})
+                         503: {"model": ErrorResponse, "description": "busy: the uploads in progress fill "
+                                                                      "the upload memory, or too many are open "
+                                                                      "(see the Retry-After header); the model is "
+                                                                      "not loaded yet; or the study store failed"}})
     async def analyze(request: Request,
                       preview: bool = Query(False, description="also return the decoded image as a PNG data URL "
                                                                "(at most 1024 px): browsers cannot show DICOM"),
@@ -197,6 +228,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return JSONResponse(status_code=422, content=body)
         return await record_analysis(request, data, result)
 
+    app.add_exception_handler(RequestValidationError, validation_failed)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Never echo internals (or image bytes) to the client; the log gets the type only.
@@ -212,6 +245,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         app.add_api_route(path, index, methods=["GET"], include_in_schema=False)
 
     install_studies(app, settings)  # study store, API keys, audit, worklist API
+    app.include_router(audit_router)  # GET /api/audit
+    install_docs(app)
+    # Outermost: every response, refusals and static files included.
+    app.add_middleware(StandardHeadersMiddleware, retry_after_s=settings.retry_after_s)
     # Only the built assets (hashed names): index.html is served above, filled in and with its CSP.
     app.mount("/static/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="static")
     return app

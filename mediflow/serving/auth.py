@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mediflow.errors import MediFlowError
+from mediflow.serving.docs_page import is_docs_path
 
 log = logging.getLogger("mediflow.serve")
 
@@ -141,6 +142,9 @@ class AccessMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_docs_path(scope["path"]):
+            await self._docs(scope, receive, send)
+            return
         if scope["type"] != "http" or not is_api_path(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
@@ -175,10 +179,26 @@ class AccessMiddleware:
             raise
         await self._audit(request, actor, status[0] if status else 500)
 
+    async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The API's documentation needs a key whenever the API does (it maps every route); not audited."""
+        keys: ApiKeys | None = scope["app"].state.api_keys
+        if keys is None:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(Request(scope))
+        if token is None:
+            await _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")(scope, receive, send)
+        elif keys.identify(token) is None:
+            await _unauthorized("invalid API key")(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
     async def _audit(self, request: Request, actor: str, status_code: int) -> None:
         store = request.app.state.store
         if store is None or (status_code == 200 and getattr(request.state, "audited", False)):
             return  # no store, or the handler already wrote this call's row with its own data
+        if getattr(request.state, "storage_failed", False):
+            return  # the store just failed this request (and it was logged): the row would wait and fail too
         template = route_template(request)
         study_id = getattr(request.state, "study_id", None) or _path_uuid(request.scope.get("path_params", {}))
         from mediflow.store import repository

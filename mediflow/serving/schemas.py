@@ -69,6 +69,8 @@ class AnalysisResponse(BaseModel):
                                 "of where the model looked, to be stretched over the uploaded image")
     heatmap_class: str | None = Field(default=None, description="the class the heatmap explains (the prediction)")
     study_id: str | None = Field(default=None, description="the saved study, when the server keeps a study store")
+    duplicate_of: str | None = Field(default=None, description="the first study of the same image (identical bytes): "
+                                     "this upload repeats it; null when the image is new or no store is kept")
 
 
 class ModelCard(BaseModel):
@@ -90,15 +92,29 @@ class ModelCard(BaseModel):
     validation_metrics: dict[str, Any]
     site_calibration: dict[str, Any] | None = Field(
         default=None, description="the labelled site films the operating point was fitted on, if not validation")
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="lineage of a recalibrated model: base_model_sha256 and base_version (the model "
+                                  "it was calibrated from), weights_sha256, site and date (UTC)")
     training: dict[str, Any]
+    input_check: dict[str, Any] | None = Field(
+        default=None, description="whether the input check's feature statistics (adult films, non-radiographs) "
+                                  "are loaded for this model, and if not, why and how to fit them")
     intended_use: str
     limitations: list[str]
     disclaimer: str
 
 
+class StoreState(BaseModel):
+    status: str = Field(description="ok: the study store takes writes; failing: it does not; "
+                                    "none: the server keeps no studies")
+    problem: str | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
+
+
 class HealthResponse(BaseModel):
-    status: str = Field(description="'ok' while the service answers")
+    status: str = Field(description="'ok' when the model is loaded and the store (if any) takes writes; "
+                                    "'failing' otherwise (HTTP 503)")
     model_loaded: bool
+    store: StoreState
     version: str = Field(description="MediFlow version")
 
 

@@ -22,23 +22,34 @@ from mediflow.data.preview import preview_png
 from mediflow.decision import REPORTED_SCALE, positive_index
 from mediflow.errors import ImageDecodeError
 from mediflow.serving.auth import ANONYMOUS, AccessMiddleware, load_api_keys, route_template
+from mediflow.serving.errors import excerpt
+from mediflow.serving.health import StoreHealth
 from mediflow.serving.settings import Settings
 from mediflow.serving.study_schemas import (RefusalList, ReviewRequest, StudyDetail, StudyHeatmap, StudyList,
                                             StudySummary)
 from mediflow.store import repository
-from mediflow.store.db import Store, describe_url
+from mediflow.store.db import Store, describe_url, failure_kind
+from mediflow.store.duplicates import link_fields, same_images
 from mediflow.store.models import Study
 
 log = logging.getLogger("mediflow.serve")
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
+# Page offsets beyond this are refused (422): the databases' OFFSET is a signed 64-bit integer.
+MAX_OFFSET = 2**31 - 1
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     app.state.api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    keys = app.state.api_keys
+    # Whether callers must identify themselves, and how many may: never the keys or their names.
+    log.info("API keys %s", f"on: {len(keys)} key{'s' if len(keys) != 1 else ''} configured; every /api call needs "
+             "one" if keys else "off: /api calls are anonymous (make a key with `mediflow keys new NAME`)")
     url = configured_database_url(settings.database_url)
-    app.state.store = Store.open(url, store_images=settings.store_images) if url else None
+    app.state.store = (Store.open(url, store_images=settings.store_images, timeout_s=settings.db_timeout_s)
+                       if url else None)
+    app.state.store_health = StoreHealth()
     if url:
         log.info("study store %s; uploaded images %s", describe_url(url),
                  "kept (--store-images)" if settings.store_images else "not kept")
@@ -52,9 +63,30 @@ def configured_database_url(value: str | None) -> str | None:
     return None if value is None or value.strip().lower() in ("", "none") else value.strip()
 
 
+STORE_PROBLEMS = {
+    "unavailable": "the study database is unavailable",
+    "timeout": "the study database did not answer in time",
+    "disk full": "the study database's disk is full",
+}
+
+
 async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": f"study database unavailable ({type(exc).__name__}); "
-                                                            "nothing was saved by this request"})
+    """A store error as the client should see it: 422 for a value the database refuses (not an
+    outage: retrying will not help), else 503 with Retry-After. One log line per failure, with its kind."""
+    kind = failure_kind(exc)
+    request.state.storage_failed = True  # the audit row would fail the same way (auth.py skips it)
+    log.error("storage failure (%s): %s on %s %s", kind, type(exc).__name__, request.method,
+              route_template(request))
+    if kind == "bad input":
+        return JSONResponse(status_code=422, content={"detail": "the study database refused a value in this "
+                                                                f"request ({type(exc).__name__}); nothing was saved"})
+    request.app.state.store_health.failed(kind)
+    retry = request.app.state.settings.retry_after_s
+    outcome = ("this request may not have been completed" if kind == "timeout"
+               else "nothing was saved by this request")
+    return JSONResponse(status_code=503, headers={"Retry-After": str(retry)},
+                        content={"detail": f"{STORE_PROBLEMS[kind]} ({type(exc).__name__}); {outcome}; "
+                                           f"retry in {retry} seconds"})
 
 
 # -- saving analyses -------------------------------------------------------------------------------
@@ -73,8 +105,11 @@ def source_info(data: bytes) -> repository.SourceInfo:
             return info  # the pixels decoded; a header we cannot read just leaves the identifiers empty
 
         def text(key: str, limit: int) -> str | None:
+            # NUL bytes (DICOM pads some values with them; a damaged header may hold more) are
+            # dropped: PostgreSQL text cannot hold them, and the film must still get its finding.
             value = meta.get(key)
-            return str(value)[:limit] if value not in (None, "") else None
+            value = None if value is None else str(value).replace("\x00", "").strip()
+            return value[:limit] if value else None
 
         info.study_instance_uid = text("StudyInstanceUID", 64)
         info.sop_instance_uid = text("SOPInstanceUID", 64)
@@ -105,12 +140,16 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
             actor = getattr(request.state, "actor", ANONYMOUS)
             repository.add_audit(s, actor=actor, method=request.method, route=route, status_code=200,
                                  study_id=study.id)
-            return study.id
+            s.flush()
+            # The same bytes uploaded before: linked to the first study of them, not a silent duplicate.
+            return study.id, same_images(s, [study]).get(study.id)
 
-    study_id = await run_in_threadpool(save)
+    study_id, same = await run_in_threadpool(save)
+    request.app.state.store_health.succeeded()
     request.state.study_id = study_id
     request.state.audited = True
-    return {**result, "study_id": str(study_id)}
+    duplicate_of = same.duplicate_of(study_id) if same is not None else None
+    return {**result, "study_id": str(study_id), "duplicate_of": str(duplicate_of) if duplicate_of else None}
 
 
 async def record_refusal(request: Request, data: bytes, body: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +177,10 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _summary(study: Study, has_image: bool) -> dict[str, Any]:
+def _summary(study: Study, has_image: bool, same: dict | None = None) -> dict[str, Any]:
+    """`same`: same_images()'s answer for this study's page (links to earlier studies of the same bytes)."""
     return {
+        **link_fields(study, (same or {}).get(study.id)),
         "id": study.id, "received_at": study.received_at, "source_format": study.source_format,
         "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
         "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
@@ -161,7 +202,7 @@ def _operating_point(study: Study) -> dict[str, Any] | None:
 
 def _detail(session, study: Study) -> dict[str, Any]:
     return {
-        **_summary(study, repository.has_image(session, study.id)),
+        **_summary(study, repository.has_image(session, study.id), same_images(session, [study])),
         "pacs_delivery": repository.pacs_delivery(session, [study.id]).get(study.id),
         "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
         "operating_point": _operating_point(study),
@@ -188,18 +229,20 @@ def list_studies(
     sort: repository.SortKey = Query("priority", description="priority: most suspicious first; "
                                      "uncertainty: closest to the threshold first; received: newest first"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> dict[str, Any]:
     with _store(request).session() as s:
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
+        same = same_images(s, [st for st, _ in rows])
         delivery = repository.pacs_delivery(s, [st.id for st, _ in rows])
         return {"total": total, "limit": limit, "offset": offset,
-                "items": [StudySummary(**_summary(st, has), pacs_delivery=delivery.get(st.id)) for st, has in rows]}
+                "items": [StudySummary(**_summary(st, has, same), pacs_delivery=delivery.get(st.id))
+                          for st, has in rows]}
 
 
 @router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")
-def list_refused(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
-                 ) -> dict[str, Any]:
+def list_refused(request: Request, limit: int = Query(50, ge=1, le=500),
+                 offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
     """Newest first: when, what kind of file, and why no finding was given. No pixels are kept."""
     with _store(request).session() as s:
         total, rows = repository.list_refusals(s, limit=limit, offset=offset)
@@ -290,7 +333,8 @@ def review_study(request: Request, study_id: uuid.UUID, body: ReviewRequest) -> 
     classes = list(request.app.state.predictor.class_names)
     label = body.label.strip()
     if label not in classes:
-        raise HTTPException(422, detail=f"label {body.label!r} is not one of the model's classes: {', '.join(classes)}")
+        raise HTTPException(422, detail=f"label '{excerpt(body.label)}' is not one of the model's classes: "
+                                        f"{', '.join(classes)}")
     note = (body.note or "").strip() or None
     with _store(request).session() as s:
         review = repository.add_review(s, study_id, label=label, note=note, reviewer=request.state.actor)

@@ -5,14 +5,35 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from mediflow.serving.schemas import InputCheckResult, ModelRef, OperatingPoint
+
+
+def storable_text(value: str) -> str:
+    """`value` unchanged when every database can store it; ValueError naming the problem otherwise.
+
+    JSON can carry a lone UTF-16 surrogate (\\ud800), which no UTF-8 encoder accepts, and a NUL
+    (\\u0000), which PostgreSQL text columns refuse.
+    """
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (U+0000), which the study store cannot keep")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a lone surrogate (U+{ord(value[exc.start]):04X}): not valid Unicode text") from None
+    return value
 
 
 class ReviewRequest(BaseModel):
     label: str = Field(description="the radiologist's read: one of the model's class names, e.g. NORMAL")
     note: str | None = Field(default=None, max_length=2000)
+
+    # Before pydantic's own str check, which refuses a surrogate without saying what it is.
+    @field_validator("label", "note", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable_text(value) if isinstance(value, str) else value
 
 
 class ReviewOut(BaseModel):
@@ -47,6 +68,9 @@ class StudySummary(BaseModel):
     modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
     pacs_delivery: str | None = Field(default=None, description="studies from the DICOM node: sent (the SR is in "
                                       "the PACS), waiting (queued while the PACS is unreachable) or failed")
+    duplicate_of: uuid.UUID | None = Field(default=None, description="the first study of the same image (identical "
+                                           "bytes, by SHA-256) when this upload repeats it; null for a first upload")
+    same_image_uploads: int = Field(default=1, description="studies of this same image, this one included")
 
 
 class StudyList(BaseModel):

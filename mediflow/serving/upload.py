@@ -65,7 +65,11 @@ async def read_file_field(request: Request, field: str, limit: int, timeout_s: f
         raise HTTPException(400, detail="malformed multipart body: no boundary in the Content-Type header")
 
     state = _FieldCollector(field.encode(), limit)
-    parser = MultipartParser(boundary, state.callbacks())
+    try:
+        parser = MultipartParser(boundary, state.callbacks())
+    except FormParserError:  # python-multipart refuses boundaries longer than 256 bytes
+        raise HTTPException(400, detail="malformed multipart body: the boundary in the Content-Type header is "
+                                        "too long (RFC 2046 allows 70 characters)") from None
     try:
         # A slow client holds its buffer and one of the server's upload slots (limits.py) while it
         # sends, so the whole body has a deadline, not just each chunk.

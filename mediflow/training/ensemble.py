@@ -18,7 +18,7 @@ from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_f
 from mediflow.decision import choose_threshold, positive_index, softmax
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.metrics import compute_metrics
-from mediflow.training.site_calibration import fit_operating_point, samples_logits
+from mediflow.training.site_calibration import fit_operating_point, mark_calibrated, samples_logits
 
 log = logging.getLogger("mediflow.ensemble")
 
@@ -40,9 +40,11 @@ def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.n
     return samples_logits(ckpt, val), np.asarray(val.labels)
 
 
-def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97) -> dict:
+def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sensitivity: float = 0.97,
+                site: str | None = None) -> dict:
     """Refit calibration and threshold of a trained model on its own validation split (e.g. for
-    another sensitivity floor) without retraining."""
+    another sensitivity floor) without retraining; a new version and its lineage (mark_calibrated;
+    `site`: default the data folder's name)."""
     ckpt = load_checkpoint(path)
     names = ckpt["class_names"]
     logits, labels = val_logits(ckpt, data)
@@ -54,6 +56,7 @@ def recalibrate(path: str | Path, data: str | Path, out: str | Path, *, min_sens
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
                                f"validation sensitivity >= {min_sensitivity}")
     ckpt.setdefault("train_config", {})["min_sensitivity"] = min_sensitivity
+    mark_calibrated(ckpt, path, site or Path(data).resolve().name)
     save_checkpoint(ckpt, out)
     log.info("recalibrated %s: T %.3f bias %s thr %.4f | val AUC %.4f bal acc %.4f sens %.4f spec %.4f -> %s",
              path, temperature, [round(b, 3) for b in bias], threshold or float("nan"), metrics["auc"],

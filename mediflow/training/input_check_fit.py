@@ -392,7 +392,8 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
     adult_small = extract_variant_features(predictor, adult_fit, "small", fc)
     ped_acquired = extract_acquired_features(predictor, ped_paths, fc, seed=seed)
     outliers, outlier_groups = extract_outlier_features(predictor, fc)
-    meta = {"model_sha256": predictor.info.sha256, "model_architecture": predictor.info.architecture,
+    meta = {"model_sha256": predictor.info.sha256, "weights_sha256": predictor.info.weights_sha256,
+            "model_architecture": predictor.info.architecture,
             "pediatric_source": f"{len(ped_paths)} films of the training part of the checkpoint's split of {data} "
                                 f"(seed {seed})",
             "adult_source": f"{len(adult_fit)} films of the fit half (by patient, seed {seed}) of {adult_dir}, age >= 18",

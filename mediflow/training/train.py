@@ -277,9 +277,12 @@ class Trainer:
         }
         if self.main:
             save_checkpoint(ckpt, cfg.out)
-            log.info("saved %s (epoch %d, val AUC %.4f, balanced acc %.4f, sens %.4f, spec %.4f, T=%.3f, thr=%.4f) in %.0fs",
-                     cfg.out, best["epoch"], metrics["auc"], metrics["balanced_accuracy"], metrics.get("sensitivity", float("nan")),
-                     metrics.get("specificity", float("nan")), temperature, threshold or float("nan"), wall)
+            # The same metric names as the epoch lines, each naming the operating point it is measured at.
+            point = (f"at the operating point, calibrated P({class_names[pos]}) >= {threshold:.4f} (T {temperature:.3f})"
+                     if pos is not None and threshold is not None else "at the highest score")
+            log.info("saved %s: epoch %d  val AUC %.4f  val balanced acc %.4f  val sensitivity %.4f  val specificity "
+                     "%.4f (%s) in %.0fs", cfg.out, best["epoch"], metrics["auc"], metrics["balanced_accuracy"],
+                     metrics.get("sensitivity", float("nan")), metrics.get("specificity", float("nan")), point, wall)
         D.barrier()
         D.shutdown()
         return ckpt
@@ -293,8 +296,9 @@ class Trainer:
         history.append({"epoch": epoch, "train_loss": round(loss, 5), "val_auc": m["auc"],
                         "val_balanced_accuracy": m["balanced_accuracy"]})
         if self.main:
-            log.info("epoch %d/%d  loss %.4f  val AUC %.4f  balanced acc %.4f", epoch, self.cfg.epochs, loss,
-                     m["auc"], m["balanced_accuracy"])
+            log.info("epoch %d/%d  loss %.4f  val AUC %.4f  val balanced acc %.4f (at uncalibrated P = 0.5; the saved "
+                     "model's is at its fitted operating point)", epoch, self.cfg.epochs, loss, m["auc"],
+                     m["balanced_accuracy"])
         if best is None or self.cfg.select == "last" or score > best["score"]:
             best = {"score": score, "epoch": epoch, "val_logits": logits, "val_labels": y,
                     "state_dict": copy.deepcopy(model.state_dict())}

@@ -143,7 +143,8 @@ export function AnalyseView() {
               inputCheck={current.result.input_check}
               meta={`${current.file.name} · model ${current.result.model.architecture} ${current.result.model.version}` +
                     ` · ${Math.round(current.result.inference_ms)} ms on the server` +
-                    (current.result.study_id ? " · saved to the worklist" : "")} />
+                    (current.result.study_id ? " · saved to the worklist" : "") +
+                    (current.result.duplicate_of ? ` · the same image as study ${current.result.duplicate_of.slice(0, 8)}…, uploaded before` : "")} />
             <ImageViewer src={current.imageUrl ?? null} alt={`Chest X-ray ${current.file.name}`}
                          heatmap={current.result.heatmap ? { src: current.result.heatmap,
                                                              className: current.result.heatmap_class ?? current.result.prediction } : null}

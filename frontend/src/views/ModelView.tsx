@@ -58,19 +58,76 @@ function Card({ card }: { card: ModelCard }) {
         <div><dt>Review suggested below</dt><dd>{percent(card.review_below_confidence)} confidence</dd></div>
         <div><dt>Training data</dt><dd>{card.training_data}</dd></div>
       </dl>
+      {card.input_check && !card.input_check.feature_checks && (
+        <p className="callout callout-warning" role="alert" data-testid="input-check-missing">
+          The input check runs without its feature statistics: {card.input_check.problem}
+        </p>
+      )}
+      <OperatingPointInForce card={card} />
       {Object.keys(v).length > 0 && (
         <>
-          <h3>Validation metrics recorded at training</h3>
-          <table className="table table-narrow">
-            <tbody>
-              {Object.entries(v).map(([k, val]) => (
-                <tr key={k}><th scope="row">{k.replace(/_/g, " ")}</th><td>{k === "n" ? val : fmt(val)}</td></tr>
-              ))}
-            </tbody>
-          </table>
+          <h3>Figures: training validation{card.site_calibration ? " and site calibration" : ""}</h3>
+          <MetricsTable training={v} site={card.site_calibration} />
         </>
       )}
     </div>
+  );
+}
+
+/** The operating point the server applies now, and where it was fitted (site calibration or training). */
+function OperatingPointInForce({ card }: { card: ModelCard }) {
+  const site = card.site_calibration;
+  const lineage = card.calibration;
+  return (
+    <div data-testid="operating-point">
+      <h3>Operating point in force</h3>
+      <p>
+        {card.threshold === null ? "The model calls the class with the highest score."
+          : `${card.positive_class ?? "The positive class"} is called at calibrated probability ${fmt(card.threshold, 4)} or above`}
+        {card.threshold !== null && (site
+          ? `, fitted on ${site.n} labelled films of ${lineage ? `the site “${lineage.site}”` : "the site"}` +
+            (site.min_sensitivity !== undefined ? ` to keep sensitivity ≥ ${site.min_sensitivity}` : "") + "."
+          : ", fitted on the training validation split.")}
+      </p>
+      {lineage && (
+        <dl className="facts" data-testid="calibration-lineage">
+          <div><dt>Calibrated at</dt><dd>{lineage.site}</dd></div>
+          <div><dt>Calibrated on</dt><dd>{lineage.date}</dd></div>
+          <div><dt>Base model</dt><dd><span className="mono">{lineage.base_model_sha256.slice(0, 16)}…</span> (version {lineage.base_version})</dd></div>
+          <div><dt>Weights</dt><dd>unchanged (<span className="mono">{lineage.weights_sha256.slice(0, 16)}…</span>)</dd></div>
+        </dl>
+      )}
+    </div>
+  );
+}
+
+const METRIC_ROWS = ["n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"];
+
+function MetricsTable({ training, site }: { training: Record<string, number>; site: ModelCard["site_calibration"] }) {
+  const siteValue = (k: string): string => {
+    if (!site) return "";
+    if (k === "n") return String(site.n);
+    return fmt(site.metrics?.[k]);
+  };
+  const rows = METRIC_ROWS.filter((k) => k in training || (site && (k === "n" || site.metrics?.[k] !== undefined)));
+  return (
+    <>
+      <table className="table table-narrow" data-testid="metrics-table">
+        <thead><tr><th scope="col">Figure</th><th scope="col">Training validation</th>
+          {site && <th scope="col">Site calibration films</th>}</tr></thead>
+        <tbody>
+          {rows.map((k) => (
+            <tr key={k}><th scope="row">{k.replace(/_/g, " ")}</th>
+              <td>{k === "n" ? (training[k] ?? "—") : fmt(training[k])}</td>
+              {site && <td>{siteValue(k)}</td>}</tr>
+          ))}
+        </tbody>
+      </table>
+      {site && (
+        <p className="hint">Site figures are measured on the films the operating point was fitted on, so they are
+          optimistic.</p>
+      )}
+    </>
   );
 }
 

@@ -2,7 +2,7 @@
 // C confirms the model's call, N/P mark a class), and the study view beside the list.
 import { useCallback, useEffect, useRef, useState } from "react";
 import { ApiError, getJSON, postJSON, request, type ModelCard, type RefusalList, type StudyDetail,
-         type StudyHeatmap, type StudyList } from "../api";
+         type StudyHeatmap, type StudyList, type StudySummary } from "../api";
 import { Finding } from "../components/Finding";
 import { ImageViewer, type HeatmapLayer } from "../components/ImageViewer";
 import { findingText } from "../finding";
@@ -158,7 +158,7 @@ export function WorklistView() {
                 <tr key={s.id} data-id={s.id} tabIndex={i === Math.max(selected, 0) ? 0 : -1}
                     aria-selected={i === selected} onClick={() => select(i)}
                     className={i === selected ? "selected" : undefined}>
-                  <td>{when(s.received_at)}</td>
+                  <td>{when(s.received_at)}<SameImage s={s} /></td>
                   <td><Finding variant="compact" finding={{ prediction: s.prediction, confidence: s.confidence,
                                                             needsReview: s.uncertain }} inputCheck={s.input_check} /></td>
                   <td>{STATE_TEXT[s.review_state] ?? s.review_state}
@@ -273,6 +273,8 @@ function StudyView({ id, classes, keys, onReview, onNote }: StudyProps) {
     ["Patient age", s.patient_age], ["Patient sex", s.patient_sex], ["Study UID", s.study_instance_uid],
     ["Format", s.source_format], ["Model", `${s.model.architecture} ${s.model.version}`],
     ["Image SHA-256", `${s.image_sha256.slice(0, 16)}…`],
+    ["Same image as", s.duplicate_of ? `study ${s.duplicate_of.slice(0, 8)}… (uploaded first)` : null],
+    ["Uploads of this image", (s.same_image_uploads ?? 1) > 1 ? String(s.same_image_uploads) : null],
   ];
   return (
     <div className="study" data-testid="study" data-study-id={s.id}>
@@ -317,5 +319,17 @@ function StudyView({ id, classes, keys, onReview, onNote }: StudyProps) {
         ))}
       </ul>
     </div>
+  );
+}
+
+/** A worklist row's note when the same image (identical bytes) was uploaded more than once. */
+function SameImage({ s }: { s: StudySummary }) {
+  const n = s.same_image_uploads ?? 1;
+  if (n < 2) return null;
+  return (
+    <span className="hint same-image" data-testid="same-image"
+          title={s.duplicate_of ? `The same file as study ${s.duplicate_of}` : `This image was uploaded ${n} times`}>
+      {s.duplicate_of ? ` · repeat of ${s.duplicate_of.slice(0, 8)}…` : ` · uploaded ${n} times`}
+    </span>
   );
 }
