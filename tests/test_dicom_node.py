@@ -230,7 +230,7 @@ def test_node_killed_after_reception_then_restarted_sends_each_sr_once(tools, fi
 
 
 @pytest.mark.realdata
-def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path):
+def test_pacs_down_keeps_results_queued_through_a_restart_until_it_is_back(tools, films, tmp_path):
     node_port = free_port()
     orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node_port, routing=None)
     node = NodeProcess(tmp_path, f"sqlite:///{tmp_path / 'node.db'}", send_to=orthanc.destination,
@@ -245,6 +245,8 @@ def test_pacs_down_keeps_results_queued_until_it_is_back(tools, films, tmp_path)
         assert "no association" in health["oldest_waiting_result"]["last_error"]
         assert "waiting for delivery" in node.log()
         assert [i["pacs_delivery"] for i in worklist(node.database_url)] == ["waiting"]
+        node.kill()  # analysed, not yet sent: the SR must survive in the store
+        node.start()
         orthanc.start()
         study = str(ds.StudyInstanceUID)
         wait_for(lambda: _sr_count(orthanc, study) >= 1, 60, what="the SR once Orthanc is back")
