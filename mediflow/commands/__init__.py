@@ -16,4 +16,5 @@ COMMAND_MODULES = [
     "export",
     "fit_input_check",
     "federated",
+    "dicom_node",
 ]

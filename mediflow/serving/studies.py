@@ -185,7 +185,8 @@ def _summary(study: Study, has_image: bool, same: dict | None = None) -> dict[st
         "prediction": study.prediction, "confidence": study.confidence, "probability": study.priority,
         "uncertain": study.needs_review, "review_state": study.review_state, "review_label": study.review_label,
         "reviewer": study.reviewer, "reviewed_at": study.reviewed_at, "has_image": has_image,
-        "input_check": study.input_check,
+        "input_check": study.input_check, "accession_number": study.accession_number,
+        "study_date": study.study_date, "modality": study.modality,
     }
 
 
@@ -202,6 +203,7 @@ def _operating_point(study: Study) -> dict[str, Any] | None:
 def _detail(session, study: Study) -> dict[str, Any]:
     return {
         **_summary(study, repository.has_image(session, study.id), same_images(session, [study])),
+        "pacs_delivery": repository.pacs_delivery(session, [study.id]).get(study.id),
         "image_sha256": study.image_sha256, "probabilities": study.probabilities, "threshold": study.threshold,
         "operating_point": _operating_point(study),
         "margin": study.margin,
@@ -232,8 +234,10 @@ def list_studies(
     with _store(request).session() as s:
         total, rows = repository.list_studies(s, status=status, sort=sort, limit=limit, offset=offset)
         same = same_images(s, [st for st, _ in rows])
+        delivery = repository.pacs_delivery(s, [st.id for st, _ in rows])
         return {"total": total, "limit": limit, "offset": offset,
-                "items": [StudySummary(**_summary(st, has, same)) for st, has in rows]}
+                "items": [StudySummary(**_summary(st, has, same), pacs_delivery=delivery.get(st.id))
+                          for st, has in rows]}
 
 
 @router.get("/refused", response_model=RefusalList, summary="uploads the input check refused")

@@ -63,6 +63,11 @@ class StudySummary(BaseModel):
     has_image: bool
     input_check: InputCheckResult | None = Field(default=None, description="the input check's verdict (ok or "
                                                  "warning); null for studies saved before the check existed")
+    accession_number: str | None = Field(default=None, description="DICOM studies: to find the study in the PACS")
+    study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
+    modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
+    pacs_delivery: str | None = Field(default=None, description="studies from the DICOM node: sent (the SR is in "
+                                      "the PACS), waiting (queued while the PACS is unreachable) or failed")
     duplicate_of: uuid.UUID | None = Field(default=None, description="the first study of the same image (identical "
                                            "bytes, by SHA-256) when this upload repeats it; null for a first upload")
     same_image_uploads: int = Field(default=1, description="studies of this same image, this one included")

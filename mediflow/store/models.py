@@ -58,6 +58,10 @@ class Study(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     patient_age: Mapped[str | None] = mapped_column(String(16))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
+    # What a reader needs to find a DICOM study in the PACS (None for uploads without them).
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modality: Mapped[str | None] = mapped_column(String(16))
 
     # The model's result, as returned to the caller.
     prediction: Mapped[str] = mapped_column(String(64))
@@ -136,6 +140,62 @@ class RefusedInput(Base):
     # {"status": "rejected", "reasons": [{"code", "message", "severity"}, ...]}
     input_check: Mapped[dict[str, Any]] = mapped_column(JSON)
     model_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class DicomInstance(Base):
+    """An instance received by `mediflow dicom-node`, and the queue of analyses.
+
+    One row per SOP Instance UID, ever: a film the PACS sends again is recognised and adds nothing.
+    `state`: queued -> analysing (leased to one worker) -> analysed | refused | failed. `data` holds
+    the bytes only until the analysis is done; a refused instance never keeps them.
+    """
+
+    __tablename__ = "dicom_instances"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Deferred: a film is megabytes; only the claim that hands it to a worker loads it.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    study_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"))
+
+
+class DicomResult(Base):
+    """A result object (SR or SC) waiting for, or past, delivery to the PACS.
+
+    `state`: pending -> sending (leased) -> sent | failed; a failed delivery goes back to pending
+    with `next_attempt_at` pushed out, so a destination that is down keeps its results queued.
+    """
+
+    __tablename__ = "dicom_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dicom_instances.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEntry(Base):

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from mediflow.store.models import AuditEntry, RefusedInput, Review, Study, StudyImage, utcnow
+from mediflow.store.models import (AuditEntry, DicomInstance, DicomResult, RefusedInput, Review, Study, StudyImage,
+                                  utcnow)
 from mediflow.store.triage import triage_scores
 
 SortKey = Literal["priority", "uncertainty", "received"]
@@ -32,6 +33,9 @@ class SourceInfo:
     sop_instance_uid: str | None = None
     patient_age: str | None = None
     patient_sex: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
 
 
 def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, positive_class: str | None,
@@ -42,6 +46,7 @@ def add_study(session: Session, source: SourceInfo, result: dict[str, Any], *, p
         image_sha256=source.image_sha256, source_format=source.source_format,
         study_instance_uid=source.study_instance_uid, sop_instance_uid=source.sop_instance_uid,
         patient_age=source.patient_age, patient_sex=source.patient_sex,
+        accession_number=source.accession_number, study_date=source.study_date, modality=source.modality,
         prediction=result["prediction"], confidence=float(result["confidence"]),
         probabilities=dict(result["probabilities"]), threshold=result.get("threshold"),
         calibrated_threshold=(result.get("operating_point") or {}).get("calibrated_threshold"),
@@ -156,3 +161,20 @@ def reviewed_studies(session: Session) -> tuple[list[Study], int]:
     ))
     reviewed = session.scalar(select(func.count()).where(Study.review_state != "unreviewed"))
     return with_image, int(reviewed or 0) - len(with_image)
+
+
+def pacs_delivery(session: Session, study_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """For studies the DICOM node analysed: 'sent' when every result object reached the PACS,
+    'failed' when the PACS refused one for good, else 'waiting'. Other studies are absent."""
+    if not study_ids:
+        return {}
+    rows = session.execute(select(DicomInstance.study_id, DicomResult.state)
+                           .join(DicomResult, DicomResult.instance_id == DicomInstance.id)
+                           .where(DicomInstance.study_id.in_(study_ids)))
+    out: dict[uuid.UUID, str] = {}
+    rank = {"sent": 0, "waiting": 1, "failed": 2}
+    for study_id, state in rows:
+        label = state if state in ("sent", "failed") else "waiting"
+        if rank[label] >= rank.get(out.get(study_id, "sent"), 0):
+            out[study_id] = label
+    return out

@@ -1,0 +1,233 @@
+"""The DICOM node under load: chest films sent by parallel storescu runs, through a real Orthanc.
+
+Run: PYTHONPATH=. python benchmarks/dicom_node.py [--n 200] [--lanes 4]
+     [--postgres postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres]
+
+Three runs on the same N films (pediatric films of ../shared/data wrapped into CR instances, see
+--films), each with a fresh Orthanc and a fresh study store:
+1. through Orthanc: LANES storescu runs (one association per film) store into Orthanc, whose Lua
+   OnStableStudy rule routes each study to one node process (SQLite store); the SRs come back.
+2. straight to the node, PostgreSQL store, one node process: LANES storescu runs; the node answers
+   while it analyses.
+3. as 2, with a second, worker-only node process (--no-listen) on the same PostgreSQL queue.
+Then `mediflow analyze`'s code path (analyze_folder, the model loaded once) on the same .dcm files.
+Reception -> SR stored: the node's received_at to the SR's C-STORE success (sent_at). Node
+throughput: films / (first reception .. last SR stored). Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from dicom_node_process import NodeProcess, PostgresDatabase, film_dataset, write  # noqa: E402
+from orthanc_process import OrthancProcess, free_port  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+FILM_SETS = {
+    # Full-resolution pediatric films (32 distinct images, reused with new UIDs up to --n): what a
+    # modality sends, so decoding weighs as it does in a hospital.
+    "fullres": DATA / "fullres_samples",
+    # 224 px copies (hundreds of distinct films): decoding costs almost nothing.
+    "224": DATA / "chest_xray224" / "test_dev",
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def send_lanes(port: int, aec: str, files: list[Path], lanes: int) -> tuple[list[float], int]:
+    """`lanes` threads, each running storescu once per film; (seconds per call, failed calls)."""
+    times: list[float] = []
+    failed = [0]
+    lock = threading.Lock()
+
+    def lane(chunk: list[Path]) -> None:
+        for f in chunk:
+            t0 = time.perf_counter()
+            rc = subprocess.run(["storescu", "-aet", "TESTPACS", "-aec", aec, "127.0.0.1", str(port), str(f)],
+                                capture_output=True).returncode
+            with lock:
+                times.append(time.perf_counter() - t0)
+                failed[0] += rc != 0
+
+    threads = [threading.Thread(target=lane, args=(files[i::lanes],)) for i in range(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, failed[0]
+
+
+def sr_timings(database_url: str) -> tuple[list[float], float, int]:
+    """(reception -> SR stored seconds per film, node throughput films/s, SRs sent)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT i.received_at, r.sent_at FROM dicom_instances i JOIN dicom_results r ON r.instance_id = i.id "
+            "WHERE r.kind = 'sr' AND r.state = 'sent'")).all()
+    engine.dispose()
+
+    def ts(value):
+        from datetime import datetime, timezone
+
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+    pairs = [(ts(a), ts(b)) for a, b in rows]
+    if not pairs:
+        return [], 0.0, 0
+    latencies = [(b - a).total_seconds() for a, b in pairs]
+    span = (max(b for _, b in pairs) - min(a for a, _ in pairs)).total_seconds()
+    return latencies, len(pairs) / span, len(pairs)
+
+
+def drain_rate(database_url: str) -> float:
+    """Films per second from the first analysis finished to the last SR stored (the queue was full)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        first, last, n = conn.execute(text(
+            "SELECT min(i.finished_at), max(r.sent_at), count(*) FROM dicom_instances i "
+            "JOIN dicom_results r ON r.instance_id = i.id WHERE r.kind = 'sr' AND r.state = 'sent'")).one()
+    engine.dispose()
+    return (n - 1) / (last - first).total_seconds()
+
+
+def wait_sent(database_url: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sr_timings(database_url)[2] >= n:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"not all {n} SRs were sent within {timeout:.0f} s")
+
+
+def orthanc_sr_count(orthanc: OrthancProcess) -> int:
+    return len(orthanc.post("/tools/find", json={"Level": "Instance", "Query": {"Modality": "SR"}}).json())
+
+
+def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], timeout: float = 1800) -> dict:
+    """Modality -> Orthanc -> (Lua routing) -> node -> SR -> Orthanc, one node process on SQLite."""
+    url = f"sqlite:///{work / 'node.db'}"
+    node_port = free_port()
+    orthanc = OrthancProcess(work / "orthanc-routed", node_port=node_port).start()
+    node = NodeProcess(work, url, send_to=orthanc.destination, port=node_port, name="routed", extra=node_args)
+    try:
+        node.start()
+        times, failed = send_lanes(orthanc.dicom_port, orthanc.aet, files, lanes)
+        wait_sent(url, len(files), timeout)
+        time.sleep(6)  # the routing loop brings the results back to the node: they must add nothing
+        latencies, throughput, _ = sr_timings(url)
+        return {"answered": len(times) - failed, "store_p95": pct(times, 95), "srs": orthanc_sr_count(orthanc),
+                "lat_p50": pct(latencies, 50), "lat_p95": pct(latencies, 95), "throughput": throughput}
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def run_drain(work: Path, files: list[Path], lanes: int, database_url: str, processes: int, node_args: list[str],
+              timeout: float = 1800) -> dict:
+    """A receiving node with no analysis thread takes every film first (PostgreSQL queue); then
+    `processes` worker-only node processes drain the queue and deliver the SRs."""
+    node_port = free_port()
+    orthanc = OrthancProcess(work / f"orthanc-drain{processes}", node_port=node_port, routing=None).start()
+    receiver = NodeProcess(work, database_url, send_to=orthanc.destination, port=node_port,
+                           name=f"receiver{processes}", extra=["--workers", "0"])
+    workers = [NodeProcess(work, database_url, send_to=orthanc.destination, listen=False,
+                           name=f"worker{processes}-{i}", extra=node_args) for i in range(processes)]
+    try:
+        receiver.start()
+        times, failed = send_lanes(node_port, "MEDIFLOW", files, lanes)
+        for w in workers:
+            w.start()
+        wait_sent(database_url, len(files), timeout)
+        return {"answered": len(times) - failed, "store_p95": pct(times, 95), "srs": orthanc_sr_count(orthanc),
+                "rate": drain_rate(database_url)}
+    finally:
+        for p in (receiver, *workers):
+            p.stop()
+        orthanc.stop()
+
+
+def analyze_throughput(folder: Path) -> float:
+    from mediflow.inference.folder import analyze_folder
+    from mediflow.inference.predictor import Predictor
+
+    predictor = Predictor.load()
+    out = folder.parent / "analyze.csv"
+    t0 = time.perf_counter()
+    summary = analyze_folder(predictor, folder, out, progress=False)
+    return summary.analysed / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--lanes", type=int, default=4)
+    ap.add_argument("--postgres", default=os.environ.get(
+        "MEDIFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres"))
+    ap.add_argument("--films", choices=sorted(FILM_SETS), default="fullres")
+    ap.add_argument("--node-workers", type=int, default=2, help="analysis threads per node process (--workers)")
+    args = ap.parse_args()
+    folder_in = FILM_SETS[args.films]
+    distinct = sorted(folder_in.glob("*/*.jpeg"))
+    if not distinct:
+        print(f"no films under {folder_in}", file=sys.stderr)
+        return 1
+    sources = [distinct[i % len(distinct)] for i in range(args.n)]
+    node_args = ["--workers", str(args.node_workers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = work / "films"
+        folder.mkdir()
+        files = [write(film_dataset(src), folder / f"{i:04d}.dcm") for i, src in enumerate(sources)]
+        routed = run_routed(work, files, args.lanes, node_args)
+        drains = {}
+        print(f"routed: {routed}", file=sys.stderr, flush=True)
+        for processes in (1, 2):
+            with PostgresDatabase(args.postgres) as url:
+                drains[processes] = run_drain(work, files, args.lanes, url, processes, node_args)
+            print(f"drained by {processes}: {drains[processes]}", file=sys.stderr, flush=True)
+        analyze = analyze_throughput(folder)
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
+    n = args.n
+    print(f"\n{n} CR chest films ({args.films}: {len(distinct)} distinct images, each sent with its own UIDs), "
+          f"{args.lanes} parallel storescu lanes (one association per film); {os.cpu_count()} CPUs ({model}); "
+          f"bundled model; {args.node_workers} analysis thread(s) per node process")
+    print("| run | C-STOREs answered | storescu p95 s | SRs in Orthanc | reception->SR p50 s | p95 s | films/s "
+          "| vs analyze |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| modality -> Orthanc -> routed to 1 node (SQLite), end to end | {routed['answered']}/{n} "
+          f"| {routed['store_p95']:.3f} | {routed['srs']} | {routed['lat_p50']:.2f} | {routed['lat_p95']:.2f} "
+          f"| {routed['throughput']:.1f} | {routed['throughput'] / analyze:.2f} |")
+    for processes, d in drains.items():
+        print(f"| straight to the node, queue drained by {processes} worker process(es) (PostgreSQL) "
+              f"| {d['answered']}/{n} | {d['store_p95']:.3f} | {d['srs']} | | | {d['rate']:.1f} "
+              f"| {d['rate'] / analyze:.2f} |")
+    print(f"| `mediflow analyze` (batch 16, 2 decode threads) on the same .dcm files | | | | | "
+          f"| {analyze:.1f} | 1.00 |")
+    print(f"\n2 worker processes vs 1 on one PostgreSQL queue: {drains[2]['rate'] / drains[1]['rate']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
