@@ -1,4 +1,4 @@
-"""Class-folder datasets: scanning, validation, patient-grouped splits and a torch Dataset."""
+"""Class-folder datasets: scanning, validation, patient-grouped splits and a map-style dataset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from mediflow.data.images import load_image
 from mediflow.errors import DatasetError, ImageDecodeError
@@ -190,8 +189,10 @@ def grouped_split(samples: Samples, *, val_fraction: float = 0.2, seed: int = 0)
     return samples.subset(sorted(order[train_idx])), samples.subset(sorted(order[val_idx]))
 
 
-class ImageFolderDataset(Dataset):
-    """Samples + a transform -> (tensor, label)."""
+class ImageFolderDataset:
+    """Samples + a transform -> (tensor, label): a map-style dataset for torch's DataLoader, which
+    needs only `__len__` and `__getitem__` (so this module imports no torch: `mediflow analyze`
+    and the server read IMAGE_SUFFIXES and the samples from here)."""
 
     def __init__(self, samples: Samples, transform: Callable, *, draft_size: int | None = None):
         self.samples = samples
