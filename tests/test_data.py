@@ -5,10 +5,9 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg_bytes, jpeg_declaring, make_dataset, png_bytes, png_declaring, xray_like
-from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders, serving_pixels
+from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, ImageTooLargeError
-from mediflow.preprocessing import PreprocessConfig, eval_array, normalize_pixels
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -158,22 +157,3 @@ def test_real_data_split_has_no_patient_overlap(real_data: Path):
     assert not {patient_id(p.name) for p in train.paths} & {patient_id(p.name) for p in val.paths}
     frac = np.mean(np.asarray(val.labels) == 1)
     assert 0.68 < frac < 0.80  # class balance preserved (74% PNEUMONIA overall)
-
-
-def test_serving_pixels_are_the_servers_model_input_in_order(tmp_path: Path):
-    """What export-time calibration and int8 distillation feed the model: the server's decode
-    (JPEG draft decode) and preprocessing, file by file, in the given order."""
-    prep = PreprocessConfig(image_size=64, framing="trim", intensity="equalize")
-    paths = []
-    for i, size in enumerate((64, 96, 700, 300)):  # 700 px: decoded at a reduced scale, as uploads are
-        p = tmp_path / f"film{i}.jpeg"
-        p.write_bytes(jpeg_bytes(xray_like(i % 2, i, size)))
-        paths.append(p)
-    pixels = serving_pixels(paths, prep)
-    assert pixels.shape == (4, 64, 64, 3) and pixels.dtype == np.uint8
-    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True), prep) for p in paths])
-    assert np.array_equal(normalize_pixels(pixels, prep), served)
-    assert np.array_equal(serving_pixels(paths[::-1], prep), pixels[::-1])
-    (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
-    with pytest.raises(ImageDecodeError, match="broken.jpeg"):
-        serving_pixels([paths[0], tmp_path / "broken.jpeg"], prep)

@@ -24,7 +24,7 @@ from mediflow.data.images import decode_image, load_image
 from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.inference.backends import GuardedInt8Backend, OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
-from mediflow.inference.graph import build_graph
+from mediflow.models.graph import build_graph
 from mediflow.inference.heatmap import OVERLAY_SIZE
 from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
 from mediflow.inference.predictor import Predictor

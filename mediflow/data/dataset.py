@@ -14,7 +14,6 @@ import numpy as np
 
 from mediflow.data.images import load_image
 from mediflow.errors import DatasetError, ImageDecodeError
-from mediflow.preprocessing import PreprocessConfig, harmonize
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +119,6 @@ def check_images(samples: Samples, *, skip_bad: bool, workers: int = 4) -> Sampl
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:[A-Za-z0-9]+-)?IM-\d+)-\d+", re.IGNORECASE)
-
-
-def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int = 2) -> np.ndarray:
-    """(N, S, S, 3) uint8, S = prep.image_size: each file decoded the way the server decodes uploads
-    (JPEG reduced in the DCT domain to about S, see images.decode_image) and harmonised
-    (preprocessing.harmonize), in the order of `paths`; the model's input once normalised
-    (preprocessing.normalize_pixels). `workers`: decoding threads. Raises ImageDecodeError for a file
-    that cannot be read or decoded."""
-    def one(path: Path) -> np.ndarray:
-        return np.asarray(harmonize(load_image(path, draft_size=prep.image_size), prep))
-
-    with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(one, paths)))
 
 
 def patient_id(filename: str) -> str:
