@@ -36,6 +36,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# The fit needs the train extra (scikit-learn for its classifiers, torch for the acquisition
+# augmentation, matplotlib for the generated outliers). Imported here, unused at module level, so that
+# on the core install `mediflow fit-input-check` stops at once naming the extra (mediflow/cli.py),
+# not after minutes of feature extraction.
+import matplotlib  # noqa: F401
+import sklearn  # noqa: F401
+import torch  # noqa: F401
+
 from mediflow.checkpoint import utc_now
 from mediflow.data.splits import checkpoint_split
 from mediflow.errors import DatasetError
