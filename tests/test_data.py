@@ -157,3 +157,22 @@ def test_real_data_split_has_no_patient_overlap(real_data: Path):
     assert not {patient_id(p.name) for p in train.paths} & {patient_id(p.name) for p in val.paths}
     frac = np.mean(np.asarray(val.labels) == 1)
     assert 0.68 < frac < 0.80  # class balance preserved (74% PNEUMONIA overall)
+
+
+def test_a_checkpoints_split_is_the_one_it_trained_on(tmp_path: Path):
+    """Training and everything that later rebuilds its split (int8 calibration, the input check's
+    bank, ensembles) share data.splits: extra data and subsampling included."""
+    from mediflow.data.splits import checkpoint_split
+    from mediflow.training.config import TrainConfig
+    from mediflow.training.train import load_splits
+
+    data = make_dataset(tmp_path / "data", n_per_class=10)
+    extra = make_dataset(tmp_path / "extra", n_per_class=3) / "train"
+    for cfg in (TrainConfig(data=str(data), val_fraction=0.25, seed=3),
+                TrainConfig(data=str(data), val_fraction=0.25, seed=3, extra_data=[str(extra)], max_train_samples=14),
+                TrainConfig(data=str(data), val_dir=str(data / "val"), seed=1)):
+        train, val = load_splits(cfg)
+        rebuilt = checkpoint_split({"train_config": cfg.to_dict(), "seed": cfg.seed}, data)
+        assert [(s.paths, s.labels) for s in rebuilt] == [(train.paths, train.labels), (val.paths, val.labels)]
+    assert len(train) == 20 and len(val) == 8
+    assert any(p.is_relative_to(extra) for p in load_splits(TrainConfig(data=str(data), extra_data=[str(extra)]))[0].paths)
