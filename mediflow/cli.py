@@ -36,9 +36,16 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     return EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
 
 
-def _missing_extra_line(command: str, exc: ModuleNotFoundError, extra: str) -> str:
+def _missing_extra_exit(command: str, exc: ModuleNotFoundError) -> int:
+    """Print the one line naming the extra that `exc`'s module comes with; re-raise `exc` when it
+    comes with none."""
+    extra = missing_extra(exc)
+    if extra is None:
+        raise exc
     who = f"mediflow {command}" if command else "mediflow"
-    return f"{who} needs the {extra} extra ({exc.name} is not installed): pip install 'mediflow[{extra}]'"
+    print(f"{who} needs the {extra} extra ({exc.name} is not installed): pip install 'mediflow[{extra}]'",
+          file=sys.stderr)
+    return MISSING_EXTRA_EXIT
 
 
 def _command_in(argv: list[str]) -> str:
@@ -64,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # Parsing can import an extra's package too (`train --arch` reads the architecture registry).
         args = parser.parse_args(argv)
     except ModuleNotFoundError as exc:
-        extra = missing_extra(exc)
-        if extra is None:
-            raise
-        command = _command_in(sys.argv[1:] if argv is None else argv)
-        print(_missing_extra_line(command, exc, extra), file=sys.stderr)
-        return MISSING_EXTRA_EXIT
+        return _missing_extra_exit(_command_in(sys.argv[1:] if argv is None else argv), exc)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.INFO if rank == "0" else logging.WARNING),
@@ -85,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mediflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        extra = missing_extra(exc)
-        if extra is None:
-            raise
-        print(_missing_extra_line(args.command, exc, extra), file=sys.stderr)
-        return MISSING_EXTRA_EXIT
+        return _missing_extra_exit(args.command, exc)
     except KeyboardInterrupt:
         print(f"mediflow {args.command}: interrupted", file=sys.stderr)
         return 130
