@@ -24,10 +24,10 @@ from mediflow.data.images import decode_image, load_image
 from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.inference.backends import GuardedInt8Backend, OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
-from mediflow.models.graph import build_graph
 from mediflow.inference.heatmap import OVERLAY_SIZE
 from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
 from mediflow.inference.predictor import Predictor
+from mediflow.models.graph import build_graph
 from mediflow.serving.app import create_app
 from mediflow.serving.settings import Settings
 

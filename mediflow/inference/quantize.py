@@ -15,15 +15,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from mediflow.checkpoint import checkpoint_preprocessing, plain
-from mediflow.data.dataset import scan_class_folders
+from mediflow.data.dataset import Samples, scan_class_folders
+from mediflow.data.images import load_image
 from mediflow.data.splits import checkpoint_split
 from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend, probe_batch
 from mediflow.inference.batch import prefetched_batches
-from mediflow.models.graph import INPUT_NAME
 from mediflow.inference.onnx_export import atomic_save, quiet, set_metadata
 from mediflow.inference.predictor import INT8_MAX_AUC_DROP, INT8_MIN_AGREEMENT, Predictor
-from mediflow.data.images import load_image
+from mediflow.models.graph import INPUT_NAME
 from mediflow.preprocessing import PreprocessConfig, harmonize, normalize_pixels
 
 QUANT_METHOD = ("onnxruntime static QDQ: int8 per-channel weights (full range), uint8 activations, "
@@ -129,7 +129,7 @@ def onnx_logits(model: Path, films: Samples, *, progress: bool = False) -> tuple
     return predictor, np.concatenate(chunks), labels
 
 
-# refine(fp32 export, its post-training int8 model, training film paths, scratch folder) ->
+# refine(fp32 export, its post-training int8 model, the training films' serving_pixels, scratch folder) ->
 # (an fp32 ONNX of the same graph with weights to quantize instead, activation scales to use, a report);
 # training/quantization_aware.py's `int8_refiner` (inference does not import training).
 Refiner = Callable[[Path, Path, np.ndarray, Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
