@@ -1,5 +1,7 @@
-# `make run`: set up .venv and serve the bundled model on http://127.0.0.1:8000 (`make run PORT=8080 HOST=...` for another)
-# `make test`: set up .venv and run the test suite
+# `make run`: set up .venv with the core install (ONNX Runtime, no torch) and serve the bundled model on
+#             http://127.0.0.1:8000
+#             (`make run PORT=8080 HOST=...` for another address)
+# `make test`: set up .venv with every extra and the test tools, and run the test suite
 # `make fuzz`: fuzz the upload decoder for longer than the test suite does (random seeds, 5,000 examples a test)
 # `make frontend`: rebuild the web app (frontend/, React + Vite) into mediflow/serving/static (needs Node 20.19+ and npm;
 #                  `make run` does not: the built app ships in the package)
@@ -15,23 +17,31 @@ DATA ?= ../shared/data/chest_xray224
 
 .PHONY: run test setup clean onnx frontend fuzz
 
-$(VENV)/.installed: pyproject.toml
+# One venv, two stamps: `make run` installs the core only; `make test` (or any target that trains or
+# exports) adds every extra, also after a `make run` made the venv. The full install holds the core.
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+
+$(VENV)/.installed-core: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
 
-setup: $(VENV)/.installed
+$(VENV)/.installed-all: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-core
 
-run: $(VENV)/.installed
+setup: $(VENV)/.installed-all
+
+run: $(VENV)/.installed-core
 	$(VENV)/bin/mediflow serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-all
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-fuzz: $(VENV)/.installed
+fuzz: $(VENV)/.installed-all
 	MEDIFLOW_FUZZ_PROFILE=long $(PY) -m pytest -q tests/test_fuzz_decode.py $(PYTEST_ARGS)
 
-onnx: $(VENV)/.installed
+onnx: $(VENV)/.installed-all
 	$(VENV)/bin/mediflow export --model $(BUNDLED).pth --onnx $(BUNDLED).onnx $(if $(wildcard $(DATA)),--int8 --data $(DATA))
 
 frontend:

@@ -26,7 +26,7 @@ from generalization import (DATA, auc_ci_bootstrap, load_and_score, machine_desc
 from mediflow.data.dataset import scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.invariance import original_copy_pairs
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.inference.predictor import BACKENDS, Predictor
 
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dicom_factory import image_dataset, to_bytes  # noqa: E402
-
-from mediflow.data.images import decode_image  # noqa: E402
+from mediflow.data.images import decode_image
+from mediflow.evaluation.invariance import dicom_file_bytes, dx_dataset
 
 
 def film(size: int) -> np.ndarray:
@@ -50,15 +46,15 @@ def main() -> None:
     buf = io.BytesIO()
     Image.fromarray((arr >> 4).astype(np.uint8)).save(buf, format="JPEG", quality=90)
     cases = {"JPEG (8-bit, q90)": buf.getvalue(),
-             "DICOM uncompressed 12-bit": to_bytes(image_dataset(arr, bits_stored=12, window=(2048, 4096)))}
+             "DICOM uncompressed 12-bit": dicom_file_bytes(dx_dataset(arr, bits_stored=12, window=(2048, 4096)))}
     from pydicom.pixels import get_encoder
     from pydicom.uid import JPEG2000Lossless, RLELossless
 
     for label, uid in (("DICOM RLE lossless", RLELossless), ("DICOM JPEG 2000 lossless", JPEG2000Lossless)):
         if get_encoder(uid).is_available:
-            ds = image_dataset(arr, bits_stored=12, window=(2048, 4096))
+            ds = dx_dataset(arr, bits_stored=12, window=(2048, 4096))
             ds.compress(uid)
-            cases[label] = to_bytes(ds)
+            cases[label] = dicom_file_bytes(ds)
     base = None
     print(f"{args.size}x{args.size} film, median of {args.repeat} decodes to 8-bit RGB")
     print(f"{'input':28} {'bytes':>12} {'ms':>9} {'x JPEG':>7}")

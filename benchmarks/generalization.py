@@ -42,7 +42,7 @@ from mediflow.data.dataset import Samples, grouped_split, scan_class_folders
 from mediflow.data.images import decode_image
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.invariance import ORIGINAL_FORMS, VARIANTS, EncodedVariant, FilmPair, original_copy_pairs
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.inference.predictor import BACKENDS, Predictor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray224"

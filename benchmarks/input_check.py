@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from mediflow.data.input_corpus import (corpus, natural_images, pydicom_test_files, scikit_image_lfw,
                                              scikit_image_samples)
     from mediflow.inference.backends import serving_threads
-    from mediflow.training.input_check_fit import FeatureCache, adult_halves, pediatric_paths
+    from mediflow.inference.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 
     predictor = Predictor.load(args.model, threads=serving_threads(), serving=True)
     if not predictor.input_check.uses_features:

@@ -22,7 +22,7 @@ from generalization import machine_description  # benchmarks/ is on sys.path whe
 from mediflow.checkpoint import load_checkpoint
 from mediflow.data.dataset import grouped_split, scan_class_folders
 from mediflow.decision import positive_index, softmax
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.inference.bundled import default_model_path
 from mediflow.training.site_calibration import fit_operating_point, samples_logits
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
-    import torch
     from torchvision import transforms as T
 
 # torch and torchvision are imported inside the functions that need them: the ONNX serving path
@@ -91,7 +90,6 @@ class AugmentConfig:
     zoom: tuple[float, float] = (1.0, 1.0)
     aspect: tuple[float, float] = (1.0, 1.0)
     gamma: tuple[float, float] = (1.0, 1.0)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def design(cls) -> "AugmentConfig":
@@ -430,18 +428,3 @@ def normalize_pixels(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def _normalize_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     m, sd = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
     return ((1.0 / (255.0 * sd)).astype(np.float32)[:, None, None], (m / sd).astype(np.float32)[:, None, None])
-
-
-def preprocess(image: Image.Image, cfg: PreprocessConfig) -> "torch.Tensor":
-    """One image -> a (1, 3, S, S) batch."""
-    return eval_transform(cfg)(image).unsqueeze(0)
-
-
-def denormalize_to_uint8(batch: "torch.Tensor", cfg: PreprocessConfig) -> np.ndarray:
-    """(3, S, S) normalized tensor -> (S, S, 3) uint8, for overlays and debugging."""
-    import torch
-
-    mean = torch.tensor(cfg.mean).view(3, 1, 1)
-    std = torch.tensor(cfg.std).view(3, 1, 1)
-    img = (batch.detach().cpu() * std + mean).clamp(0, 1)
-    return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

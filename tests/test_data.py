@@ -5,10 +5,9 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg_bytes, jpeg_declaring, make_dataset, png_bytes, png_declaring, xray_like
-from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders, serving_pixels
+from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, ImageTooLargeError
-from mediflow.preprocessing import PreprocessConfig, eval_array, normalize_pixels
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -160,20 +159,20 @@ def test_real_data_split_has_no_patient_overlap(real_data: Path):
     assert 0.68 < frac < 0.80  # class balance preserved (74% PNEUMONIA overall)
 
 
-def test_serving_pixels_are_the_servers_model_input_in_order(tmp_path: Path):
-    """What export-time calibration and int8 distillation feed the model: the server's decode
-    (JPEG draft decode) and preprocessing, file by file, in the given order."""
-    prep = PreprocessConfig(image_size=64, framing="trim", intensity="equalize")
-    paths = []
-    for i, size in enumerate((64, 96, 700, 300)):  # 700 px: decoded at a reduced scale, as uploads are
-        p = tmp_path / f"film{i}.jpeg"
-        p.write_bytes(jpeg_bytes(xray_like(i % 2, i, size)))
-        paths.append(p)
-    pixels = serving_pixels(paths, prep)
-    assert pixels.shape == (4, 64, 64, 3) and pixels.dtype == np.uint8
-    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True), prep) for p in paths])
-    assert np.array_equal(normalize_pixels(pixels, prep), served)
-    assert np.array_equal(serving_pixels(paths[::-1], prep), pixels[::-1])
-    (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
-    with pytest.raises(ImageDecodeError, match="broken.jpeg"):
-        serving_pixels([paths[0], tmp_path / "broken.jpeg"], prep)
+def test_a_checkpoints_split_is_the_one_it_trained_on(tmp_path: Path):
+    """Training and everything that later rebuilds its split (int8 calibration, the input check's
+    bank, ensembles) share data.splits: extra data and subsampling included."""
+    from mediflow.data.splits import checkpoint_split
+    from mediflow.training.config import TrainConfig
+    from mediflow.training.train import load_splits
+
+    data = make_dataset(tmp_path / "data", n_per_class=10)
+    extra = make_dataset(tmp_path / "extra", n_per_class=3) / "train"
+    for cfg in (TrainConfig(data=str(data), val_fraction=0.25, seed=3),
+                TrainConfig(data=str(data), val_fraction=0.25, seed=3, extra_data=[str(extra)], max_train_samples=14),
+                TrainConfig(data=str(data), val_dir=str(data / "val"), seed=1)):
+        train, val = load_splits(cfg)
+        rebuilt = checkpoint_split({"train_config": cfg.to_dict(), "seed": cfg.seed}, data)
+        assert [(s.paths, s.labels) for s in rebuilt] == [(train.paths, train.labels), (val.paths, val.labels)]
+    assert len(train) == 20 and len(val) == 8
+    assert any(p.is_relative_to(extra) for p in load_splits(TrainConfig(data=str(data), extra_data=[str(extra)]))[0].paths)

@@ -1,4 +1,4 @@
-"""The decision rule (mediflow/decision.py) and the metrics (evaluation/metrics.py), against values
+"""The decision rule (mediflow/decision.py) and the metrics (mediflow/metrics.py), against values
 worked out by hand in this file or by scikit-learn, never by the code under test."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from mediflow.decision import (REPORTED_SCALE, DecisionRule, centred, choose_threshold, decide, fit_calibration,
                                positive_index, softmax)
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 
 NAMES = ["NORMAL", "PNEUMONIA"]
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from mediflow.data.dataset import _group_ids, scan_class_folders
 from mediflow.decision import softmax
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.federated.partition import partition
 from mediflow.federated.stats import dp_epsilon, fit_from_histograms, histogram_auc, margin_histograms
 

@@ -245,7 +245,7 @@ def test_bundled_model_gives_no_finding_for_real_dicoms_of_other_modalities(bund
 def test_bundled_model_lets_pediatric_films_through_and_flags_adults(bundled):
     if not (REAL_224.is_dir() and ADULT.is_dir()):
         pytest.skip(f"real data not present at {SHARED_DATA} (a user's clone has no ../shared)")
-    from mediflow.training.input_check_fit import adult_halves
+    from mediflow.inference.input_check_fit import adult_halves
 
     kids = sorted((REAL_224 / "test_dev").rglob("*.jpeg"))[::10]
     kid_checks = [verdict(bundled, p.read_bytes()) for p in kids]
@@ -277,7 +277,7 @@ def synthetic_outliers(n: int, seed: int, dims: int = 160) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def synthetic_stats():
-    from mediflow.training.input_check_fit import fit_stats
+    from mediflow.inference.input_check_fit import fit_stats
 
     outliers = synthetic_outliers(60, 4)
     return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3, meta={"model_sha256": "x"},

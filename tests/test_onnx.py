@@ -24,10 +24,10 @@ from mediflow.data.images import decode_image, load_image
 from mediflow.errors import CheckpointError, MediFlowError
 from mediflow.inference.backends import GuardedInt8Backend, OnnxBackend
 from mediflow.inference.bundled import BUNDLED_MODEL
-from mediflow.inference.graph import build_graph
 from mediflow.inference.heatmap import OVERLAY_SIZE
 from mediflow.inference.onnx_export import MAX_ABS_DIFF, max_abs_diffs
 from mediflow.inference.predictor import Predictor
+from mediflow.models.graph import build_graph
 from mediflow.serving.app import create_app
 from mediflow.serving.settings import Settings
 
@@ -294,7 +294,8 @@ s = Settings(model_path={str(onnx)!r})
 with TestClient(create_app(s, load_predictor(s))) as c:
     r = c.post("/api/vision/analyze?heatmap=true", files={{"file": ("x.jpeg", open(sys.argv[1], "rb").read())}})
     assert r.status_code == 200 and r.json()["heatmap"], r.text
-print(sorted(m for m in ("torch", "torchvision", "sklearn", "scipy") if m in sys.modules))
+print(sorted(m for m in ("torch", "torchvision", "sklearn", "scipy", "matplotlib", "pytorch_grad_cam")
+             if m in sys.modules))
 """
     img = onnx.parent / "probe.jpeg"
     img.write_bytes(jpeg_bytes(xray_like(1, 7, 128)))
@@ -357,6 +358,17 @@ def test_overlay_colours_and_transparency_follow_the_map():
     hot, cold = img[1 * 32 + 16, 5 * 32 + 16], img[200, 20]
     assert hot[3] > 240 and cold[3] == round(MIN_ALPHA * 255)  # opaque where it looked, faint elsewhere
     assert hot[0] > 100 > hot[2] and cold[2] > 100 > cold[0]  # jet: red hot spot, blue background
+
+
+def test_overlay_colours_are_matplotlibs_jet():
+    """The core install draws heatmaps without matplotlib, with the same colours it would give."""
+    import matplotlib
+
+    from mediflow.inference.heatmap import jet_lut
+
+    grey = np.linspace(0.0, 1.0, 256)
+    expected = (matplotlib.colormaps["jet"](grey)[:, :3] * 255).round().astype(np.uint8)
+    assert np.array_equal(jet_lut(), expected)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Quantization-aware distillation for the int8 export (training/quantization_aware.py)."""
+"""Quantization-aware distillation for the int8 export (training/quantization_aware.py) and the
+films it and int8 calibration read (inference/quantize.py's serving_pixels)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import xray_like
+from conftest import jpeg_bytes, xray_like
 from mediflow.checkpoint import checkpoint_members, load_checkpoint
-from mediflow.data.dataset import serving_pixels
 from mediflow.cli import main
+from mediflow.data.images import decode_image
+from mediflow.data.splits import checkpoint_split
+from mediflow.errors import ImageDecodeError
 from mediflow.inference.backends import OnnxBackend
-from mediflow.inference.quantize import calibration_batches, quantize_int8, training_split
-from mediflow.preprocessing import PreprocessConfig, harmonize, normalize_pixels
+from mediflow.inference.quantize import calibration_batches, quantize_int8, serving_pixels
+from mediflow.preprocessing import PreprocessConfig, eval_array, harmonize, normalize_pixels
 from mediflow.training.quantization_aware import OnnxGraphModule, centered, distill_for_int8, qdq_quantization
 
 
@@ -34,7 +37,7 @@ def tiny_int8(tiny_model: Path, tmp_path_factory) -> dict:
     assert main(["export", "--model", str(pth), "--onnx", str(folder / "model.onnx")]) == 0
     ckpt = load_checkpoint(pth)
     prep = PreprocessConfig.from_dict(checkpoint_members(ckpt)[0]["preprocessing"])
-    train, _ = training_split(ckpt, ckpt["train_config"]["data"])
+    train, _ = checkpoint_split(ckpt, ckpt["train_config"]["data"])
     films = serving_pixels(train.paths, prep)
     ptq = quantize_int8(folder / "model.onnx", folder / "ptq.onnx", calibration_batches(films, prep, 4))
     return {"folder": folder, "fp32": folder / "model.onnx", "ptq": ptq, "prep": prep,
@@ -108,3 +111,22 @@ def test_export_records_the_distillation(tiny_model: Path, tmp_path: Path, capsy
     assert main(["export", "--model", str(pth), "--int8", "--distill-steps", "-1", "--data", data]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--distill-steps" in err[0]
+
+
+def test_serving_pixels_are_the_servers_model_input_in_order(tmp_path: Path):
+    """What export-time calibration and int8 distillation feed the model: the server's decode
+    (JPEG draft decode) and preprocessing, file by file, in the given order."""
+    prep = PreprocessConfig(image_size=64, framing="trim", intensity="equalize")
+    paths = []
+    for i, size in enumerate((64, 96, 700, 300)):  # 700 px: decoded at a reduced scale, as uploads are
+        p = tmp_path / f"film{i}.jpeg"
+        p.write_bytes(jpeg_bytes(xray_like(i % 2, i, size)))
+        paths.append(p)
+    pixels = serving_pixels(paths, prep)
+    assert pixels.shape == (4, 64, 64, 3) and pixels.dtype == np.uint8
+    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True), prep) for p in paths])
+    assert np.array_equal(normalize_pixels(pixels, prep), served)
+    assert np.array_equal(serving_pixels(paths[::-1], prep), pixels[::-1])
+    (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
+    with pytest.raises(ImageDecodeError, match="broken.jpeg"):
+        serving_pixels([paths[0], tmp_path / "broken.jpeg"], prep)

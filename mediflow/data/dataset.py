@@ -1,4 +1,4 @@
-"""Class-folder datasets: scanning, validation, patient-grouped splits and a torch Dataset."""
+"""Class-folder datasets: scanning, validation, patient-grouped splits and a map-style dataset."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from mediflow.data.images import load_image
 from mediflow.errors import DatasetError, ImageDecodeError
-from mediflow.preprocessing import PreprocessConfig, decode_size, harmonize
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +121,6 @@ _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:[A-Za-z0-9]+-)?IM-\d+)-\d+", re.IGNORECASE)
 
 
-def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int = 2) -> np.ndarray:
-    """(N, S, S, 3) uint8, S = prep.image_size: each file decoded the way the server decodes uploads
-    (JPEG reduced in the DCT domain to about S, see images.decode_image) and harmonised
-    (preprocessing.harmonize), in the order of `paths`; the model's input once normalised
-    (preprocessing.normalize_pixels). `workers`: decoding threads. Raises ImageDecodeError for a file
-    that cannot be read or decoded."""
-    def one(path: Path) -> np.ndarray:
-        return np.asarray(harmonize(load_image(path, draft_size=decode_size(prep)), prep))
-
-    with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(one, paths)))
-
-
 def patient_id(filename: str) -> str:
     """The patient a Kermany file name belongs to; other names are their own group."""
     stem = Path(filename).name
@@ -190,8 +175,10 @@ def grouped_split(samples: Samples, *, val_fraction: float = 0.2, seed: int = 0)
     return samples.subset(sorted(order[train_idx])), samples.subset(sorted(order[val_idx]))
 
 
-class ImageFolderDataset(Dataset):
-    """Samples + a transform -> (tensor, label)."""
+class ImageFolderDataset:
+    """Samples + a transform -> (tensor, label): a map-style dataset for torch's DataLoader, which
+    needs only `__len__` and `__getitem__` (so this module imports no torch: `mediflow analyze`
+    and the server read IMAGE_SUFFIXES and the samples from here)."""
 
     def __init__(self, samples: Samples, transform: Callable, *, draft_size: int | None = None):
         self.samples = samples

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from mediflow.data.dataset import ImageFolderDataset, check_images, resolve_split_dir, scan_class_folders
 from mediflow.errors import DatasetError
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.evaluation.report import write_report
 from mediflow.inference.predictor import Predictor
 

@@ -17,11 +17,15 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from mediflow.data.images import decode_image
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileDataset
 
 Variant = Callable[[Image.Image], Image.Image]
 
@@ -82,12 +86,12 @@ def contrast(factor: float) -> Variant:
     return lambda img: ImageEnhance.Contrast(img).enhance(factor)
 
 
-def dicom_12bit_bytes(img: Image.Image) -> tuple[bytes, str]:
-    """The film stored as a 12-bit MONOCHROME2 DICOM file without a window (value = 16 x grey + 8)."""
+def dx_dataset(arr: np.ndarray, *, bits_stored: int, window: tuple[float, float] | None = None) -> FileDataset:
+    """A Digital X-Ray MONOCHROME2 pydicom FileDataset holding `arr` ((rows, cols) uint16 values of
+    `bits_stored` bits), uncompressed; `window`: (centre, width) to store, none by default."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    arr = np.asarray(img.convert("L"), dtype=np.uint16) * 16 + 8
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -97,11 +101,24 @@ def dicom_12bit_bytes(img: Image.Image) -> tuple[bytes, str]:
     ds.Modality = "DX"
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = arr.astype("<u2").tobytes()
+    return ds
+
+
+def dicom_file_bytes(ds: Dataset) -> bytes:
+    """A pydicom dataset as the bytes of a DICOM file (preamble, file meta)."""
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue(), "variant.dcm"
+    return buf.getvalue()
+
+
+def dicom_12bit_bytes(img: Image.Image) -> tuple[bytes, str]:
+    """The film stored as a 12-bit MONOCHROME2 DICOM file without a window (value = 16 x grey + 8)."""
+    arr = np.asarray(img.convert("L"), dtype=np.uint16) * 16 + 8
+    return dicom_file_bytes(dx_dataset(arr, bits_stored=12)), "variant.dcm"
 
 
 dicom_12bit = EncodedVariant(dicom_12bit_bytes)

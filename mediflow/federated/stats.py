@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 
 # Logit margin z_pos - z_neg in [-16, 16] (probabilities 1e-7 .. 1 - 1e-7), bins 0.05 logits wide:
 # coarse enough to be an aggregate, fine enough that AUC and threshold barely move (docs/federated.md).

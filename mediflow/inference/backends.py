@@ -1,4 +1,4 @@
-"""Backends: what runs the inference graph (see graph.py) on a preprocessed batch.
+"""Backends: what runs the inference graph (models/graph.py) on a preprocessed batch.
 
 - `OnnxBackend`: ONNX Runtime on an exported graph; does not import torch (the server's memory).
 - `TorchBackend`: the same graph in eager PyTorch, built from a checkpoint; heatmaps by true
@@ -233,30 +233,22 @@ class TorchBackend:
     def __init__(self, ckpt: dict[str, Any], *, device: str = "cpu"):
         import torch
 
-        from mediflow.inference.graph import build_graph
+        from mediflow.models.graph import load_graph
 
         self.device = torch.device(device)
-        self.graph = build_graph(ckpt).to(self.device).to(memory_format=torch.channels_last)
-
-    def _tensor(self, batch: Any):
-        import torch
-
-        x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        self.graph = load_graph(ckpt, self.device)
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
-        import torch
+        from mediflow.models.graph import run_graph
 
-        from mediflow.inference.graph import OUTPUT_NAMES
-
-        with torch.inference_mode():
-            values = dict(zip(OUTPUT_NAMES, self.graph(self._tensor(batch))))
-        return {k: values[k].float().cpu().numpy() for k in outputs}
+        return run_graph(self.graph, batch, outputs, self.device)
 
     def heatmaps(self, batch: np.ndarray, choose: ClassChooser) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """True Grad-CAM (pytorch-grad-cam) on the last feature map, for the class `choose` picks from
         the same forward pass."""
         from pytorch_grad_cam import GradCAM
+
+        from mediflow.models.graph import graph_input
 
         classes: list[int] = []
 
@@ -267,7 +259,7 @@ class TorchBackend:
         # A fresh GradCAM per call: its hooks stay on the model until released, and would otherwise
         # keep every plain forward pass's activations.
         with GradCAM(model=_LogitsOnly(self.graph), target_layers=self.graph.target_layers()) as cam:
-            maps = cam(input_tensor=self._tensor(batch), targets=[target] * len(batch))
+            maps = cam(input_tensor=graph_input(batch, self.device), targets=[target] * len(batch))
             logits = cam.outputs.detach().float().cpu().numpy()
         return logits, np.asarray(maps, dtype=np.float32), classes
 

@@ -14,7 +14,13 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-COLORMAP = "jet"
+# matplotlib's "jet" (its segment data), built here so that serving heatmaps needs no matplotlib
+# (the core install has none); the test suite checks the table against matplotlib's own.
+JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
 # The overlay's own transparency: strong activations opaque, weak ones faint, so the film stays
 # readable under the page's opacity control.
 MIN_ALPHA = 0.25
@@ -24,11 +30,25 @@ MIN_ALPHA = 0.25
 OVERLAY_SIZE = 64
 
 
-@lru_cache(maxsize=4)
-def _lut(name: str) -> np.ndarray:
-    import matplotlib
+def _segment_table(points: tuple[tuple[float, float], ...], n: int) -> np.ndarray:
+    """(n,) values linear between `points` (x, y), in matplotlib's own arithmetic (scaled to the table's
+    indices first), so that rounding agrees with it to the last bit."""
+    x = np.array([p[0] for p in points]) * (n - 1)
+    y = np.array([p[1] for p in points])
+    at = (n - 1) * np.linspace(0.0, 1.0, n)
+    ind = np.searchsorted(x, at)[1:-1]
+    frac = (at[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+    return np.concatenate([[y[0]], frac * (y[ind] - y[ind - 1]) + y[ind - 1], [y[-1]]])
 
-    return (matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+@lru_cache(maxsize=1)
+def jet_lut() -> np.ndarray:
+    """(256, 3) uint8: the jet colour of each grey level, as matplotlib.colormaps["jet"] gives it for
+    np.linspace(0, 1, 256) (its 256-entry table indexed by floor(x * 256))."""
+    n = 256
+    table = np.stack([_segment_table(JET_SEGMENTS[c], n) for c in ("red", "green", "blue")], axis=1)
+    index = np.minimum((np.linspace(0.0, 1.0, n) * n).astype(int), n - 1)
+    return (table[index] * 255).round().astype(np.uint8)
 
 
 def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -44,7 +64,7 @@ def colorize(heatmap: np.ndarray, size: tuple[int, int]) -> Image.Image:
     m = upsample(heatmap, size)
     idx = (m * 255).round().astype(np.uint8)
     rgba = np.empty(m.shape + (4,), dtype=np.uint8)
-    rgba[..., :3] = _lut(COLORMAP)[idx]
+    rgba[..., :3] = jet_lut()[idx]
     rgba[..., 3] = ((MIN_ALPHA + (1 - MIN_ALPHA) * m) * 255).round().astype(np.uint8)
     return Image.fromarray(rgba)
 

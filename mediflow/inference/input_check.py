@@ -254,6 +254,32 @@ def pixel_reasons(img: Image.Image, *, image_size: int, trims_borders: bool, fla
 
 
 # -- features -------------------------------------------------------------------------------------
+# The distance and the residual, one implementation for the check and for its fit (input_check_fit):
+# computed in the dtype of `features` (the check float32, the fit float64).
+
+def projected_unit_rows(features: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """(N, C) pooled features -> (N, d): projected onto the (C, d) principal axes, scaled to unit length."""
+    z = features @ projection
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    return z
+
+
+def knn_distance(features: np.ndarray, projection: np.ndarray, bank_rows: np.ndarray, k: int) -> np.ndarray:
+    """(N, C) pooled features -> (N,) cosine distance, in the projection, to the k-th nearest of
+    `bank_rows` (projected_unit_rows of the bank's films)."""
+    sims = projected_unit_rows(features, projection) @ bank_rows.T
+    return 1.0 - np.partition(sims, -k, axis=1)[:, -k]
+
+
+def subspace_residual(features: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """(N, C) pooled features -> (N,) share of each row's norm outside the principal subspace,
+    ||x - P P^T x|| / ||x|| in [0, 1] (P's columns are orthonormal); 0 for a row the subspace holds
+    entirely."""
+    inside = np.square(features @ projection).sum(axis=1)
+    total = np.square(features).sum(axis=1) + 1e-12
+    return np.sqrt(np.clip(1.0 - inside / total, 0.0, 1.0))
+
+
 @dataclass
 class InputCheckStats:
     """What `mediflow fit-input-check` fits, for one model (by its checkpoint's SHA-256).
@@ -303,20 +329,13 @@ class InputCheckStats:
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N, C) pooled features -> (N,) cosine distance to the k-th nearest chest film of the bank."""
-        z = np.asarray(features, dtype=np.float32) @ self.projection
-        z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
-        sims = z @ self._bank32.T
-        kth = np.partition(sims, -self.k, axis=1)[:, -self.k]
-        return 1.0 - kth
+        return knn_distance(np.asarray(features, dtype=np.float32), self.projection, self._bank32, self.k)
 
     def residual(self, features: np.ndarray) -> np.ndarray:
         """(N, C) pooled features -> (N,) share of each row's norm outside the principal subspace,
         ||x - P P^T x|| / ||x|| in [0, 1] (the projection's columns are orthonormal); 0 for a row the
         subspace holds entirely."""
-        x = np.asarray(features, dtype=np.float32)
-        inside = np.square(x @ self.projection).sum(axis=1)
-        total = np.square(x).sum(axis=1) + 1e-12
-        return np.sqrt(np.clip(1.0 - inside / total, 0.0, 1.0))
+        return subspace_residual(np.asarray(features, dtype=np.float32), self.projection)
 
     def outlier_score(self, features: np.ndarray) -> np.ndarray:
         """(N, C) pooled features -> (N,) the outlier classifier's logit (higher: less like a chest

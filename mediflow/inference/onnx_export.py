@@ -1,4 +1,4 @@
-"""Checkpoint -> self-describing ONNX model (graph.py's outputs, the checkpoint's metadata inside).
+"""Checkpoint -> self-describing ONNX model (models/graph.py's outputs, the checkpoint's metadata inside).
 
 The metadata (class names, threshold, temperature, preprocessing, architecture, validation
 metrics, training facts, and the source checkpoint's SHA-256) is stored as JSON under the
@@ -23,7 +23,7 @@ import torch
 from mediflow.checkpoint import checkpoint_preprocessing, file_sha256, plain, utc_now
 from mediflow.errors import MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend
-from mediflow.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph, build_graph
+from mediflow.models.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph, build_graph
 
 log = logging.getLogger(__name__)
 

@@ -236,12 +236,6 @@ class Predictor:
         """The class the decision rule picks from one image's logits (the class a heatmap explains)."""
         return int(self.decide(self.probabilities_from_logits(np.asarray(logits_row)[None, :]))[0])
 
-    def heatmaps_from_tensors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, K) and heatmaps (N, h, w) in [0, 1] for each image's predicted class,
-        from one pass: CAM from the graph's `cam` output (onnx) or Grad-CAM (torch)."""
-        logits, maps, _ = self.backend.heatmaps(np.asarray(batch, dtype=np.float32), self.choose_class)
-        return self.probabilities_from_logits(logits), maps
-
     def forward(self, batch: np.ndarray, *, heatmap: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(N, 3, S, S) preprocessed batch -> calibrated probabilities (N, K), heatmaps (N, h, w) in

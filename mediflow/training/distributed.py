@@ -22,10 +22,6 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank."""
     if not dist.is_initialized():

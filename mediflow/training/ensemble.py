@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from mediflow.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, save_checkpoint
-from mediflow.data.dataset import grouped_split, resolve_split_dir, scan_class_folders
+from mediflow.data.splits import checkpoint_split
 from mediflow.decision import choose_threshold, positive_index, softmax
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.training.site_calibration import fit_operating_point, mark_calibrated, samples_logits
 
 log = logging.getLogger("mediflow.ensemble")
@@ -31,9 +31,7 @@ def member_val_probs(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray
 
 def val_logits(ckpt: dict[str, Any], data: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A model's raw validation logits, on the split it was selected on (checked by fingerprint)."""
-    split = ckpt.get("val_split", {})
-    samples = scan_class_folders(resolve_split_dir(data, "train"))
-    _, val = grouped_split(samples, val_fraction=split.get("val_fraction", 0.2), seed=split.get("seed", 0))
+    _, val = checkpoint_split(ckpt, data)
     if val.file_list_sha256() != ckpt.get("val_file_list_sha256"):
         raise MediFlowError(f"{data}: this validation split is not the one the {ckpt['architecture']} model "
                             "was selected on (different data, seed or --val-dir)")

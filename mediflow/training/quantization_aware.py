@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mediflow.data.dataset import serving_pixels
 from mediflow.errors import MediFlowError
 from mediflow.preprocessing import PreprocessConfig, normalize_pixels
-
-if TYPE_CHECKING:
-    from mediflow.inference.quantize import Refiner
 
 # What a QDQ int8 model quantizes (qdq_quantization): {activation tensor name: (scale, uint8 zero
 # point)} and the names of the weights it stores in int8.
@@ -175,7 +171,7 @@ def distill_for_int8(fp32: Path, quantization: Quantization, images: np.ndarray,
     to `out` (an fp32 ONNX with `fp32`'s graph and metadata), ready to be quantized again with the
     same recipe.
 
-    images: (N, S, S, 3) uint8, the model-sized pixels the server feeds (data.dataset.serving_pixels) of
+    images: (N, S, S, 3) uint8, the model-sized pixels the server feeds (inference.quantize.serving_pixels) of
     training films, normalised with `prep`. Loss per batch: mean squared error of
     the centred calibrated logits (`temperature`: the checkpoint's), plus `feature_weight` x the
     squared error of the pooled last feature map relative to its mean square. Adam, cosine learning
@@ -222,15 +218,17 @@ def distill_for_int8(fp32: Path, quantization: Quantization, images: np.ndarray,
             "feature_relative_mse": {"first": float(first[1]), "last": float(last[1])}}
 
 
-def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False) -> Refiner:
+def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False
+                 ) -> Callable[[Path, Path, np.ndarray, Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]:
     """What `mediflow export --int8` passes to `int8_export` as `refine` (inference/quantize.py's
-    `Refiner`): distil `steps` batches on the training films, and keep the post-training model's
-    activation scales, which the distillation trained through."""
-    def refine(fp32: Path, ptq: Path, paths: Sequence[Path], workdir: Path
+    `Refiner`, which hands it the training films as the server decodes them): distil `steps` batches
+    on them, and keep the post-training model's activation scales, which the distillation trained
+    through."""
+    def refine(fp32: Path, ptq: Path, images: np.ndarray, workdir: Path
                ) -> tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]:
         student = workdir / "distilled.onnx"
         quantization = qdq_quantization(ptq)
-        info = distill_for_int8(fp32, quantization, serving_pixels(paths, prep), student, prep,
+        info = distill_for_int8(fp32, quantization, images, student, prep,
                                 temperature=temperature, steps=steps, progress=progress)
         return student, quantization[0], info
 

@@ -22,8 +22,8 @@ from mediflow.checkpoint import checkpoint_preprocessing, file_sha256, load_chec
 from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
-from mediflow.evaluation.metrics import compute_metrics
-from mediflow.inference.backends import TorchBackend
+from mediflow.metrics import compute_metrics
+from mediflow.models.graph import load_graph, run_graph
 from mediflow.preprocessing import eval_transform
 
 log = logging.getLogger("mediflow.calibrate")
@@ -31,12 +31,13 @@ log = logging.getLogger("mediflow.calibrate")
 
 def samples_logits(ckpt: dict[str, Any], samples: Samples) -> np.ndarray:
     """Raw logits (N, K) of a checkpoint on `samples`, through the preprocessing stored in the
-    checkpoint (the serving path's transform) on the torch backend. For an ensemble: the log of its
-    members' averaged calibrated probabilities (graph.py), which its own calibration acts on."""
-    backend = TorchBackend(ckpt)
+    checkpoint (the serving path's transform), in eager torch like the torch backend. For an
+    ensemble: the log of its members' averaged calibrated probabilities (models/graph.py), which
+    its own calibration acts on."""
+    graph = load_graph(ckpt)
     prep = checkpoint_preprocessing(ckpt)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep)), batch_size=64, num_workers=1)
-    return np.concatenate([backend.run(x.numpy())["logits"] for x, _ in loader])
+    return np.concatenate([run_graph(graph, x.numpy())["logits"] for x, _ in loader])
 
 
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, class_names: list[str], *,

@@ -21,17 +21,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from mediflow.checkpoint import load_checkpoint, save_checkpoint
-from mediflow.data.dataset import (
-    ImageFolderDataset,
-    Samples,
-    check_images,
-    grouped_split,
-    resolve_split_dir,
-    scan_class_folders,
-)
+from mediflow.data.dataset import ImageFolderDataset, Samples
+from mediflow.data.splits import training_split
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
 from mediflow.errors import MediFlowError
-from mediflow.evaluation.metrics import compute_metrics
+from mediflow.metrics import compute_metrics
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
 from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_source_jpeg_quality, eval_transform,
                                    train_transform)
@@ -59,19 +53,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_splits(cfg: TrainConfig) -> tuple[Samples, Samples]:
-    train_root = resolve_split_dir(cfg.data, "train")
-    samples = check_images(scan_class_folders(train_root), skip_bad=cfg.skip_bad)
-    if cfg.val_dir:
-        train = samples
-        val = check_images(scan_class_folders(cfg.val_dir), skip_bad=cfg.skip_bad)
-    else:
-        train, val = grouped_split(samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    for extra in cfg.extra_data:
-        train = train.extend(check_images(scan_class_folders(extra, min_classes=1), skip_bad=cfg.skip_bad))
-    if cfg.max_train_samples and len(train) > cfg.max_train_samples:
-        rng = np.random.default_rng(cfg.seed)
-        train = train.subset(sorted(rng.choice(len(train), cfg.max_train_samples, replace=False)))
-    return train, val
+    """The run's (train, validation) films (data.splits.training_split with its settings)."""
+    return training_split(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir,
+                          extra_data=cfg.extra_data, max_train_samples=cfg.max_train_samples,
+                          skip_bad=cfg.skip_bad)
 
 
 def source_jpeg_quality(cfg: TrainConfig, train: Samples) -> int | None:

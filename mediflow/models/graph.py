@@ -1,4 +1,5 @@
-"""The inference graph: one module that both backends run (eager in torch, exported to ONNX).
+"""The inference graph: one module that every runtime runs (eager in torch for training-side
+scoring and the torch backend, exported to ONNX for serving).
 
 Outputs, for a preprocessed batch `image` (N, 3, S, S):
 - `logits` (N, K): a single model's raw logits (the predictor applies the checkpoint's
@@ -12,8 +13,9 @@ Outputs, for a preprocessed batch `image` (N, 3, S, S):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,3 +90,22 @@ def build_graph(ckpt: dict[str, Any]) -> InferenceGraph:
     else:  # a single model's graph returns raw logits; the predictor calibrates them
         temps, biases = [1.0], [[0.0] * k]
     return InferenceGraph([load_member(m) for m in members], temps, biases)
+
+
+def load_graph(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+    """`build_graph(ckpt)` on `device`, channels-last (the layout eager inference runs fastest in)."""
+    return build_graph(ckpt).to(torch.device(device)).to(memory_format=torch.channels_last)
+
+
+def graph_input(batch: Any, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A float32 batch (N, 3, S, S) as the graph's input tensor on `device`, channels-last."""
+    x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+    return x.to(torch.device(device)).contiguous(memory_format=torch.channels_last)
+
+
+def run_graph(graph: InferenceGraph, batch: Any, outputs: Sequence[str] = ("logits",),
+              device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """The named outputs (OUTPUT_NAMES) of `graph` on a float32 batch, as float32 numpy arrays."""
+    with torch.inference_mode():
+        values = dict(zip(OUTPUT_NAMES, graph(graph_input(batch, device))))
+    return {k: values[k].float().cpu().numpy() for k in outputs}

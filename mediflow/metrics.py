@@ -1,4 +1,8 @@
-"""Classification metrics with PNEUMONIA as the positive class (binary) or macro-averaged (multi-class)."""
+"""Classification metrics with PNEUMONIA as the positive class (binary) or macro-averaged (multi-class).
+
+Below training, inference and evaluation, beside the decision rule: model selection, the int8
+acceptance check, site calibration and reports all score with this one function.
+"""
 
 from __future__ import annotations
 

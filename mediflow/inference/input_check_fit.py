@@ -36,12 +36,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# The fit needs the train extra (scikit-learn for its classifiers, torch for the acquisition
+# augmentation, matplotlib for the generated outliers). Imported here, unused at module level, so that
+# on the core install `mediflow fit-input-check` stops at once naming the extra (mediflow/cli.py),
+# not after minutes of feature extraction.
+import matplotlib  # noqa: F401
+import sklearn  # noqa: F401
+import torch  # noqa: F401
+
 from mediflow.checkpoint import utc_now
+from mediflow.data.splits import checkpoint_split
 from mediflow.errors import DatasetError
 from mediflow.inference.backends import pooled_features
-from mediflow.inference.input_check import InputCheckStats
+from mediflow.inference.input_check import InputCheckStats, knn_distance, projected_unit_rows, subspace_residual
 from mediflow.inference.predictor import Predictor
-from mediflow.inference.quantize import training_split
 
 K = 10  # the k-th nearest neighbour's distance (Sun et al. 2022 use k = 50 of a far larger bank)
 DIMS = 64  # principal axes the features are projected on
@@ -93,7 +101,7 @@ def pediatric_paths(predictor: Predictor, data: str | Path, n: int = N_PEDIATRIC
                     ) -> tuple[list[Path], list[Path]]:
     """(the first n films (n <= N_PEDIATRIC) of a fixed random order of the checkpoint's training part,
     every film of its validation part). A fixed order, so a smaller n fits on a subset of the same films."""
-    train, val = training_split(predictor.ckpt, data)
+    train, val = checkpoint_split(predictor.ckpt, data)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(train.paths), min(N_PEDIATRIC, len(train.paths)), replace=False)[:n]
     return [train.paths[i] for i in pick], list(val.paths)
@@ -139,29 +147,6 @@ def extract_features(predictor: Predictor, paths: Sequence[Path], cache: Feature
         cache.save()
     source = cache.features if cache is not None else got
     return np.stack([source[str(p)] for p in paths]).astype(np.float64)
-
-
-def knn_distance_fn(bank: np.ndarray, projection: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
-    rows = bank @ projection
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-
-    def f(x: np.ndarray) -> np.ndarray:
-        z = x @ projection
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-        return 1.0 - np.partition(z @ rows.T, -k, axis=1)[:, -k]
-
-    return f
-
-
-def residual_fn(projection: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """||x - P P^T x|| / ||x|| for rows x, P the (C, d) orthonormal `projection` (as
-    InputCheckStats.residual computes it)."""
-
-    def f(x: np.ndarray) -> np.ndarray:
-        inside = np.square(x @ projection).sum(axis=1)
-        return np.sqrt(np.clip(1.0 - inside / np.square(x).sum(axis=1), 0.0, 1.0))
-
-    return f
 
 
 def principal_axes(bank: np.ndarray, dims: int = DIMS) -> np.ndarray:
@@ -258,8 +243,8 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
         out = np.isin(films, fold)
         rest = bank[~out]
         axes = principal_axes(rest)
-        held.append(knn_distance_fn(rest, axes, K)(bank[out]))
-        held_residual.append(residual_fn(axes)(bank[out]))
+        held.append(knn_distance(bank[out], axes, projected_unit_rows(rest, axes), K))
+        held_residual.append(subspace_residual(bank[out], axes))
     dist, residual = np.concatenate(held), np.concatenate(held_residual)
     warn, reject = float(np.quantile(dist, WARN_QUANTILE)), float(dist.max() * REJECT_FACTOR)
     reject_residual = float(residual.max() * REJECT_FACTOR)
@@ -275,8 +260,7 @@ def fit_stats(ped: np.ndarray, adult: np.ndarray, *, meta: dict[str, Any], seed:
         outlier = (w_out, b_out, reject_outlier)
         meta = {**meta, "outlier": record}
     proj = principal_axes(bank)
-    rows = bank @ proj
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    rows = projected_unit_rows(bank, proj)
     meta = {**meta, "created": utc_now(), "k": K, "dims": DIMS, "warn_quantile": WARN_QUANTILE,
             "reject": f"{REJECT_FACTOR} x the largest held-out chest film distance",
             "adult_c": ADULT_C, "oof_pediatric_flagged": oof_ped, "oof_adult_flagged": oof_adult,
