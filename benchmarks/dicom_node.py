@@ -6,13 +6,16 @@ Run: PYTHONPATH=. python benchmarks/dicom_node.py [--n 200] [--lanes 4]
 Three runs on the same N films (pediatric films of ../shared/data wrapped into CR instances, see
 --films), each with a fresh Orthanc and a fresh study store:
 1. through Orthanc: LANES storescu runs (one association per film) store into Orthanc, whose Lua
-   OnStableStudy rule routes each study to one node process (SQLite store); the SRs come back.
+   OnStoredInstance rule (docs/pacs.md's recommended one: SendToModality, each chest film as it is
+   stored) routes it to one node process (SQLite store); the SRs come back. --routing study uses
+   the whole-study OnStableStudy rule instead (a job per stable study, StableAge 1 s).
 2. straight to the node, PostgreSQL store, one node process: LANES storescu runs; the node answers
    while it analyses.
 3. as 2, with a second, worker-only node process (--no-listen) on the same PostgreSQL queue.
 Then `mediflow analyze`'s code path (analyze_folder, the model loaded once) on the same .dcm files.
 Reception -> SR stored: the node's received_at to the SR's C-STORE success (sent_at). Node
-throughput: films / (first reception .. last SR stored). Prints one table.
+throughput: films / (first reception .. last SR stored). The 1-minute load average is sampled
+every 5 s during the runs (the machine may be shared). Prints one table.
 """
 
 from __future__ import annotations
@@ -124,17 +127,18 @@ def orthanc_sr_count(orthanc: OrthancProcess) -> int:
     return len(orthanc.post("/tools/find", json={"Level": "Instance", "Query": {"Modality": "SR"}}).json())
 
 
-def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], timeout: float = 1800) -> dict:
+def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], routing: str,
+               timeout: float = 1800) -> dict:
     """Modality -> Orthanc -> (Lua routing) -> node -> SR -> Orthanc, one node process on SQLite."""
     url = f"sqlite:///{work / 'node.db'}"
     node_port = free_port()
-    orthanc = OrthancProcess(work / "orthanc-routed", node_port=node_port).start()
+    orthanc = OrthancProcess(work / "orthanc-routed", node_port=node_port, routing=routing).start()
     node = NodeProcess(work, url, send_to=orthanc.destination, port=node_port, name="routed", extra=node_args)
     try:
         node.start()
         times, failed = send_lanes(orthanc.dicom_port, orthanc.aet, files, lanes)
         wait_sent(url, len(files), timeout)
-        time.sleep(6)  # the routing loop brings the results back to the node: they must add nothing
+        time.sleep(6)  # with study routing the results come back to the node: they must add nothing
         latencies, throughput, _ = sr_timings(url)
         return {"answered": len(times) - failed, "store_p95": pct(times, 95), "srs": orthanc_sr_count(orthanc),
                 "lat_p50": pct(latencies, 50), "lat_p95": pct(latencies, 95), "throughput": throughput}
@@ -167,6 +171,28 @@ def run_drain(work: Path, files: list[Path], lanes: int, database_url: str, proc
         orthanc.stop()
 
 
+class LoadSampler:
+    """The 1-minute load average every `every_s` seconds while it runs (a context manager)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def analyze_throughput(folder: Path) -> float:
     from mediflow.inference.folder import analyze_folder
     from mediflow.inference.predictor import Predictor
@@ -186,6 +212,9 @@ def main() -> int:
         "MEDIFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres"))
     ap.add_argument("--films", choices=sorted(FILM_SETS), default="fullres")
     ap.add_argument("--node-workers", type=int, default=2, help="analysis threads per node process (--workers)")
+    ap.add_argument("--routing", choices=["instance", "study"], default="instance",
+                    help="Orthanc's Lua rule for the end-to-end run: each chest film as stored (recommended) "
+                         "or each study once stable")
     args = ap.parse_args()
     folder_in = FILM_SETS[args.films]
     distinct = sorted(folder_in.glob("*/*.jpeg"))
@@ -194,12 +223,12 @@ def main() -> int:
         return 1
     sources = [distinct[i % len(distinct)] for i in range(args.n)]
     node_args = ["--workers", str(args.node_workers)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, LoadSampler() as load:
         work = Path(tmp)
         folder = work / "films"
         folder.mkdir()
         files = [write(film_dataset(src), folder / f"{i:04d}.dcm") for i, src in enumerate(sources)]
-        routed = run_routed(work, files, args.lanes, node_args)
+        routed = run_routed(work, files, args.lanes, node_args, args.routing)
         drains = {}
         print(f"routed: {routed}", file=sys.stderr, flush=True)
         for processes in (1, 2):
@@ -212,11 +241,15 @@ def main() -> int:
     n = args.n
     print(f"\n{n} CR chest films ({args.films}: {len(distinct)} distinct images, each sent with its own UIDs), "
           f"{args.lanes} parallel storescu lanes (one association per film); {os.cpu_count()} CPUs ({model}); "
-          f"bundled model; {args.node_workers} analysis thread(s) per node process")
+          f"bundled model; {args.node_workers} analysis thread(s) per node process; load average (1 min) "
+          f"during the runs {min(load.samples):.1f} to {max(load.samples):.1f}, median "
+          f"{statistics.median(load.samples):.1f}")
+    rule = ("OnStoredInstance, SendToModality per chest film" if args.routing == "instance"
+            else "OnStableStudy, StableAge 1 s")
     print("| run | C-STOREs answered | storescu p95 s | SRs in Orthanc | reception->SR p50 s | p95 s | films/s "
           "| vs analyze |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| modality -> Orthanc -> routed to 1 node (SQLite), end to end | {routed['answered']}/{n} "
+    print(f"| modality -> Orthanc -> routed ({rule}) to 1 node (SQLite), end to end | {routed['answered']}/{n} "
           f"| {routed['store_p95']:.3f} | {routed['srs']} | {routed['lat_p50']:.2f} | {routed['lat_p95']:.2f} "
           f"| {routed['throughput']:.1f} | {routed['throughput'] / analyze:.2f} |")
     for processes, d in drains.items():

@@ -25,14 +25,17 @@ function OnStableStudy(studyId, tags, metadata)
   RestApiPost('/modalities/mediflow/store', studyId)
 end
 """,
-    # Each frontal chest film as it is stored (docs/pacs.md recommends this one).
+    # Each frontal chest film as it is stored (docs/pacs.md recommends this one). SendToModality
+    # queues the film on Orthanc's Lua job, which sends consecutive films over one association kept
+    # open (DicomAssociationCloseDelay); a synchronous RestApiPost would open one per film and hold
+    # Orthanc's Lua thread while it is sent.
     "instance": """
 function OnStoredInstance(instanceId, tags, metadata, origin)
   local modality = tags['Modality'] or ''
   local part = string.upper(tags['BodyPartExamined'] or 'CHEST')
   if (modality == 'CR' or modality == 'DX') and part == 'CHEST'
      and origin['RemoteAet'] ~= 'MEDIFLOW' then
-    RestApiPost('/modalities/mediflow/store', instanceId)
+    SendToModality(instanceId, 'mediflow')
   end
 end
 """,
@@ -62,6 +65,7 @@ def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, n
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
         "DicomModalities": {"mediflow": [node_aet, "127.0.0.1", node_port]},
+        "DicomAssociationCloseDelay": 5,  # the Lua routing job keeps its association open between films
         "StableAge": stable_age_s,
         "ConcurrentJobs": 2,
         "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],

@@ -59,7 +59,17 @@ export interface StudySummary {
   duplicate_of?: string | null;
   /** Studies of this same image, this one included. */
   same_image_uploads?: number;
+  /** DICOM studies: what finds the study in the PACS (never the patient's name). */
+  accession_number?: string | null;
+  /** DICOM StudyDate as stored: YYYYMMDD. */
+  study_date?: string | null;
+  /** DICOM Modality, e.g. CR or DX. */
+  modality?: string | null;
+  /** Studies from the DICOM node: whether the SR reached the PACS. */
+  pacs_delivery?: PacsDelivery | null;
 }
+
+export type PacsDelivery = "sent" | "waiting" | "failed";
 
 /** GET /api/studies/refused: uploads the input check refused (no finding, no pixels kept). */
 export interface RefusedInput {

@@ -1,8 +1,8 @@
 // Worklist: stored studies by suspicion or uncertainty, one-key reads (J/K move, Enter opens,
 // C confirms the model's call, N/P mark a class), and the study view beside the list.
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, getJSON, postJSON, request, type ModelCard, type RefusalList, type StudyDetail,
-         type StudyHeatmap, type StudyList, type StudySummary } from "../api";
+import { ApiError, getJSON, postJSON, request, type ModelCard, type PacsDelivery, type RefusalList,
+         type StudyDetail, type StudyHeatmap, type StudyList, type StudySummary } from "../api";
 import { Finding } from "../components/Finding";
 import { ImageViewer, type HeatmapLayer } from "../components/ImageViewer";
 import { findingText } from "../finding";
@@ -11,6 +11,16 @@ import { navigate } from "../router";
 const PAGE = 25;
 const when = (iso: string | null) => (iso ? new Date(iso).toLocaleString() : "");
 const STATE_TEXT: Record<string, string> = { unreviewed: "Unreviewed", confirmed: "Confirmed", corrected: "Corrected" };
+const DELIVERY_TEXT: Record<PacsDelivery, string> = {
+  sent: "SR sent", waiting: "SR waiting for PACS", failed: "SR refused by PACS",
+};
+
+/** DICOM's StudyDate (YYYYMMDD) as an ISO date, 2026-12-07: read one way in every locale, and typed
+ * as is into a PACS search. Anything else is shown as stored. */
+export function studyDate(da: string | null | undefined): string {
+  const m = /^(\d{4})(\d{2})(\d{2})$/.exec((da ?? "").trim());
+  return m ? `${m[1]}-${m[2]}-${m[3]}` : (da ?? "");
+}
 
 /** One key per class whose initial is free (NORMAL: N, PNEUMONIA: P); C, J and K are taken. */
 export function labelKeys(classes: string[]): Record<string, string> {
@@ -150,8 +160,8 @@ export function WorklistView() {
             <caption className="visually-hidden">Studies, {sort === "priority" ? "most suspicious first"
               : sort === "uncertainty" ? "most uncertain first" : "newest first"}</caption>
             <thead>
-              <tr><th scope="col">Received</th><th scope="col">Model finding</th><th scope="col">Review</th>
-                <th scope="col">Reviewer</th></tr>
+              <tr><th scope="col">Received</th><th scope="col">PACS study</th><th scope="col">Model finding</th>
+                <th scope="col">Review</th><th scope="col">Reviewer</th></tr>
             </thead>
             <tbody ref={rowsRef}>
               {items.map((s, i) => (
@@ -159,6 +169,7 @@ export function WorklistView() {
                     aria-selected={i === selected} onClick={() => select(i)}
                     className={i === selected ? "selected" : undefined}>
                   <td>{when(s.received_at)}<SameImage s={s} /></td>
+                  <td><PacsStudy s={s} /></td>
                   <td><Finding variant="compact" finding={{ prediction: s.prediction, confidence: s.confidence,
                                                             needsReview: s.uncertain }} inputCheck={s.input_check} /></td>
                   <td>{STATE_TEXT[s.review_state] ?? s.review_state}
@@ -269,6 +280,8 @@ function StudyView({ id, classes, keys, onReview, onNote }: StudyProps) {
 
   const facts: [string, string | null][] = [
     ["Received", when(s.received_at)],
+    ["Accession number", s.accession_number ?? null], ["Study date", studyDate(s.study_date) || null],
+    ["Modality", s.modality ?? null], ["PACS", s.pacs_delivery ? DELIVERY_TEXT[s.pacs_delivery] : null],
     ["Status", (STATE_TEXT[s.review_state] ?? s.review_state) + (s.review_label ? `: ${s.review_label}` : "")],
     ["Patient age", s.patient_age], ["Patient sex", s.patient_sex], ["Study UID", s.study_instance_uid],
     ["Format", s.source_format], ["Model", `${s.model.architecture} ${s.model.version}`],
@@ -331,5 +344,35 @@ function SameImage({ s }: { s: StudySummary }) {
           title={s.duplicate_of ? `The same file as study ${s.duplicate_of}` : `This image was uploaded ${n} times`}>
       {s.duplicate_of ? ` · repeat of ${s.duplicate_of.slice(0, 8)}…` : ` · uploaded ${n} times`}
     </span>
+  );
+}
+
+/** What finds a DICOM study in the PACS (accession number, modality, study date; never the
+ * patient's name) and whether MediFlow's SR got there. Empty for uploads. */
+function PacsStudy({ s }: { s: StudySummary }) {
+  const date = studyDate(s.study_date);
+  const hasIds = Boolean(s.accession_number || s.modality || date);
+  if (!hasIds && !s.pacs_delivery) return null;
+  return (
+    <div className="pacs-study">
+      {hasIds && (
+        <div data-testid="pacs-study">
+          {s.accession_number && (
+            <div className="accession"><abbr title="Accession number">Acc.</abbr>{" "}
+              <span data-testid="accession">{s.accession_number}</span></div>
+          )}
+          {s.modality && <span data-testid="modality">{s.modality}</span>}
+          {s.modality && date ? " · " : ""}
+          {date && <time dateTime={/^\d{4}-\d{2}-\d{2}$/.test(date) ? date : undefined}
+                         data-testid="study-date">{date}</time>}
+        </div>
+      )}
+      {s.pacs_delivery && (
+        <span className={s.pacs_delivery === "sent" ? "hint pacs-delivery" : "badge badge-review pacs-delivery"}
+              data-testid="pacs-delivery" data-state={s.pacs_delivery}>
+          {DELIVERY_TEXT[s.pacs_delivery] ?? s.pacs_delivery}
+        </span>
+      )}
+    </div>
   );
 }
