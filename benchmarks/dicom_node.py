@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from dicom_node_process import NodeProcess, PostgresDatabase, film_dataset, write  # noqa: E402
+sys.path.insert(0, str(REPO / "harness"))
+from dicom_node_process import NodeProcess, PostgresDatabase, dcmtk, film_dataset, write  # noqa: E402
 from orthanc_process import OrthancProcess, free_port  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -61,7 +61,7 @@ def send_lanes(port: int, aec: str, files: list[Path], lanes: int) -> tuple[list
     def lane(chunk: list[Path]) -> None:
         for f in chunk:
             t0 = time.perf_counter()
-            rc = subprocess.run(["storescu", "-aet", "TESTPACS", "-aec", aec, "127.0.0.1", str(port), str(f)],
+            rc = subprocess.run([dcmtk("storescu"), "-aet", "TESTPACS", "-aec", aec, "127.0.0.1", str(port), str(f)],
                                 capture_output=True).returncode
             with lock:
                 times.append(time.perf_counter() - t0)

@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+# The real external processes (Orthanc, dcmtk, the DICOM node) tests and benchmarks both start.
+sys.path.insert(0, str(REPO / "harness"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 REAL_224 = SHARED_DATA / "chest_xray224"
 FULLRES = SHARED_DATA / "fullres_samples"

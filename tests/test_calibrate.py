@@ -148,7 +148,7 @@ def test_an_adult_film_is_still_flagged_after_calibrate(tmp_path, where):
     from mediflow.inference.bundled import default_model_path
     from mediflow.inference.input_check import InputRejected, stats_path
     from mediflow.inference.predictor import Predictor
-    from mediflow.training.input_check_fit import adult_halves
+    from mediflow.inference.input_check_fit import adult_halves
 
     adult_dir = SHARED_DATA / "nih_adult"
     if not (REAL_224.is_dir() and adult_dir.is_dir()):

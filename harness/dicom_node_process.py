@@ -57,14 +57,22 @@ def write(ds, path: Path) -> Path:
     return path
 
 
+def dcmtk(tool: str) -> str:
+    """dcmtk's `tool` (storescu, echoscu): pynetdicom installs Python scripts of the same names into
+    the virtual environment's bin/, which come first on PATH when it is activated."""
+    venv_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != venv_bin)
+    return shutil.which(tool, path=path) or tool
+
+
 def storescu(port: int, files: list[Path], *, aet: str = "TESTPACS", aec: str = "MEDIFLOW",
              timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)
 
 
 def echoscu(port: int, *, aet: str = "TESTPACS", aec: str = "MEDIFLOW") -> subprocess.CompletedProcess:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
+    return subprocess.run([dcmtk("echoscu"), "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=60)
 
 
