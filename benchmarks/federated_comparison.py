@@ -1,4 +1,4 @@
-"""Centralized vs federated training with the same recipe, judged on test_dev (issue 12).
+"""Centralized vs federated training with the same recipe, judged on test_dev.
 
 Trains (or reuses, when its checkpoint exists in --work) one centralized model with `mediflow train`
 and one federated model per configuration with `mediflow federated simulate`, all with the same

@@ -1,4 +1,4 @@
-"""Metamorphic decoding corpus (issue 10): the same film in every encoding MediFlow accepts decodes
+"""Metamorphic decoding corpus: the same film in every encoding MediFlow accepts decodes
 to the same picture (Pearson r >= 0.99 with the film after resizing both to 224 x 224) and gets the
 same call from the bundled model.
 
@@ -95,7 +95,7 @@ def test_every_encoding_decodes_to_the_same_picture(film_id, predictor):
     scores = {name: _r(_gray224(img), reference) for name, img in _decoded(film_id, predictor.draft_size).items()}
     worse = {name: round(r, 4) for name, r in scores.items() if not r >= SAME_PICTURE}
     assert not worse, f"{film_id}: these encodings decode to another picture (r < {SAME_PICTURE}): {worse}"
-    # The corpus holds every encoding issue 10 lists.
+    # The corpus holds every encoding the decoder accepts.
     for needed in ("png8", "png16", "jpeg-progressive", "jpeg-cmyk", "dicom-mono1", "dicom-mono1-window",
                    "dicom-mono2-window", "dicom-voi-lut", "dicom-rescale-signed", "dicom-jpeg2000-lossless",
                    "dicom-jpeg2000-lossy", "dicom-jpegls-lossless", "dicom-rle", "dicom-jpeg-baseline-ybr422",

@@ -66,7 +66,7 @@ def palette(bits: int) -> bytes:
 
 
 FAULTS = {
-    # The 500 of issue 14: a transfer syntax pydicom does not list made `is_compressed` raise.
+    # A former 500: a transfer syntax pydicom does not list made `is_compressed` raise.
     "unknown transfer syntax": (raw_with(ts=UNKNOWN_TS), f"Transfer Syntax UID (0002,0010) {UNKNOWN_TS} is not"),
     "private transfer syntax": (raw_with(ts="1.2.3.4.5"), "Transfer Syntax UID (0002,0010) 1.2.3.4.5 is not"),
     "malformed transfer syntax": (raw_with(ts="hello"), "Transfer Syntax UID (0002,0010) is not a valid UID"),

@@ -62,7 +62,7 @@ _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 # Window fallback: a stored VOI window (or VOI LUT) that leaves at least this share of the pixels at
 # one end of its output range (all black or all white after 8-bit rounding) shows no anatomy.
 # MediFlow's own rule: far above the share a real film's background or collimation border gives,
-# just below the 100 % of a window that misses the pixel values altogether (issue 10). One end, not
+# just below the 100 % of a window that misses the pixel values altogether. One end, not
 # both: a LUT may binarise on purpose.
 SATURATED_SHARE = 0.99
 # ...and it is replaced by the 0.5th-99.5th percentile of the modality values: robust to the few
@@ -483,7 +483,7 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     options: dict[str, Any] = {"correct_unused_bits": False}  # done by _stored_bits_only, for every syntax
     try:
         if ts in _JPEG_LOSSY and header.photometric == "RGB" and _jpeg_is_ycbcr(_first_frame(ds, header.frames)):
-            # A common modality mislabel (issue 10): pydicom would show the YCbCr samples as RGB.
+            # A common modality mislabel: pydicom would show the YCbCr samples as RGB.
             options["force_rgb"] = True
             found.append(("the JPEG data is YCbCr (no Adobe marker saying RGB) although Photometric "
                           "Interpretation says RGB; decoded as YCbCr", "ycbcr_mislabel"))

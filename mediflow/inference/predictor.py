@@ -40,7 +40,7 @@ DEFAULT_REVIEW_BELOW = 0.70
 BACKENDS = ("auto", "onnx", "torch")
 # An int8 export is served by default only when, with the fp32 model's calibration and operating
 # point, its calls agree with fp32's on at least this share of validation + test_dev films and its
-# test_dev AUC is within INT8_MAX_AUC_DROP of fp32's (issue 9: a normal film the int8 model called
+# test_dev AUC is within INT8_MAX_AUC_DROP of fp32's (a normal film the int8 model called
 # PNEUMONIA 0.955 where fp32 said 0.418).
 INT8_MIN_AGREEMENT = 0.995
 INT8_MAX_AUC_DROP = 0.002

@@ -1,7 +1,7 @@
 """Quantization-aware distillation: fp32 weights that keep their calls when ONNX Runtime runs them in int8.
 
 Post-training int8 quantization of the bundled model moves test_dev AUC by 0.003, more than the
-0.002 the int8 rule allows (issue 9). Quantization-aware training (Jacob et al., CVPR 2018,
+0.002 the int8 rule allows. Quantization-aware training (Jacob et al., CVPR 2018,
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference")
 fixes that by training through simulated quantization with the straight-through estimator
 (Bengio et al. 2013). Here the target is not the labels but the fp32 model itself (distillation,
