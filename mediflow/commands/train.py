@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 
 from mediflow.commands import _preprocessing_options as preprocessing_options
 from mediflow.errors import MediFlowError
 from mediflow.training.config import RECIPES, TrainConfig, apply_recipe
 
-log = logging.getLogger("mediflow.train")
 
 
 def _floats(text: str) -> list[float]:
@@ -155,8 +152,5 @@ def run(args: argparse.Namespace) -> int:
         raise MediFlowError("--epochs and --batch-size must be at least 1")
     if not 0 < cfg.val_fraction < 1:
         raise MediFlowError("--val-fraction must be between 0 and 1")
-    # The whole configuration the run uses, recipe values filled in: a log alone says how to reproduce it.
-    log.info("recipe %s; configuration (recipe values where no option was given): %s", cfg.recipe,
-             json.dumps(cfg.to_dict(), sort_keys=True))
     train(cfg)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import time
@@ -198,6 +199,10 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         train, val = load_splits(cfg)
+        # The whole configuration the run uses, recipe values filled in: a log alone says how to
+        # reproduce it. Logged once the data are known good, so a bad folder stays a one-line error.
+        log.info("recipe %s; configuration (recipe values where no option was given): %s", cfg.recipe,
+                 json.dumps(cfg.to_dict(), sort_keys=True))
         class_names = train.class_names
         if val.class_names != class_names:
             raise MediFlowError(f"validation classes {val.class_names} differ from training classes {class_names}")
