@@ -25,6 +25,7 @@ from `Predictor.response`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -298,9 +299,9 @@ def original_vs_copy(p: Predictor, pairs: Sequence[FilmPair], pool: ThreadPoolEx
     for idx in _chunks(len(pairs), 8):
         def encode_all(i: int) -> list[Image.Image]:
             data = pairs[i].original.read_bytes()
-            full = Image.open(pairs[i].original)
-            full.load()
-            return [serve_decode(p, *encode(data, full)) for encode in ORIGINAL_FORMS.values()]
+            with Image.open(io.BytesIO(data)) as full:  # the bytes already read, closed when done
+                full.load()
+                return [serve_decode(p, *encode(data, full)) for encode in ORIGINAL_FORMS.values()]
 
         decoded = list(pool.map(encode_all, idx))
         for k, name in enumerate(ORIGINAL_FORMS):
