@@ -113,9 +113,15 @@ class AugmentConfig:
                    jpeg_quality=(30, 95), zoom=(0.65, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
 
     @classmethod
+    def acquisition_heavy(cls) -> "AugmentConfig":
+        """`acquisition` with the two presentations a model flips on most made common: rotation up
+        to 15 degrees, and a JPEG re-encode on 70% of views at quality 20-95."""
+        return replace(cls.acquisition(), rotation=15.0, jpeg=0.7, jpeg_quality=(20, 95))
+
+    @classmethod
     def named(cls, name: str) -> "AugmentConfig":
         presets = {"design": cls.design, "xray": cls.xray, "xray_robust": cls.xray_robust,
-                   "acquisition": cls.acquisition}
+                   "acquisition": cls.acquisition, "acquisition_heavy": cls.acquisition_heavy}
         return presets[name]()
 
     def to_dict(self) -> dict[str, Any]:

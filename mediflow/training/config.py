@@ -21,7 +21,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None  # None -> inverse class frequency
-    augment: str = "design"  # design | xray | xray_robust
+    augment: str = "design"  # a preset of preprocessing.AugmentConfig.named
     feature_views: int = 2
     unfreeze: int | None = None  # finetune: last N backbone stages; None -> all
     val_fraction: float = 0.2
