@@ -72,7 +72,7 @@ def _decodes_or_refuses(data: bytes, threads: int) -> None:
     cpu = time.process_time()
     tracemalloc.start()
     try:
-        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS, threads=threads)
+        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS, threads=threads).image
     except ImageDecodeError as exc:
         message = str(exc)
         assert message.startswith("fuzz: ") and "\n" not in message and "Traceback" not in message
@@ -133,7 +133,7 @@ SEEDS = _seeds()
 def test_every_seed_decodes():
     """The mutations below start from valid files; each must decode untouched."""
     for name, data in SEEDS.items():
-        img = decode_image(data, name=name, max_pixels=MAX_PIXELS)
+        img = decode_image(data, name=name, max_pixels=MAX_PIXELS).image
         assert img.mode == "RGB", name
     with mock.patch.object(jpeg_stripes, "MIN_STRIPE_BYTES", 1):
         layout = stripe_layout(SEEDS["jpeg-restart-rows"])

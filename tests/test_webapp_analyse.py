@@ -108,7 +108,7 @@ def test_a_text_file_shows_the_apis_error(browser, live_server, tmp_path):
         assert error.get_attribute("role") == "alert"
         assert "notes.txt" in error.inner_text()
         assert api["detail"] in page.get_by_test_id("error-detail").inner_text()
-        assert "not a JPEG, PNG or DICOM image" in api["detail"]
+        assert "not a JPEG, PNG, WebP, TIFF or DICOM image" in api["detail"]
         assert page.locator(CARD).count() == 0
 
 
