@@ -103,6 +103,12 @@ def _seeds() -> dict[str, bytes]:
         "png-gray": png_bytes(film),
         "png-16bit": _pil(Image.fromarray(np.asarray(film, dtype=np.uint16) * 200), "PNG"),
         "png-palette-alpha": _pil(film.convert("P"), "PNG", transparency=0),
+        "webp-lossless": _pil(film, "WEBP", lossless=True),
+        "webp-lossy": _pil(film, "WEBP", quality=80),
+        "tiff-gray": _pil(film, "TIFF"),
+        "tiff-16bit-lzw": _pil(Image.fromarray(np.asarray(film, dtype=np.uint16) * 200), "TIFF",
+                               compression="tiff_lzw"),
+        "tiff-two-pages": _pil(film, "TIFF", save_all=True, append_images=[film]),
         "dicom-12bit": dicom_bytes(gradient(top=4095), bits_stored=12, window=(2048, 1024)),
         "dicom-mono1-rescale": dicom_bytes(gradient(top=255, dtype=np.uint8), photometric="MONOCHROME1",
                                            rescale=(2.0, -10.0)),
@@ -176,7 +182,8 @@ def test_random_bytes(blob):
     decodes_or_refuses(blob)
 
 
-@given(prefix=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\0" * 128 + b"DICM", b"\x02\x00\x00\x00"]),
+@given(prefix=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\0" * 128 + b"DICM", b"\x02\x00\x00\x00",
+                                b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"II*\x00", b"MM\x00*"]),
        rest=st.binary(max_size=512))
 def test_random_bytes_behind_a_valid_signature(prefix, rest):
     decodes_or_refuses(prefix + rest)
