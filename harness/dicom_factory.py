@@ -1,4 +1,5 @@
-"""Small DICOM files built with pydicom inside the tests (no binary fixtures in the repository)."""
+"""Small DICOM files built with pydicom for the tests and the DICOM node benchmark (no binary fixtures in
+the repository)."""
 
 from __future__ import annotations
 
