@@ -405,7 +405,7 @@ def _color(arr: np.ndarray, ds) -> np.ndarray:
 
 def _decoding_plugin(ts) -> str:
     """pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust
-    code panics on a segment that decodes past the frame (found by tests/test_fuzz_decode.py) and
+    code panics on a segment that decodes past the frame (found by tests/data/test_fuzz_decode.py) and
     prints that panic to stderr, where no logging setting can stop it. About 0.4 s more per 2k x 2k
     film. Any other syntax: whichever plugin pydicom finds ("")."""
     from pydicom.uid import RLELossless
