@@ -75,7 +75,7 @@ def machine_description() -> str:
 
 def serve_decode(p: Predictor, data: bytes, name: str) -> Image.Image:
     """Bytes -> the image the server would hand the model (as in `Predictor.predict_bytes`)."""
-    return decode_image(data, name=name, draft_size=p.draft_size, keep_gray=True)
+    return decode_image(data, name=name, draft_size=p.draft_size, keep_gray=True).image
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:

@@ -33,7 +33,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mediflow.data.dicom import image_dicom_header  # noqa: E402
 from mediflow.data.images import decode_image  # noqa: E402
 from mediflow.errors import ImageDecodeError  # noqa: E402
 from mediflow.inference.input_check import InputRejected, Reason, rejected  # noqa: E402
@@ -51,15 +50,14 @@ def verdicts(predictor: Predictor, items: list[tuple[str, bytes]], cache=None) -
         pre, todo, keys = [], [], []
         for key, data in chunk:
             try:
-                img = decode_image(data, name=key, draft_size=predictor.draft_size, keep_gray=True)
+                decoded = decode_image(data, name=key, draft_size=predictor.draft_size, keep_gray=True)
             except ImageDecodeError as exc:  # the API answers 400: no finding either
                 pre.append(([Reason("not_decodable", exc.reason, "rejected")], None))
                 continue
-            header = image_dicom_header(img)
-            reasons = predictor.check_before(img, header)
-            pre.append((reasons, header))
+            reasons = predictor.check_before(decoded)
+            pre.append((reasons, decoded.dicom_header))
             if not rejected(reasons) and not (cache is not None and key in cache.features):
-                todo.append(predictor.preprocess_array(img))
+                todo.append(predictor.preprocess_array(decoded.image))
                 keys.append(key)
         if todo:
             feats = pooled_features(predictor.backend.run(np.stack(todo), ("features",))["features"])
@@ -130,7 +128,7 @@ def row(name: str, checks: list[dict], aim: str, measure: str) -> dict:
 def overhead(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
     """p50 ms of predict_bytes with the check vs the same decode + model without it, interleaved."""
     def without(data: bytes) -> None:
-        img = decode_image(data, draft_size=predictor.draft_size, keep_gray=True)
+        img = decode_image(data, draft_size=predictor.draft_size, keep_gray=True).image
         predictor.response(predictor.probabilities_from_tensors(predictor.preprocess_array(img)[None])[0], 0.0)
 
     def with_check(data: bytes) -> None:
@@ -156,16 +154,15 @@ def overhead(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
 
 def check_cost(predictor: Predictor, uploads: list[bytes], repeats: int) -> dict:
     """p50 ms of the check's own steps: header + pixels (before), features (after)."""
-    imgs = [(img, image_dicom_header(img)) for img in
-            (decode_image(d, draft_size=predictor.draft_size, keep_gray=True) for d in uploads)]
-    pooled = predictor.forward(predictor.preprocess_array(imgs[0][0])[None])[2][0]
+    decoded = [decode_image(d, draft_size=predictor.draft_size, keep_gray=True) for d in uploads]
+    pooled = predictor.forward(predictor.preprocess_array(decoded[0].image)[None])[2][0]
     before, after = [], []
     for k in range(repeats):
-        img, header = imgs[k % len(imgs)]
+        one = decoded[k % len(decoded)]
         t0 = time.perf_counter()
-        reasons = predictor.check_before(img, header)
+        reasons = predictor.check_before(one)
         t1 = time.perf_counter()
-        predictor.check_after(reasons, pooled, header)
+        predictor.check_after(reasons, pooled, one.dicom_header)
         t2 = time.perf_counter()
         before.append((t1 - t0) * 1000)
         after.append((t2 - t1) * 1000)

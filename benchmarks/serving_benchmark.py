@@ -266,7 +266,7 @@ def main() -> int:
 
         default = Predictor.load(pth)
         default_name = "onnx fp32" if default.backend.path == onnx else "int8, fp32 near the operating point"
-        inputs = np.stack([default.preprocess_array(default.load_image(p)) for p in images])
+        inputs = np.stack([default.preprocess_array(default.load_image(p).image) for p in images])
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         # --no-store: like the design, keep no studies (and never write to the user's default store);

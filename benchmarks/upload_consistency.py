@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs {args.data}/fullres_samples and the matching chest_xray224/train copies", file=sys.stderr)
         return 2
     p = Predictor.load(args.model, backend=args.backend)
-    uploads = [p.load_image(f) for f in films]  # the serving decode (JPEG draft mode)
-    ref = p.probabilities_from_images([load_image(c) for c in copies])[:, p.pos]
+    uploads = [p.load_image(f).image for f in films]  # the serving decode (JPEG draft mode)
+    ref = p.probabilities_from_images([load_image(c).image for c in copies])[:, p.pos]
     print(f"model: {p.info.architecture} ({p.backend_name}), threshold {p.threshold:.4f}, "
           f"{len(films)} full-resolution films vs their 224 px training copies")
     print(f"{'preprocessing of the upload':<38} {'mean |dP|':>10} {'max |dP|':>10} {'decisions differ':>17}")

@@ -1,11 +1,15 @@
-"""Which third-party log records reach the user's terminal.
+"""Which third-party log records reach the user's terminal, set by the CLI and the server at start-up.
 
 pydicom's pixel decoders log full tracebacks (e.g. "The decoded segment length does not match")
 for files MediFlow then refuses with its own one-line message; Pillow and the pylibjpeg plugins
-log every chunk or plugin lookup at DEBUG. Neither helps a user: by default their records stop at their own loggers. `mediflow
---verbose` lets them through for debugging a file. Records logged on the "pydicom" logger itself,
-which quote header element values (a patient's name, say), stay dropped even then (see
-mediflow.data.dicom).
+log every chunk or plugin lookup at DEBUG. Neither helps a user: `quiet_libraries` stops their
+records at their own loggers; `mediflow --verbose` lets them through for debugging a file.
+pydicom's warnings and the records logged on the "pydicom" logger itself quote header element
+values (a patient's name, say): those stay dropped even then.
+
+Importing MediFlow changes no logging or warnings setting: a program that imports the decoder as
+a library keeps its own; `mediflow` (cli.py) and the server (serving/app.py create_app) call
+`quiet_libraries` when they start.
 """
 
 from __future__ import annotations
@@ -15,19 +19,41 @@ import os
 import re
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
 LIBRARY_LOGGERS = ("pydicom", "PIL", "pylibjpeg", "openjpeg", "libjpeg", "rle")
 
 
-def quiet_libraries(verbose: bool = False) -> None:
-    """Stop (or, with `verbose`, restore) propagation of LIBRARY_LOGGERS to the root handlers."""
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def keep_header_values_out_of_logs() -> None:
+    """pydicom both warns and logs about malformed elements, quoting their values (a patient's name
+    or age, say); neither may reach MediFlow's logs or stderr. A logger filter drops the records of
+    the "pydicom" logger whatever handlers or levels are configured later, and a warnings filter
+    (not catch_warnings, which is not thread-safe; decoding runs in worker threads) silences its
+    warnings. Safe to call more than once."""
+    logger = logging.getLogger("pydicom")
+    if _drop not in logger.filters:
+        logger.addFilter(_drop)
+    warnings.filterwarnings("ignore", module=r"pydicom\b")
+
+
+def quiet_libraries(verbose: bool | None = None) -> None:
+    """Stop (or, with `verbose`, restore) propagation of LIBRARY_LOGGERS to the root handlers, and keep
+    pydicom's header values out of the logs either way (keep_header_values_out_of_logs).
+
+    Records of pydicom's child loggers (pydicom.pixels.*, which log decoder tracebacks) bypass the
+    filter on "pydicom" itself; they stop here unless `verbose`. `verbose` None (a server started
+    outside the CLI): verbose when the root logger logs DEBUG, as `mediflow --verbose` sets it."""
+    keep_header_values_out_of_logs()
+    if verbose is None:
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).propagate = verbose
-
-
-quiet_libraries()
 
 
 # -- a child runtime's own output (Ray under Flower's simulation) ------------------------------------

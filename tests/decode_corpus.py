@@ -2,15 +2,16 @@
 metamorphic decoding tests: each encoding must decode to the same picture and get the same call.
 
 `encodings(film)` takes an 8-bit grayscale film (H, W) and returns {name: file bytes}. Each entry
-stores the same picture the way a scanner, PACS or phone would: more bits, inverted, windowed,
-compressed, rotated under an EXIF tag, and so on. The encoders are the ones MediFlow's own decoders
-are tested against: Pillow (PNG, JPEG), pydicom with pylibjpeg-openjpeg (JPEG 2000), pyjpegls
+stores the same picture the way a scanner, film digitizer, PACS or phone would: more bits, inverted,
+windowed, compressed, rotated under an EXIF tag, and so on. The encoders are the ones MediFlow's own
+decoders are tested against: Pillow (PNG, JPEG, WebP, TIFF), pydicom with pylibjpeg-openjpeg (JPEG 2000), pyjpegls
 (JPEG-LS) and its native RLE encoder; JPEG data in DICOM is Pillow's JPEG, encapsulated.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable
 
 import numpy as np
@@ -81,6 +82,33 @@ def _jpeg(img: Image.Image, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+def webp(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", **kwargs)
+    return buf.getvalue()
+
+
+def tiff(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF", **kwargs)
+    return buf.getvalue()
+
+
+def white_is_zero(tiff_bytes: bytes) -> bytes:
+    """A little-endian TIFF with its first directory's Photometric Interpretation (tag 262) set to 0,
+    WhiteIsZero (Pillow writes 16-bit grayscale as BlackIsZero only)."""
+    assert tiff_bytes[:4] == b"II*\x00"
+    out = bytearray(tiff_bytes)
+    (ifd,) = struct.unpack_from("<I", out, 4)
+    (count,) = struct.unpack_from("<H", out, ifd)
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", out, entry)[0] == 262:
+            struct.pack_into("<H", out, entry + 8, 0)
+            return bytes(out)
+    raise AssertionError("no Photometric Interpretation tag")
+
+
 def strip_jfif(jpeg: bytes) -> bytes:
     """The JPEG without its JFIF APP0 segment (as many modalities write their JPEG data)."""
     assert jpeg[2:4] == b"\xff\xe0" and jpeg[6:10] == b"JFIF", "expected a JFIF APP0 segment after SOI"
@@ -134,6 +162,15 @@ def encodings(film: np.ndarray) -> dict[str, bytes]:
         "png16": _png(Image.fromarray(s12.astype(np.uint16))),
         "jpeg-progressive": _jpeg(img, progressive=True),
         "jpeg-cmyk": _jpeg(img.convert("RGB").convert("CMYK")),
+        "webp-lossless": webp(img, lossless=True),
+        "webp-lossy": webp(img, quality=90),
+        "tiff8": tiff(img),
+        "tiff8-lzw": tiff(img, compression="tiff_lzw"),
+        # 16-bit grayscale, as film digitizers write it: 12 significant bits, the lowest value black...
+        "tiff16": tiff(Image.fromarray(s12.astype(np.uint16))),
+        "tiff16-deflate": tiff(Image.fromarray(s12.astype(np.uint16)), compression="tiff_adobe_deflate"),
+        # ... or white (Photometric Interpretation WhiteIsZero).
+        "tiff16-white-is-zero": white_is_zero(tiff(Image.fromarray((4095 - s12).astype(np.uint16)))),
     }
     for orientation in range(1, 9):
         out[f"jpeg-exif{orientation}"] = exif_jpeg(film, orientation)

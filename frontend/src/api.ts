@@ -271,14 +271,15 @@ export async function postJSON<T>(path: string, body: unknown): Promise<T> {
   return res.json() as Promise<T>;
 }
 
-export function isDicom(file: File): boolean {
-  return file.type === "application/dicom" || /\.(dcm|dicom)$/i.test(file.name);
+/** DICOM and TIFF: formats the server reads but browsers cannot draw. */
+export function needsServerPreview(file: File): boolean {
+  return ["application/dicom", "image/tiff"].includes(file.type) || /\.(dcm|dicom|tiff?)$/i.test(file.name);
 }
 
 /** Upload one file. XMLHttpRequest, not fetch: only it reports upload progress (0..1). */
 export function analyze(file: File, onProgress: (fraction: number) => void): Promise<Analysis> {
-  // Browsers cannot draw DICOM: ask the server for a PNG rendering of what it analysed.
-  const url = "/api/vision/analyze?heatmap=true" + (isDicom(file) ? "&preview=true" : "");
+  // Browsers cannot draw DICOM or TIFF: ask the server for a PNG rendering of what it analysed.
+  const url = "/api/vision/analyze?heatmap=true" + (needsServerPreview(file) ? "&preview=true" : "");
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", url);

@@ -1,4 +1,4 @@
-"""`mediflow analyze DIR --out results.csv`: every JPEG, PNG and DICOM under DIR into a CSV, resumably."""
+"""`mediflow analyze DIR --out results.csv`: every JPEG, PNG, WebP, TIFF and DICOM under DIR into a CSV, resumably."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse a folder of images into a CSV (resumable)",
-                       description="Analyse every JPEG, PNG and DICOM file under DIR (recursively) and append "
+                       description="Analyse every JPEG, PNG, WebP, TIFF and DICOM file under DIR (recursively) and append "
                                    "one CSV row per file: file, prediction, confidence, p_<class>, needs_review, "
                                    "input_check (ok, warning or rejected: no finding), input_check_reasons, notes, "
                                    "error. Re-running skips files already in the CSV, so an interrupted "

@@ -11,7 +11,7 @@ from pathlib import Path
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict images (JSON lines) or a folder (CSV)",
                        description="Image files: one JSON line per image on stdout. A folder (searched "
-                                   "recursively, JPEG/PNG/DICOM) with --out: a CSV as `mediflow analyze` writes "
+                                   "recursively, JPEG/PNG/WebP/TIFF/DICOM) with --out: a CSV as `mediflow analyze` writes "
                                    "it (resumable), decoding in parallel with inference, with a progress bar. "
                                    "Unreadable images get an error (field or column) and make the exit status 1.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -65,7 +65,7 @@ def _folder(args: argparse.Namespace, predictor, folder: Path) -> int:
 
 
 def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
-    from mediflow.data.images import image_notes, load_image
+    from mediflow.data.images import load_image
     from mediflow.errors import ImageDecodeError
     from mediflow.inference.heatmap import blend
     from mediflow.inference.input_check import InputRejected
@@ -77,11 +77,11 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
     failed = refused = 0
     for path in paths:
         try:
-            img = load_image(path, draft_size=predictor.draft_size)
-            response, hmap = predictor.predict_with_map(img, heatmap=heat_dir is not None)
+            decoded = load_image(path, draft_size=predictor.draft_size)
+            response, hmap = predictor.predict_with_map(decoded, heatmap=heat_dir is not None)
             result = {"file": str(path), **response}
-            if image_notes(img):
-                result["notes"] = image_notes(img)
+            if decoded.notes:
+                result["notes"] = list(decoded.notes)
         except InputRejected as exc:  # no finding: what the API answers with 422
             result, hmap = {"file": str(path), "detail": str(exc), "input_check": exc.input_check}, None
             refused += 1
@@ -95,7 +95,7 @@ def _json_lines(args: argparse.Namespace, predictor, paths: list[Path]) -> int:
             failed += 1
         if hmap is not None:
             out = heat_dir / _unique(path.stem, written)
-            blend(img, hmap).save(out)
+            blend(decoded.image, hmap).save(out)
             result["heatmap_file"] = str(out)
         print(json.dumps(result), flush=True)
     if failed:

@@ -17,7 +17,7 @@ from mediflow.errors import DatasetError, ImageDecodeError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 @dataclass
@@ -189,5 +189,5 @@ class ImageFolderDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        img = load_image(self.samples.paths[i], draft_size=self.draft_size)
+        img = load_image(self.samples.paths[i], draft_size=self.draft_size).image
         return self.transform(img), self.samples.labels[i]

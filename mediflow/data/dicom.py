@@ -5,59 +5,34 @@ Bits Stored low bits of each word, sign-extended when signed, whatever decoder p
 Modality LUT (rescale slope/intercept or a LUT) -> VOI LUT (window centre/width or a LUT; min-max
 when the file has none; a percentile window when the stored one turns almost every pixel black,
 or almost every pixel white) -> MONOCHROME1 inversion -> 8 bits. Only the first frame of a
-multi-frame object is decoded. What the decoder assumed or corrected is attached to the image as
-notes and flag codes (`image_notes`, `image_flags`); docs/dicom.md lists them.
+multi-frame object is decoded. What the decoder assumed or corrected comes back with the image as
+notes and flag codes (`DecodedImage.notes`, `.flags`); docs/dicom.md lists them.
 
-Header values can identify a patient: nothing here logs them, and pydicom's warnings and log
-records (which may quote element values) are kept out of MediFlow's logs.
+Header values can identify a patient: nothing here logs them. pydicom's own warnings and log
+records may quote element values; the CLI and the server keep them out of MediFlow's logs
+(`mediflow.logs.quiet_libraries`), which importing this module does not do.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import struct
-import warnings
 import zlib
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mediflow import logs as _logs  # noqa: F401  (importing it quiets pydicom's decoder tracebacks)
+from mediflow.data.decoded import FORMAT_NAMES, DecodedImage
 from mediflow.data.dicom_header import check_pixel_data_length, check_pixel_header, check_value_transforms, label
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
-
-NOTES_KEY = "mediflow_notes"
-# Machine-readable codes a decoder attaches next to its notes (e.g. "window_fallback",
-# "exif_orientation"), read by the input check; the notes are the human sentences.
-FLAGS_KEY = "mediflow_flags"
-# The header fields (dicom_metadata's) of a decoded DICOM, for the input check; never logged.
-HEADER_KEY = "mediflow_dicom_header"
-
-# pydicom both warns and logs about malformed elements, quoting their values (a patient's name or
-# age, say). Neither may reach MediFlow's logs or stderr: a logger filter drops its records whatever
-# handlers or levels are configured later, and a warnings filter (not catch_warnings, which is not
-# thread-safe; decoding runs in worker threads) silences its warnings.
-# Records of pydicom's child loggers (pydicom.pixels.*, which log decoder tracebacks) bypass a
-# filter on "pydicom" itself; mediflow.logs stops them at the "pydicom" logger unless --verbose.
-logging.getLogger("pydicom").addFilter(lambda record: False)
-warnings.filterwarnings("ignore", module=r"pydicom\b")
 
 # Header fields kept with a study. Patient age and sex are clinical context; names and IDs are not read.
 METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge", "PatientSex",
                    "BodyPartExamined", "ViewPosition", "SOPClassUID")
 
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-# pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust code
-# panics on a segment that decodes past the frame (found by tests/data/test_fuzz_decode.py) and prints
-# that panic to stderr, where no logging setting can stop it. About 0.4 s more per 2k x 2k film.
-_PLUGIN = {"1.2.840.10008.1.2.5": "pydicom"}
 # Deflated DICOM is inflated whole by pydicom; cap what a small upload may expand to.
 _INFLATE_OVERHEAD = 4 * 1024 * 1024
-
-# Lossy JPEG syntaxes whose 3-component codestreams follow JFIF's colour convention (ITU T.871).
-_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 # Window fallback: a stored VOI window (or VOI LUT) that leaves at least this share of the pixels at
 # one end of its output range (all black or all white after 8-bit rounding) shows no anatomy.
@@ -68,23 +43,6 @@ SATURATED_SHARE = 0.99
 # ...and it is replaced by the 0.5th-99.5th percentile of the modality values: robust to the few
 # burnt-in labels or dead pixels at the extremes that a min-max window would stretch to.
 FALLBACK_PERCENTILES = (0.5, 99.5)
-
-
-def image_notes(img: Image.Image) -> list[str]:
-    """Notes a decoder attached to an image (e.g. 'first frame of 12 used'); empty for plain images."""
-    return list(img.info.get(NOTES_KEY, []))
-
-
-def image_flags(img: Image.Image) -> list[str]:
-    """Codes a decoder attached to an image (e.g. "window_fallback"); empty for plain images."""
-    return list(img.info.get(FLAGS_KEY, []))
-
-
-def add_note(img: Image.Image, note: str, flag: str | None = None) -> None:
-    """Attach a human-readable `note` and, optionally, a machine-readable `flag` code to `img`."""
-    img.info[NOTES_KEY] = [*img.info.get(NOTES_KEY, []), note]
-    if flag is not None:
-        img.info[FLAGS_KEY] = [*img.info.get(FLAGS_KEY, []), flag]
 
 
 def _file_meta_transfer_syntax(data: bytes) -> tuple[str | None, int]:
@@ -158,10 +116,11 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
         raise ImageDecodeError(f"{name}: DICOM images are not supported by this installation "
                                "(pydicom is not installed)") from None
     from pydicom.errors import InvalidDicomError
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                             ImplicitVRLittleEndian)
 
     ts, meta_end = _file_meta_transfer_syntax(data)
-    if ts == _DEFLATED:
+    if ts == DeflatedExplicitVRLittleEndian:
         limit = (max_pixels or 50_000_000) * 8 + _INFLATE_OVERHEAD
         _check_inflated_size(data, meta_end, limit, name)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
@@ -180,7 +139,7 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
     if len(ds) == 0 and has_preamble:
         raise ImageDecodeError(f"{name}: DICOM file has no data elements (truncated?)")
     if not any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality")):
-        raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (no DICOM elements found)")
+        raise ImageDecodeError(f"{name}: not a {FORMAT_NAMES} image (no DICOM elements found)")
     meta = ds.file_meta if hasattr(ds, "file_meta") else None
     if meta is not None and "TransferSyntaxUID" in meta and not str(meta.TransferSyntaxUID).strip("\0 "):
         del meta.TransferSyntaxUID  # empty: as if absent
@@ -273,13 +232,6 @@ def _metadata(ds) -> dict[str, Any]:
     if frames > 0:
         out["NumberOfFrames"] = frames
     return out
-
-
-def image_dicom_header(img: Image.Image) -> dict[str, Any] | None:
-    """The `dicom_metadata` fields of the DICOM file `img` was decoded from (by decode_dicom, from the
-    header it had read anyway); None for an image from any other format."""
-    header = img.info.get(HEADER_KEY)
-    return dict(header) if header is not None else None
 
 
 def _sop_class(ds) -> str:
@@ -451,14 +403,27 @@ def _color(arr: np.ndarray, ds) -> np.ndarray:
     return _to_unit_range(arr, 0.0, float(2**bits - 1))
 
 
-def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
+def _decoding_plugin(ts) -> str:
+    """pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust
+    code panics on a segment that decodes past the frame (found by tests/data/test_fuzz_decode.py) and
+    prints that panic to stderr, where no logging setting can stop it. About 0.4 s more per 2k x 2k
+    film. Any other syntax: whichever plugin pydicom finds ("")."""
+    from pydicom.uid import RLELossless
+
+    return "pydicom" if ts == RLELossless else ""
+
+
+def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> DecodedImage:
     """Decode the first frame of a DICOM image to 8-bit RGB, or raise ImageDecodeError.
 
     Rows x Columns is checked against `max_pixels` before any pixel data is decoded.
-    Notes (e.g. frames skipped, a window replaced) are in `image_notes(img)`, their codes
-    ("window_fallback", "ycbcr_mislabel", "high_bits_masked") in `image_flags(img)`.
+    The result's notes say what was assumed or corrected (e.g. frames skipped, a window replaced),
+    its flags give their codes ("window_fallback", "ycbcr_mislabel", "high_bits_masked"), and its
+    `dicom_header` / `dicom_dataset` the header read on the way (one parse per file).
     """
     from pydicom.pixels import pixel_array
+    # Lossy JPEG syntaxes whose 3-component codestreams follow JFIF's colour convention (ITU T.871).
+    from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
     ds = _read_dataset(data, name, stop_before_pixels=False, max_pixels=max_pixels)
     if "PixelData" not in ds:
@@ -482,12 +447,12 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
     found: list[tuple[str, str | None]] = []  # (note, flag) from decoding
     options: dict[str, Any] = {"correct_unused_bits": False}  # done by _stored_bits_only, for every syntax
     try:
-        if ts in _JPEG_LOSSY and header.photometric == "RGB" and _jpeg_is_ycbcr(_first_frame(ds, header.frames)):
+        if ts in (JPEGBaseline8Bit, JPEGExtended12Bit) and header.photometric == "RGB" and _jpeg_is_ycbcr(_first_frame(ds, header.frames)):
             # A common modality mislabel: pydicom would show the YCbCr samples as RGB.
             options["force_rgb"] = True
             found.append(("the JPEG data is YCbCr (no Adobe marker saying RGB) although Photometric "
                           "Interpretation says RGB; decoded as YCbCr", "ycbcr_mislabel"))
-        arr = pixel_array(ds, index=0, decoding_plugin=_PLUGIN.get(ts, ""), **options)
+        arr = pixel_array(ds, index=0, decoding_plugin=_decoding_plugin(ts), **options)
         arr, masked = _stored_bits_only(arr, header)
         if masked:
             found.append((f"bits above Bits Stored ({header.bits_stored}) set in the pixel data "
@@ -512,11 +477,13 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(f"{name}: DICOM Rescale Slope/Intercept or window values take pixels beyond the "
                                "range of a number", reason="DICOM pixel values not finite after rescale/window")
     img = Image.fromarray(np.rint(unit * 255.0).astype(np.uint8)).convert("RGB")
+    out = DecodedImage(img, "dicom", dicom_header=_metadata(ds))
     for note in header.notes:
-        add_note(img, note)
+        out.add_note(note)
     if header.frames > 1:
-        add_note(img, f"multi-frame DICOM: first frame of {header.frames} analysed")
+        out.add_note(f"multi-frame DICOM: first frame of {header.frames} analysed")
     for note, flag in found:
-        add_note(img, note, flag=flag)
-    img.info[HEADER_KEY] = _metadata(ds)
-    return img
+        out.add_note(note, flag=flag)
+    del ds.PixelData  # the caller keeps the header, not a second copy of the upload's pixels
+    out.dicom_dataset = ds
+    return out

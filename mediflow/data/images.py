@@ -1,20 +1,23 @@
-"""Bytes or files -> an RGB PIL image, checked by content rather than by name or declared type.
+"""Bytes or files -> a DecodedImage (an RGB PIL image, with what the decoder noticed and read),
+checked by content rather than by name or declared type.
 
-Every entry point (dataset loading, CLI prediction, the API) decodes through `decode_image`, so a
-bad file gets the same clear error everywhere.
+Every entry point (dataset loading, CLI prediction, the API, the DICOM node) decodes through
+`decode_image`, so a bad file gets the same clear error everywhere. JPEG, PNG, WebP and TIFF go
+through Pillow, DICOM through pydicom (dicom.py); 16-bit grayscale is windowed to 8 bits alike.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from mediflow.data.dicom import (add_note, decode_dicom, image_dicom_header, image_flags, image_notes,  # noqa: F401 (re-exported)
-                                 looks_like_dicom)
+from mediflow.data.decoded import FORMAT_NAMES, DecodedImage, SourceFormat
+from mediflow.data.dicom import decode_dicom, looks_like_dicom
 from mediflow.data.jpeg_stripes import decode_in_stripes
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
@@ -24,17 +27,21 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Truncated JPEGs must fail loudly, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-_MAGIC = {
+_MAGIC: dict[SourceFormat, tuple[bytes, ...]] = {
     "jpeg": (b"\xff\xd8\xff",),
     "png": (b"\x89PNG\r\n\x1a\n",),
+    # TIFF 6.0 section 2: byte order "II" (little endian) or "MM", then 42; BigTIFF writes 43.
+    "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
 }
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format by magic bytes: 'jpeg', 'png', 'dicom' or None."""
+def sniff_format(data: bytes) -> SourceFormat | None:
+    """The image format by magic bytes: 'jpeg', 'png', 'webp', 'tiff', 'dicom' or None."""
     for fmt, magics in _MAGIC.items():
         if any(data.startswith(m) for m in magics):
             return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # a RIFF container (its size between) of WebP
+        return "webp"
     if looks_like_dicom(data):
         return "dicom"
     return None
@@ -75,14 +82,25 @@ def _apply_orientation(img: Image.Image, orientation: int | None) -> Image.Image
     return turned
 
 
-def _to_rgb(img: Image.Image, *, keep_gray: bool = False) -> Image.Image:
+# Pillow's modes for one sample of more than 8 bits: 16-bit PNG and TIFF, 32-bit integer, float.
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# TIFF Photometric Interpretation (tag 262) 0, WhiteIsZero: the lowest value is white, as in DICOM's
+# MONOCHROME1. Pillow inverts 8-bit such files itself, but not 16-bit ones.
+TIFF_PHOTOMETRIC = 262
+TIFF_WHITE_IS_ZERO = 0
+
+
+def _to_rgb(img: Image.Image, *, keep_gray: bool = False, white_is_zero: bool = False) -> Image.Image:
     """Any supported mode -> 8-bit RGB (or 8-bit "L" with keep_gray). 16-bit grayscale is min-max
-    windowed to 8 bits, because X-ray PNGs often use only 10-12 of their 16 bits and would
-    otherwise look black."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    windowed to 8 bits, as a DICOM without a stored window is, because X-ray PNGs and digitised
+    films often use only 10-12 of their 16 bits and would otherwise look black. `white_is_zero`:
+    the lowest of those values is white (inverted after windowing)."""
+    if img.mode in WIDE_GRAY_MODES:
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        if white_is_zero:
+            scaled = 255.0 - scaled
         img = Image.fromarray(scaled.round().astype(np.uint8))
     if img.mode in ("RGBA", "LA", "P", "PA"):
         # Composite on black: transparent margins in exported films are background, not tissue.
@@ -102,8 +120,9 @@ def decode_image(
     draft_size: int | None = None,
     keep_gray: bool = False,
     threads: int = 1,
-) -> Image.Image:
-    """Decode JPEG/PNG/DICOM bytes to an RGB image, or raise ImageDecodeError saying what is wrong.
+) -> DecodedImage:
+    """Decode JPEG/PNG/WebP/TIFF/DICOM bytes to an RGB image, or raise ImageDecodeError saying what
+    is wrong. The format is judged by content only (a WebP named .jpg is a WebP).
 
     `draft_size`: for JPEG, let the decoder downscale in the DCT domain (by 1/2, 1/4 or 1/8) while
     keeping both sides >= draft_size; far cheaper than decoding full resolution and resizing.
@@ -112,8 +131,8 @@ def decode_image(
     `threads`: a grayscale JPEG with a restart marker after every row of blocks (or every few) is
     decoded in that many horizontal stripes at once, the same pixels in less time (jpeg_stripes.py);
     for a caller waiting on one image while cores are free, not for one decoding many in parallel.
-    A JPEG or PNG with an EXIF Orientation is returned turned upright, with a note and the flag
-    "exif_orientation" (see `image_notes`, `image_flags`).
+    An image with an EXIF Orientation is returned turned upright, with a note and the flag
+    "exif_orientation"; a multi-page TIFF or animated WebP gives its first page, with a note.
     """
     if not data:
         raise ImageDecodeError(f"{name}: file is empty")
@@ -121,7 +140,8 @@ def decode_image(
     if fmt == "dicom":
         return decode_dicom(data, name=name, max_pixels=max_pixels)
     if fmt is None:
-        raise ImageDecodeError(f"{name}: not a JPEG, PNG or DICOM image (unrecognised file signature)")
+        raise ImageDecodeError(f"{name}: not a {FORMAT_NAMES} image (unrecognised file signature)")
+    label = _LABELS[fmt]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -135,6 +155,9 @@ def decode_image(
                 )
             if draft_size and fmt == "jpeg":
                 img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_size, draft_size))
+            pages = getattr(img, "n_frames", 1) if fmt in ("tiff", "webp") else 1
+            white_is_zero = (fmt == "tiff" and img.mode in WIDE_GRAY_MODES
+                             and img.tag_v2.get(TIFF_PHOTOMETRIC) == TIFF_WHITE_IS_ZERO)
             striped = decode_in_stripes(data, img.size, threads) if fmt == "jpeg" and img.mode == "L" else None
             if striped is None:
                 img.load()
@@ -148,16 +171,34 @@ def decode_image(
             f"{name}: image too large: exceeds the limit of {max_pixels:,} pixels (decompression bomb guard)"
         ) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: {fmt.upper()} signature but the image cannot be read") from None
+        raise ImageDecodeError(f"{name}: {label} signature but the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"{name}: corrupt or truncated {fmt.upper()} ({exc})",
-                               reason=f"corrupt or truncated {fmt.upper()} ({type(exc).__name__})") from None
+        raise ImageDecodeError(f"{name}: corrupt or truncated {label} ({exc})",
+                               reason=f"corrupt or truncated {label} ({type(exc).__name__})") from None
+    except (KeyError, IndexError, TypeError, struct.error, ZeroDivisionError) as exc:
+        if fmt != "tiff":
+            raise
+        # What Pillow's TIFF reader raises on a garbled image file directory, rather than OSError.
+        raise ImageDecodeError(f"{name}: corrupt TIFF directory ({type(exc).__name__})",
+                               reason=f"corrupt TIFF directory ({type(exc).__name__})") from None
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+        raise ImageDecodeError(f"{name}: {label} holds pixel values that are not finite numbers")
     orientation = _exif_orientation(img)
-    out = _to_rgb(_apply_orientation(img, orientation), keep_gray=keep_gray)
+    out = DecodedImage(_to_rgb(_apply_orientation(img, orientation), keep_gray=keep_gray,
+                               white_is_zero=white_is_zero), fmt)
+    if pages > 1:
+        kind = "multi-page TIFF" if fmt == "tiff" else "animated WebP"
+        out.add_note(f"{kind}: first {'page' if fmt == 'tiff' else 'frame'} of {pages} analysed")
+    if white_is_zero:
+        out.add_note("TIFF Photometric Interpretation WhiteIsZero: the lowest values are shown white")
     if orientation is not None:
-        add_note(out, f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation][0]} "
-                      "before analysis, as image viewers show it", flag="exif_orientation")
+        out.add_note(f"EXIF Orientation {orientation}: the image was {EXIF_ORIENTATIONS[orientation][0]} "
+                     "before analysis, as image viewers show it", flag="exif_orientation")
     return out
+
+
+_LABELS: dict[SourceFormat, str] = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "tiff": "TIFF",
+                                    "dicom": "DICOM"}
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -174,6 +215,6 @@ def read_image_file(path: str | Path) -> bytes:
         raise ImageDecodeError(f"{p}: cannot read ({exc.strerror})") from None
 
 
-def load_image(path: str | Path, **kwargs) -> Image.Image:
-    """Decode an image file; errors name the file."""
+def load_image(path: str | Path, **kwargs) -> DecodedImage:
+    """Decode an image file (`decode_image`'s keyword arguments); errors name the file."""
     return decode_image(read_image_file(path), name=str(Path(path)), **kwargs)

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+from pydicom import uid
 
 KINDS = ("natural", "document", "ct_like", "mr_like", "ultrasound_like", "other_modality_dicom", "blank")
 Item = tuple[str, str, bytes]
@@ -279,12 +280,12 @@ def _dicom(arr: np.ndarray, *, modality: str, sop_class: str, body_part: str | N
     return buf.getvalue()
 
 
-CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-US_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-MG_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+CT_STORAGE = uid.CTImageStorage
+MR_STORAGE = uid.MRImageStorage
+US_STORAGE = uid.UltrasoundImageStorage
+MG_STORAGE = uid.DigitalMammographyXRayImageStorageForPresentation
+DX_STORAGE = uid.DigitalXRayImageStorageForPresentation
+SC_STORAGE = uid.SecondaryCaptureImageStorage
 
 
 def other_modality_dicoms(film: np.ndarray | None = None) -> Iterator[Item]:

@@ -49,13 +49,13 @@ class Analyser:
         InputRejected as the API would."""
         p = self.predictor
         t0 = time.perf_counter()
-        img = decode_image(data, name="received film", draft_size=p.draft_size, keep_gray=True,
-                           threads=p.decode_threads, max_pixels=self.max_pixels)
-        result, hmap = p.predict_with_map(img, heatmap=self.heatmap_sc, t0=t0)
-        source = results.read_dataset(data)
+        decoded = decode_image(data, name="received film", draft_size=p.draft_size, keep_gray=True,
+                               threads=p.decode_threads, max_pixels=self.max_pixels)
+        result, hmap = p.predict_with_map(decoded, heatmap=self.heatmap_sc, t0=t0)
+        source = decoded.dicom_dataset  # the header the decoder read: the file is parsed once
         built = [results.build_sr(source, result)]
         if self.heatmap_sc:
-            built.append(results.build_sc(source, result, img, hmap))
+            built.append(results.build_sc(source, result, decoded.image, hmap))
         return result, built
 
     def run_once(self) -> bool:

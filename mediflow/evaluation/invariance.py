@@ -1,6 +1,6 @@
 """The same film presented differently: the variants of the invariance check.
 
-Each variant takes a decoded film (a PIL image, as `decode_image` returns it) and returns the film
+Each variant takes a decoded film (a PIL image, `decode_image(...).image`) and returns the film
 as another site, viewer or encoder would hand it over: inside a dark screen frame, padded, cropped,
 with another exposure or contrast, as a 12-bit DICOM windowed min-max, re-encoded as JPEG at
 quality 50, at a hospital's resolution, rotated or flipped. A model that reads the lungs keeps its
@@ -40,7 +40,7 @@ class EncodedVariant:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         data, name = self.encode(img)
-        return decode_image(data, name=name)
+        return decode_image(data, name=name).image
 
 
 def dark_frame(img: Image.Image) -> Image.Image:
@@ -90,10 +90,10 @@ def dx_dataset(arr: np.ndarray, *, bits_stored: int, window: tuple[float, float]
     """A Digital X-Ray MONOCHROME2 pydicom FileDataset holding `arr` ((rows, cols) uint16 values of
     `bits_stored` bits), uncompressed; `window`: (centre, width) to store, none by default."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("variant.dcm", {}, file_meta=meta, preamble=b"\0" * 128)

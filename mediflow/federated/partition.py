@@ -29,7 +29,7 @@ def border_darkness(samples: Samples, size: int = 64) -> np.ndarray:
     out = np.zeros(len(samples))
     m = size // 8
     for i, p in enumerate(samples.paths):
-        a = np.asarray(load_image(p).convert("L").resize((size, size)), dtype=np.float64)
+        a = np.asarray(load_image(p).image.convert("L").resize((size, size)), dtype=np.float64)
         border = np.concatenate([a[:m].ravel(), a[-m:].ravel(), a[:, :m].ravel(), a[:, -m:].ravel()])
         out[i] = a[size // 4: -size // 4, size // 4: -size // 4].mean() - border.mean()
     return out

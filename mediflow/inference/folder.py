@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from mediflow import __version__
 from mediflow.data.dataset import IMAGE_SUFFIXES
-from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, image_dicom_header, image_notes, sniff_format
+from mediflow.data.decoded import FORMAT_NAMES
+from mediflow.data.images import DEFAULT_MAX_PIXELS, decode_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, MediFlowError
 from mediflow.inference.batch import prefetched_batches
 from mediflow.inference.heatmap import blend
@@ -96,7 +97,7 @@ def _not_an_image(path: Path, name: str) -> str | None:
         if _is_dicom_without_suffix(path):
             return None
         return "no image extension and no DICOM preamble"
-    return f"not a JPEG, PNG or DICOM file by its extension ({path.suffix})"
+    return f"not a {FORMAT_NAMES} file by its extension ({path.suffix})"
 
 
 def scan_folder(root: Path, *, exclude: set[Path] = frozenset()) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -230,12 +231,11 @@ def _load(path: Path, name: str, predictor: Predictor, max_pixels: int, keep_ima
             data = path.read_bytes()
         except OSError as exc:
             raise ImageDecodeError(f"{name}: cannot read ({exc.strerror})") from None
-        img = decode_image(data, name=str(path), max_pixels=max_pixels, draft_size=predictor.draft_size)
-        header = image_dicom_header(img)
-        reasons = predictor.check_before(img, header)
+        decoded = decode_image(data, name=str(path), max_pixels=max_pixels, draft_size=predictor.draft_size)
+        reasons = predictor.check_before(decoded)
         # A refused input is not sent through the model.
-        x = None if rejected(reasons) else predictor.preprocess_array(img)
-        return _Loaded(x, image_notes(img), None, img if keep_image else None, reasons, header)
+        x = None if rejected(reasons) else predictor.preprocess_array(decoded.image)
+        return _Loaded(x, decoded.notes, None, decoded.image if keep_image else None, reasons, decoded.dicom_header)
     except ImageDecodeError as exc:
         # load_image names the absolute path; the CSV names files relative to the folder.
         return _Loaded(None, [], str(exc).replace(str(path), name, 1))
@@ -282,7 +282,7 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
         previous = {name: ok for name, ok in previous.items() if ok}
     paths, not_images = scan_folder(root, exclude={out.resolve(), sidecar.resolve()})
     if not paths:
-        raise DatasetError(f"{root}: no JPEG, PNG or DICOM files found" +
+        raise DatasetError(f"{root}: no {FORMAT_NAMES} files found" +
                            (f" ({len(not_images)} other entries skipped, e.g. {not_images[0][0]}: {not_images[0][1]})"
                             if not_images else ""))
     names = [p.relative_to(root).as_posix() for p in paths]

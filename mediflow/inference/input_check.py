@@ -28,6 +28,7 @@ inference; a rejection raises `InputRejected` and no finding is given.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -79,16 +80,34 @@ OTHER_MODALITIES = {
     "RTDOSE": "radiotherapy dose", "RTSTRUCT": "radiotherapy structure set", "SEG": "segmentation",
     "PR": "presentation state", "KO": "key object selection", "HD": "haemodynamic waveform",
 }
-# Storage SOP Classes (PS3.4 B.5) of other modalities, by UID prefix.
-OTHER_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT", "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.6": "ultrasound",
-    "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound", "1.2.840.10008.5.1.4.1.1.1.2": "mammography",
-    "1.2.840.10008.5.1.4.1.1.1.3": "intra-oral radiography", "1.2.840.10008.5.1.4.1.1.20": "nuclear medicine",
-    "1.2.840.10008.5.1.4.1.1.128": "PET", "1.2.840.10008.5.1.4.1.1.130": "PET",
-    "1.2.840.10008.5.1.4.1.1.12.1": "X-ray angiography", "1.2.840.10008.5.1.4.1.1.12.2": "fluoroscopy",
-    "1.2.840.10008.5.1.4.1.1.13": "breast tomosynthesis", "1.2.840.10008.5.1.4.1.1.77": "visible light photography",
-    "1.2.840.10008.5.1.4.1.1.481": "radiotherapy", "1.2.840.10008.5.1.4.1.1.66": "segmentation",
-}
+# Roots of Storage SOP Class families (PS3.4 B.5) that no single class's UID equals: every class of
+# the family has a longer UID under it (e.g. 1.2.840.10008.5.1.4.1.1.77.1.4, VL Photographic).
+ULTRASOUND_RETIRED_ROOT = "1.2.840.10008.5.1.4.1.1.6"
+TOMOSYNTHESIS_ROOT = "1.2.840.10008.5.1.4.1.1.13"
+VISIBLE_LIGHT_ROOT = "1.2.840.10008.5.1.4.1.1.77"
+RADIOTHERAPY_ROOT = "1.2.840.10008.5.1.4.1.1.481"
+
+
+@functools.cache
+def other_sop_classes() -> dict[str, str]:
+    """Storage SOP Classes of other modalities, {UID prefix: kind}: a file's SOP Class UID that equals
+    a prefix or lies under it (Enhanced CT under CT Image Storage, say) is not a chest radiograph.
+    Built on first use: pydicom is imported only when a DICOM header is checked."""
+    from pydicom import uid
+
+    return {
+        uid.CTImageStorage: "CT", uid.MRImageStorage: "MR", ULTRASOUND_RETIRED_ROOT: "ultrasound",
+        uid.UltrasoundMultiFrameImageStorage: "ultrasound",
+        uid.DigitalMammographyXRayImageStorageForPresentation: "mammography",
+        uid.DigitalIntraOralXRayImageStorageForPresentation: "intra-oral radiography",
+        uid.NuclearMedicineImageStorage: "nuclear medicine",
+        uid.PositronEmissionTomographyImageStorage: "PET", uid.EnhancedPETImageStorage: "PET",
+        uid.XRayAngiographicImageStorage: "X-ray angiography", uid.XRayRadiofluoroscopicImageStorage: "fluoroscopy",
+        TOMOSYNTHESIS_ROOT: "breast tomosynthesis", VISIBLE_LIGHT_ROOT: "visible light photography",
+        RADIOTHERAPY_ROOT: "radiotherapy",
+        # Raw Data Storage; the segmentation and registration classes lie under it (1.2.840.10008.5.1.4.1.1.66.4 ...).
+        uid.RawDataStorage: "segmentation",
+    }
 # BodyPartExamined values (PS3.16 CID 4031 terms and common vendor spellings) that are not the chest.
 # Unknown values pass: sites write free text here, and the features still see the pixels.
 OTHER_BODY_PARTS = {
@@ -148,10 +167,13 @@ def summarize(reasons: Iterable[Reason]) -> dict[str, Any]:
 
 class InputRejected(MediFlowError):
     """An input the check refuses: no finding. `input_check` is summarize()'s dict (status 'rejected');
-    the message is one sentence naming the first reason."""
+    the message is one sentence naming the first reason. `dicom_header`: the refused DICOM file's
+    header fields (DecodedImage.dicom_header; None for other formats), for the caller that records
+    the refusal; never part of the message."""
 
-    def __init__(self, input_check: dict[str, Any]):
+    def __init__(self, input_check: dict[str, Any], *, dicom_header: dict[str, Any] | None = None):
         self.input_check = input_check
+        self.dicom_header = dicom_header
         first = next(r for r in input_check["reasons"] if r["severity"] == REJECTED)
         super().__init__(f"Not analysed: {first['message'][0].lower()}{first['message'][1:]}")
 
@@ -177,7 +199,7 @@ def header_reasons(meta: dict[str, Any] | None) -> list[Reason]:
         out.append(Reason("not_chest_radiograph", f"The DICOM header says Modality {modality} "
                           f"({OTHER_MODALITIES[modality]}): the model reads chest radiographs only.", REJECTED))
     sop = str(meta.get("SOPClassUID") or "").strip()
-    for prefix, kind in OTHER_SOP_CLASSES.items():
+    for prefix, kind in other_sop_classes().items():
         if sop == prefix or sop.startswith(prefix + "."):
             out.append(Reason("not_chest_radiograph", f"The DICOM SOP Class ({sop}) is a {kind} image: the model "
                               "reads chest radiographs only.", REJECTED))

@@ -134,7 +134,7 @@ def extract_features(predictor: Predictor, paths: Sequence[Path], cache: Feature
     got: dict[str, np.ndarray] = {}
     for i in range(0, len(todo), batch_size):
         chunk = todo[i:i + batch_size]
-        x = np.stack([predictor.preprocess_array(predictor.load_image(p)) for p in chunk])
+        x = np.stack([predictor.preprocess_array(predictor.load_image(p).image) for p in chunk])
         for p, f in zip(chunk, pooled_features(predictor.backend.run(x, ("features",))["features"])):
             got[str(p)] = f
         if cache is not None:
@@ -316,7 +316,8 @@ def extract_variant_features(predictor: Predictor, paths: Sequence[Path], kind: 
     from mediflow.data.images import decode_image
 
     def maker(p: Path) -> Callable[[], np.ndarray]:
-        return lambda: predictor.preprocess_array(decode_image(format_variant(p, kind), draft_size=predictor.draft_size))
+        return lambda: predictor.preprocess_array(
+            decode_image(format_variant(p, kind), draft_size=predictor.draft_size).image)
 
     return extract_keyed_features(predictor, [(f"{p}#{kind}", maker(p)) for p in paths], cache, batch_size)
 
@@ -336,7 +337,7 @@ def extract_acquired_features(predictor: Predictor, paths: Sequence[Path], cache
     def maker(i: int, p: Path) -> Callable[[], np.ndarray]:
         def make() -> np.ndarray:
             torch.manual_seed(seed * 1_000_003 + i)
-            return transform(load_image(p)).numpy()
+            return transform(load_image(p).image).numpy()
         return make
 
     return extract_keyed_features(predictor, [(f"{p}#acquired{seed}", maker(i, p)) for i, p in enumerate(paths)],
@@ -355,10 +356,10 @@ def extract_outlier_features(predictor: Predictor, cache: FeatureCache | None) -
     for name, kind, data in corpus():
         if kind == "blank":
             continue
-        img = decode_image(data, name=name, draft_size=predictor.draft_size, keep_gray=True)
-        if rejected(predictor.check_before(img)):
+        decoded = decode_image(data, name=name, draft_size=predictor.draft_size, keep_gray=True)
+        if rejected(predictor.check_before(decoded)):
             continue
-        items.append((f"corpus:{kind}/{name}", lambda img=img: predictor.preprocess_array(img)))
+        items.append((f"corpus:{kind}/{name}", lambda img=decoded.image: predictor.preprocess_array(img)))
         groups.append(f"{kind}/{name.split('-')[0]}")
     return extract_keyed_features(predictor, items, cache), groups
 

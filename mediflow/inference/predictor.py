@@ -22,7 +22,8 @@ from PIL import Image
 
 from mediflow import DISCLAIMER
 from mediflow.checkpoint import checkpoint_members, file_sha256, load_checkpoint, weights_sha256
-from mediflow.data.images import decode_image, image_dicom_header, image_flags, image_notes, load_image
+from mediflow.data.decoded import DecodedImage
+from mediflow.data.images import decode_image, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
@@ -217,7 +218,7 @@ class Predictor:
 
         return torch.from_numpy(self.preprocess_array(img))
 
-    def load_image(self, path: str | Path) -> Image.Image:
+    def load_image(self, path: str | Path) -> DecodedImage:
         """An image file, decoded the fast way the server decodes uploads."""
         return load_image(path, draft_size=self.draft_size)
 
@@ -252,10 +253,9 @@ class Predictor:
         return self.probabilities_from_logits(out["logits"]), maps, pooled_features(out["features"])
 
     # -- the input check (input_check.py) --------------------------------------------------------
-    def check_before(self, img: Image.Image, header: dict[str, Any] | None = None) -> list[Reason]:
-        """Header, pixel and decoder-flag reasons for a decoded image, without the model. `header`:
-        DICOM header fields (dicom_metadata's); default: those the decoder kept with `img`."""
-        return self.input_check.before(img, image_dicom_header(img) if header is None else header, image_flags(img))
+    def check_before(self, decoded: DecodedImage) -> list[Reason]:
+        """Header, pixel and decoder-flag reasons for a decoded image, without the model."""
+        return self.input_check.before(decoded.image, decoded.dicom_header, decoded.flags)
 
     def check_after(self, reasons: list[Reason], pooled_row: np.ndarray,
                     header: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -291,51 +291,59 @@ class Predictor:
             **extra,
         }
 
-    def predict_with_map(self, img: Image.Image, *, heatmap: bool, t0: float | None = None,
-                         header: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    def predict_with_map(self, decoded: DecodedImage, *, heatmap: bool, t0: float | None = None
+                         ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The response (with `input_check`), and the raw heatmap ((h, w) in [0, 1]) of the predicted
-        class when asked for. `t0`: when the request started, for `inference_ms`. `header`: the DICOM
-        header fields (dicom_metadata's); default: those the decoder kept with `img` (None unless DICOM).
+        class when asked for. `t0`: when the request started, for `inference_ms`. The input check
+        reads the decoder's flags and, for DICOM, the header it read (`decoded.dicom_header`).
 
-        Raises InputRejected (carrying the check's verdict) for an input the check refuses: header
-        and pixel reasons before the model runs, feature reasons after; no finding either way."""
+        Raises InputRejected (carrying the check's verdict and the DICOM header) for an input the
+        check refuses: header and pixel reasons before the model runs, feature reasons after; no
+        finding either way."""
         t0 = time.perf_counter() if t0 is None else t0
-        header = image_dicom_header(img) if header is None else header
-        reasons = self.check_before(img, header)
+        header = decoded.dicom_header
+        reasons = self.check_before(decoded)
         if rejected(reasons):
-            raise InputRejected(summarize(reasons))
-        probs, maps, pooled = self.forward(self.preprocess_array(img)[None], heatmap=heatmap)
+            raise InputRejected(summarize(reasons), dicom_header=header)
+        probs, maps, pooled = self.forward(self.preprocess_array(decoded.image)[None], heatmap=heatmap)
         check = self.check_after(reasons, pooled[0], header)
         if check["status"] == "rejected":
-            raise InputRejected(check)
+            raise InputRejected(check, dicom_header=header)
         return self.response(probs[0], (time.perf_counter() - t0) * 1000, check), None if maps is None else maps[0]
 
-    def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None,
-                      header: dict[str, Any] | None = None) -> dict[str, Any]:
+    def predict_image(self, decoded: DecodedImage, *, heatmap: bool = False, t0: float | None = None
+                      ) -> dict[str, Any]:
         """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
         `t0`: when the request started (decoding included), for `inference_ms`. Raises InputRejected
         as predict_with_map does."""
-        result, hmap = self.predict_with_map(img, heatmap=heatmap, t0=t0, header=header)
+        result, hmap = self.predict_with_map(decoded, heatmap=heatmap, t0=t0)
         return self._with_heatmap(result, hmap)
+
+    def predict_upload(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
+                       heatmap: bool = False, preview: bool = False) -> tuple[dict[str, Any], DecodedImage]:
+        """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it:
+        the result and the decoded image (whose `dicom_header` a caller stores with the study, so
+        the file is parsed once). The result also carries the decoder's `notes` (e.g. frames of a
+        multi-frame DICOM not analysed) and, with `preview`, a PNG of the decoded image the browser
+        can show (DICOM, TIFF); the preview is always sent for an image turned by its EXIF
+        Orientation. Raises ImageDecodeError for what cannot be decoded, InputRejected for what the
+        input check refuses."""
+        kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+        t0 = time.perf_counter()
+        decoded = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True,
+                               threads=self.decode_threads, **kwargs)
+        result = self.predict_image(decoded, heatmap=heatmap, t0=t0)
+        result["notes"] = list(decoded.notes)
+        # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,
+        # so the page must draw that image (the preview), not the file as the browser may show it.
+        if preview or "exif_orientation" in decoded.flags:
+            result["preview"] = preview_data_url(decoded.image)
+        return result, decoded
 
     def predict_bytes(self, data: bytes, *, name: str = "upload", max_pixels: int | None = None,
                       heatmap: bool = False, preview: bool = False) -> dict[str, Any]:
-        """Decode one upload (checked by content, reduced in the DCT domain for JPEG) and predict it.
-        The result also carries the decoder's `notes` (e.g. frames of a multi-frame DICOM not
-        analysed) and, with `preview`, a PNG of the decoded image the browser can show (DICOM); the
-        preview is always sent for an image turned by its EXIF Orientation. Raises ImageDecodeError
-        for what cannot be decoded, InputRejected for what the input check refuses."""
-        kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-        t0 = time.perf_counter()
-        img = decode_image(data, name=name, draft_size=self.draft_size, keep_gray=True,
-                           threads=self.decode_threads, **kwargs)
-        result = self.predict_image(img, heatmap=heatmap, t0=t0)
-        result["notes"] = image_notes(img)
-        # A film turned upright by its EXIF Orientation: the heatmap is laid out on the turned image,
-        # so the page must draw that image (the preview), not the file as the browser may show it.
-        if preview or "exif_orientation" in image_flags(img):
-            result["preview"] = preview_data_url(img)
-        return result
+        """`predict_upload`'s result alone."""
+        return self.predict_upload(data, name=name, max_pixels=max_pixels, heatmap=heatmap, preview=preview)[0]
 
     def _with_heatmap(self, result: dict[str, Any], hmap: np.ndarray | None) -> dict[str, Any]:
         if hmap is not None:

@@ -42,7 +42,7 @@ def serving_pixels(paths: Sequence[Path], prep: PreprocessConfig, workers: int =
     (preprocessing.normalize_pixels). `workers`: decoding threads. Raises ImageDecodeError for a file
     that cannot be read or decoded."""
     def one(path: Path) -> np.ndarray:
-        return np.asarray(harmonize(load_image(path, draft_size=decode_size(prep)), prep))
+        return np.asarray(harmonize(load_image(path, draft_size=decode_size(prep)).image, prep))
 
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(one, paths)))
@@ -121,7 +121,7 @@ def onnx_logits(model: Path, films: Samples, *, progress: bool = False) -> tuple
     from tqdm import tqdm
 
     chunks = []
-    batches = prefetched_batches(films.paths, lambda p: predictor.preprocess_array(predictor.load_image(p)), 64)
+    batches = prefetched_batches(films.paths, lambda p: predictor.preprocess_array(predictor.load_image(p).image), 64)
     for batch in tqdm(batches, desc=f"score {model.name}", total=-(-len(films) // 64), disable=not progress):
         bad = [x for _, x in batch if isinstance(x, ImageDecodeError)]
         if bad:

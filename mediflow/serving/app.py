@@ -23,6 +23,7 @@ from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
+from mediflow.logs import quiet_libraries
 from mediflow.serving.audit import router as audit_router
 from mediflow.serving.docs_page import install_docs
 from mediflow.serving.errors import validation_failed
@@ -52,7 +53,8 @@ UPLOAD_OPENAPI = {
             "type": "object",
             "required": [UPLOAD_FIELD],
             "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
-                                          "description": "chest X-ray, JPEG, PNG or DICOM (checked by content)"}},
+                                          "description": "chest X-ray, JPEG, PNG, WebP, TIFF or DICOM "
+                                                         "(checked by content)"}},
         }}},
     }
 }
@@ -110,6 +112,7 @@ def load_predictor(settings: Settings) -> Predictor:
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     settings = settings or Settings()
+    quiet_libraries()  # pydicom's header values never reach the server's logs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -211,9 +214,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             raise
         refusal: InputRejected | None = None
         try:
-            result = await request.app.state.inference.run(predictor.predict_bytes, data,
-                                                           max_pixels=settings.max_pixels, preview=preview,
-                                                           heatmap=heatmap)
+            result, decoded = await request.app.state.inference.run(predictor.predict_upload, data,
+                                                                    max_pixels=settings.max_pixels, preview=preview,
+                                                                    heatmap=heatmap)
         except ImageDecodeError as exc:  # includes ImageTooLargeError (decompression bombs)
             # One line per refusal: the sniffed type and a reason that quotes nothing from the file.
             log.info("refused upload: %s, %s: %s", sniff_format(data) or "unknown type", type(exc).__name__,
@@ -224,9 +227,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         if refusal is not None:
             log.info("refused upload: %s, input check: %s", sniff_format(data) or "unknown type",
                      ",".join(r["code"] for r in refusal.input_check["reasons"] if r["severity"] == "rejected"))
-            body = await record_refusal(request, data, {"detail": str(refusal), "input_check": refusal.input_check})
+            body = await record_refusal(request, data, {"detail": str(refusal), "input_check": refusal.input_check},
+                                        refusal.dicom_header)
             return JSONResponse(status_code=422, content=body)
-        return await record_analysis(request, data, result)
+        return await record_analysis(request, data, result, decoded.dicom_header)
 
     app.add_exception_handler(RequestValidationError, validation_failed)
 

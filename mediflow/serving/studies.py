@@ -33,7 +33,8 @@ from mediflow.store.duplicates import link_fields, same_images
 from mediflow.store.models import Study
 
 log = logging.getLogger("mediflow.serve")
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tiff": "image/tiff",
+               "dicom": "application/dicom"}
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 # Page offsets beyond this are refused (422): the databases' OFFSET is a signed 64-bit integer.
@@ -90,19 +91,13 @@ async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONRe
 
 
 # -- saving analyses -------------------------------------------------------------------------------
-def source_info(data: bytes) -> repository.SourceInfo:
-    """Hash and format of an upload, plus DICOM identifiers and demographics when present."""
+def source_info(data: bytes, header: dict[str, Any] | None) -> repository.SourceInfo:
+    """Hash and format of an upload, plus DICOM identifiers and demographics from `header` (the
+    decoder's DecodedImage.dicom_header: the file is not parsed again; None for other formats)."""
     fmt = sniff_format(data) or "unknown"
     info = repository.SourceInfo(image_sha256=hashlib.sha256(data).hexdigest(), source_format=fmt)
-    if fmt == "dicom":
-        try:
-            from mediflow.data.dicom import dicom_metadata  # optional: pydicom
-        except ImportError:
-            return info
-        try:
-            meta = dicom_metadata(data) or {}
-        except ImageDecodeError:
-            return info  # the pixels decoded; a header we cannot read just leaves the identifiers empty
+    if header is not None:
+        meta = header
 
         def text(key: str, limit: int) -> str | None:
             # NUL bytes (DICOM pads some values with them; a damaged header may hold more) are
@@ -118,8 +113,10 @@ def source_info(data: bytes) -> repository.SourceInfo:
     return info
 
 
-async def record_analysis(request: Request, data: bytes, result: dict[str, Any]) -> dict[str, Any]:
-    """Save an analysis as a study when a store is configured; the result gains `study_id`."""
+async def record_analysis(request: Request, data: bytes, result: dict[str, Any],
+                          header: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save an analysis as a study when a store is configured; the result gains `study_id`.
+    `header`: the upload's DICOM header fields as the decoder read them (see source_info)."""
     store: Store | None = request.app.state.store
     if store is None:
         return result
@@ -129,7 +126,7 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
     route = route_template(request)
 
     def save() -> uuid.UUID:
-        source = source_info(data)
+        source = source_info(data, header)
         with store.session() as s:
             study = repository.add_study(
                 s, source, result, positive_class=positive,
@@ -152,9 +149,10 @@ async def record_analysis(request: Request, data: bytes, result: dict[str, Any])
     return {**result, "study_id": str(study_id), "duplicate_of": str(duplicate_of) if duplicate_of else None}
 
 
-async def record_refusal(request: Request, data: bytes, body: dict[str, Any]) -> dict[str, Any]:
+async def record_refusal(request: Request, data: bytes, body: dict[str, Any],
+                         header: dict[str, Any] | None = None) -> dict[str, Any]:
     """Keep a record (no pixels) of an upload the input check refused, when a store is configured;
-    `body` ({"detail", "input_check"}) gains `refusal_id`."""
+    `body` ({"detail", "input_check"}) gains `refusal_id`. `header`: as for record_analysis."""
     store: Store | None = request.app.state.store
     if store is None:
         return body
@@ -162,7 +160,7 @@ async def record_refusal(request: Request, data: bytes, body: dict[str, Any]) ->
 
     def save() -> uuid.UUID:
         with store.session() as s:
-            return repository.add_refusal(s, source_info(data), detail=body["detail"],
+            return repository.add_refusal(s, source_info(data, header), detail=body["detail"],
                                           input_check=body["input_check"], model_sha256=model_sha).id
 
     return {**body, "refusal_id": str(await run_in_threadpool(save))}
@@ -277,7 +275,7 @@ async def get_image(request: Request, study_id: uuid.UUID,
 
 
 def _render_preview(data: bytes, max_pixels: int) -> bytes:
-    return preview_png(decode_image(data, name="stored image", max_pixels=max_pixels))
+    return preview_png(decode_image(data, name="stored image", max_pixels=max_pixels).image)
 
 
 def _stored_image(store: Store, study_id: uuid.UUID) -> tuple[bytes, str, dict[str, str]]:

@@ -12,7 +12,7 @@ from mediflow.errors import MediFlowError
 from mediflow.store import repository
 from mediflow.store.db import Store
 
-EXTENSIONS = {"jpeg": ".jpeg", "png": ".png", "dicom": ".dcm"}
+EXTENSIONS = {"jpeg": ".jpeg", "png": ".png", "webp": ".webp", "tiff": ".tiff", "dicom": ".dcm"}
 MANIFEST_FIELDS = ["study_id", "label", "model_prediction", "probability", "reviewer", "reviewed_at"]
 
 

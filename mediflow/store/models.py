@@ -52,7 +52,7 @@ class Study(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    # 'jpeg', 'png' or 'dicom' (by content); never the uploaded file name, which may name the patient.
+    # 'jpeg', 'png', 'webp', 'tiff' or 'dicom' (by content); never the uploaded file name, which may name the patient.
     source_format: Mapped[str] = mapped_column(String(16))
     study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))

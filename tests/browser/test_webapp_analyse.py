@@ -108,7 +108,7 @@ def test_a_text_file_shows_the_apis_error(browser, live_server, tmp_path):
         assert error.get_attribute("role") == "alert"
         assert "notes.txt" in error.inner_text()
         assert api["detail"] in page.get_by_test_id("error-detail").inner_text()
-        assert "not a JPEG, PNG or DICOM image" in api["detail"]
+        assert "not a JPEG, PNG, WebP, TIFF or DICOM image" in api["detail"]
         assert page.locator(CARD).count() == 0
 
 
@@ -249,6 +249,37 @@ def test_dicom_upload_shows_the_server_decoded_image(browser, live_server, tmp_p
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
         page.get_by_label("Show heatmap").uncheck()
         # The canvas shows the server's rendering: a gradient, so not one flat grey.
+        spread = page.get_by_test_id("viewer-canvas").evaluate("""c => {
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let lo = 255, hi = 0;
+            for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+            return hi - lo; }""")
+        assert spread > 100
+        assert page.get_by_test_id("viewer-failed").count() == 0
+
+
+@pytest.mark.parametrize("name", ["digitised-film.tif", "published-as-webp.jpg"])
+def test_tiff_and_webp_uploads_are_offered_analysed_and_shown(browser, live_server, tmp_path, name):
+    """The file chooser offers WebP and TIFF. Browsers cannot draw TIFF: the app asks for
+    ?preview=true and draws the server's PNG of the 16-bit film; a WebP (named .jpg, as another
+    hospital published it) the browser draws itself."""
+    film = np.asarray(xray_like(1, 7, 256), dtype=np.uint16)
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        Image.fromarray(film * 16 + 8).save(path, format="TIFF")  # 12 significant bits in 16
+    else:
+        Image.fromarray(film.astype(np.uint8)).save(path, format="WEBP", lossless=True)
+    with open_page(browser) as page:
+        page.goto(live_server.url + "/")
+        accept = page.locator(FILE_INPUT).get_attribute("accept").split(",")
+        assert {"image/webp", "image/tiff", ".webp", ".tif", ".tiff"} <= set(accept)
+        with page.expect_response("**/api/vision/analyze*", timeout=120_000) as response:
+            page.set_input_files(FILE_INPUT, str(path))
+        assert response.value.status == 200, response.value.text()
+        assert ("preview=true" in response.value.url) is name.endswith(".tif")
+        page.locator(CARD).wait_for(timeout=120_000)
+        assert page.get_by_test_id("finding").inner_text() in FINDINGS
+        page.get_by_label("Show heatmap").uncheck()
         spread = page.get_by_test_id("viewer-canvas").evaluate("""c => {
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let lo = 255, hi = 0;

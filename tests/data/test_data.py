@@ -37,7 +37,7 @@ def test_decode_modes_give_rgb(mode):
         img = Image.fromarray(arr)
     else:
         img = base.convert(mode)
-    out = decode_image(png_bytes(img))
+    out = decode_image(png_bytes(img)).image
     assert out.mode == "RGB" and out.size == base.size
     # 16-bit is windowed to the full 8-bit range rather than left nearly black
     assert np.asarray(out).max() >= 200
@@ -47,7 +47,7 @@ def test_decode_errors_say_what_is_wrong():
     good = jpeg_bytes(xray_like(0, 1, size=128))
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_image(b"")
-    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG or DICOM"):
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG, WebP, TIFF or DICOM"):
         decode_image(b"just some text")
     with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
         decode_image(good[: len(good) // 2])
@@ -95,7 +95,7 @@ def test_bomb_above_pillows_limit_is_refused_without_decoding(make, pixel_loads)
 
 def test_pixel_limit_is_inclusive_and_configurable(pixel_loads):
     data = png_bytes(xray_like(0, 2, size=40))  # 1600 pixels
-    assert decode_image(data, max_pixels=1600).size == (40, 40)
+    assert decode_image(data, max_pixels=1600).image.size == (40, 40)
     pixel_loads.clear()
     with pytest.raises(ImageTooLargeError, match="40x40 pixels exceeds the limit of 1,599 pixels"):
         decode_image(data, max_pixels=1599)
@@ -104,7 +104,7 @@ def test_pixel_limit_is_inclusive_and_configurable(pixel_loads):
 
 def test_jpeg_draft_downscales_but_keeps_size_above_target():
     big = xray_like(1, 2, size=1024)
-    out = decode_image(jpeg_bytes(big), draft_size=224)
+    out = decode_image(jpeg_bytes(big), draft_size=224).image
     assert 224 <= min(out.size) < 1024
 
 

@@ -26,7 +26,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from mediflow.data.dicom import FALLBACK_PERCENTILES, SATURATED_SHARE
-from mediflow.data.images import decode_image, image_flags, image_notes
+from mediflow.data.images import decode_image
 from mediflow.errors import ImageDecodeError
 
 SAME_P = 0.05
@@ -109,13 +109,13 @@ def test_each_fault_gets_the_plain_films_call(fault, predictor):
     build, flag = FAULTS[fault]
     for path in _normal_films(2):
         plain = predictor.predict_bytes(path.read_bytes(), name=path.name)
-        film = np.asarray(decode_image(path.read_bytes()).convert("L"))
+        film = np.asarray(decode_image(path.read_bytes()).image.convert("L"))
         data, uncorrected = build(film)
         got = predictor.predict_bytes(data, name="fault", preview=True)
         assert got["prediction"] == plain["prediction"], (path.name, got, plain)
         assert abs(_p(got) - _p(plain)) <= SAME_P, (path.name, _p(got), _p(plain))
         assert any(note for note in got["notes"]), got["notes"]
-        assert flag in image_flags(decode_image(data, name="fault"))
+        assert flag in decode_image(data, name="fault").flags
         # The fault matters: uncorrected, the same file would be called otherwise or far from plain...
         wrong = predictor.response(predictor.probabilities_from_images([uncorrected])[0], 0.0)
         if fault != "jpeg-baseline-ycbcr-labelled-rgb":
@@ -162,11 +162,11 @@ SYNTAXES = {"native": None, "jpeg2000-lossless": JPEG2000Lossless, "jpeg-ls-loss
 @pytest.mark.parametrize("syntax", list(SYNTAXES))
 def test_bits_above_bits_stored_are_ignored_by_every_decoder(syntax):
     stored = twelve_bit(synthetic_film())
-    clean = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12))).convert("L"))
+    clean = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12))).image.convert("L"))
     img = decode_image(compressed_with_high_bits(stored, SYNTAXES[syntax]), name="film.dcm")
-    np.testing.assert_array_equal(np.asarray(img.convert("L")), clean)
-    assert "high_bits_masked" in image_flags(img)
-    assert any("Bits Stored (12)" in note for note in image_notes(img))
+    np.testing.assert_array_equal(np.asarray(img.image.convert("L")), clean)
+    assert "high_bits_masked" in img.flags
+    assert any("Bits Stored (12)" in note for note in img.notes)
 
 
 @pytest.mark.parametrize("syntax", list(SYNTAXES))
@@ -175,18 +175,18 @@ def test_signed_values_are_sign_extended_by_every_decoder(syntax):
     (0x0FFF = -1) is the same as with them set (0xFFFF = -1); the decoded films must agree."""
     signed = (twelve_bit(synthetic_film()).astype(np.int32) - 2048).astype(np.int16)  # -2040..2047
     low12 = (signed.view(np.uint16) & 0x0FFF).astype(np.uint16)  # upper bits clear, as some writers do
-    reference = np.asarray(decode_image(to_bytes(image_dataset(signed, bits_stored=12, signed=True))).convert("L"))
+    reference = np.asarray(decode_image(to_bytes(image_dataset(signed, bits_stored=12, signed=True))).image.convert("L"))
     ds = image_dataset(low12, bits_stored=16)
     if SYNTAXES[syntax] is not None:
         ds.compress(SYNTAXES[syntax])
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
     img = decode_image(to_bytes(ds), name="film.dcm")
-    np.testing.assert_array_equal(np.asarray(img.convert("L")), reference)
+    np.testing.assert_array_equal(np.asarray(img.image.convert("L")), reference)
 
 
 def test_clean_stored_bits_carry_no_note():
     img = decode_image(to_bytes(image_dataset(twelve_bit(synthetic_film()), bits_stored=12)))
-    assert image_flags(img) == [] and image_notes(img) == []
+    assert img.flags == [] and img.notes == []
 
 
 # -- VOI window fallback ------------------------------------------------------------------------------
@@ -194,19 +194,19 @@ def test_clean_stored_bits_carry_no_note():
 def test_window_leaving_nearly_every_pixel_saturated_falls_back_to_percentiles():
     stored = np.rint(32744 + synthetic_film() / 255 * (65535 - 32744)).astype(np.uint16)
     img = decode_image(to_bytes(image_dataset(stored, window=(2725, 5310))))
-    gray = np.asarray(img.convert("L"), dtype=np.float64)
+    gray = np.asarray(img.image.convert("L"), dtype=np.float64)
     lo, hi = np.percentile(stored, FALLBACK_PERCENTILES)
     expected = np.rint(np.clip((stored - lo) / (hi - lo), 0, 1) * 255)
     np.testing.assert_allclose(gray, expected, atol=1)
-    assert image_flags(img) == ["window_fallback"]
-    assert "100.0% of the pixels pure white" in image_notes(img)[0] and "percentile window" in image_notes(img)[0]
+    assert img.flags == ["window_fallback"]
+    assert "100.0% of the pixels pure white" in img.notes[0] and "percentile window" in img.notes[0]
 
 
 def test_monochrome1_fallback_keeps_its_inversion():
     stored = twelve_bit(synthetic_film())
-    m2 = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12, window=(9000, 100)))).convert("L"))
+    m2 = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12, window=(9000, 100)))).image.convert("L"))
     m1 = np.asarray(decode_image(to_bytes(image_dataset(4095 - stored, bits_stored=12, photometric="MONOCHROME1",
-                                                        window=(9000, 100)))).convert("L"))
+                                                        window=(9000, 100)))).image.convert("L"))
     assert np.corrcoef(m1.ravel().astype(float), m2.ravel().astype(float))[0, 1] >= 0.99
 
 
@@ -214,7 +214,7 @@ def test_voi_lut_that_saturates_falls_back_too():
     stored = twelve_bit(synthetic_film())
     flat = [0] * 4090 + [65535] * 6  # white only above 4089, beyond the film's 8..4088: all black
     img = decode_image(to_bytes(image_dataset(stored, bits_stored=12, voi_lut=(0, flat))))
-    assert image_flags(img) == ["window_fallback"] and "stored VOI LUT" in image_notes(img)[0]
+    assert img.flags == ["window_fallback"] and "stored VOI LUT" in img.notes[0]
 
 
 def test_window_fallback_threshold():
@@ -224,19 +224,19 @@ def test_window_fallback_threshold():
     arr = gradient(rows=10, cols=1000, top=999)  # each column one of 1,000 values 0..999
 
     def flags(center: float) -> list[str]:
-        return image_flags(decode_image(to_bytes(image_dataset(arr, window=(center, 1)))))
+        return decode_image(to_bytes(image_dataset(arr, window=(center, 1)))).flags
 
     assert flags(5) == ["window_fallback"]  # values >= 5 white: 99.5 %
     assert flags(990) == ["window_fallback"]  # values < 990 black: 99.0 %
     assert flags(15) == []  # 98.5 % white: the stored window stands
     assert flags(500) == []  # half black, half white
-    kept = np.asarray(decode_image(to_bytes(image_dataset(arr, window=(15, 1)))).convert("L"))[0]
+    kept = np.asarray(decode_image(to_bytes(image_dataset(arr, window=(15, 1)))).image.convert("L"))[0]
     assert (kept[:15] == 0).all() and (kept[15:] == 255).all()  # the stored window as it is
 
 
 def test_a_window_that_fits_is_kept():
     img = decode_image(to_bytes(image_dataset(twelve_bit(synthetic_film()), bits_stored=12, window=(2048, 1024))))
-    assert image_flags(img) == []
+    assert img.flags == []
 
 
 # -- YCbCr labelled RGB --------------------------------------------------------------------------------
@@ -257,17 +257,17 @@ def test_true_rgb_jpeg_with_adobe_transform_0_is_left_alone():
     ds.PixelData = encapsulate([jpeg])
     ds["PixelData"].VR = "OB"
     img = decode_image(to_bytes(ds))
-    assert image_flags(img) == []
-    assert np.abs(np.asarray(img, dtype=np.float64) - rgb).mean() < 3
+    assert img.flags == []
+    assert np.abs(np.asarray(img.image, dtype=np.float64) - rgb).mean() < 3
 
 
 @pytest.mark.parametrize("jfif", [False, True], ids=["no-jfif", "jfif"])
 def test_ycbcr_mislabel_is_noted(jfif):
     """With or without a JFIF marker (pydicom itself heeds JFIF): converted once, grey, noted."""
     img = decode_image(rgb_jpeg_dicom(synthetic_film(), photometric="RGB", jfif=jfif))
-    assert image_flags(img) == ["ycbcr_mislabel"]
-    assert "YCbCr" in image_notes(img)[0]
-    r, g, b = np.moveaxis(np.asarray(img, dtype=np.int16), -1, 0)
+    assert img.flags == ["ycbcr_mislabel"]
+    assert "YCbCr" in img.notes[0]
+    r, g, b = np.moveaxis(np.asarray(img.image, dtype=np.int16), -1, 0)
     assert np.abs(r - g).max() <= 3 and np.abs(r - b).max() <= 3  # grey, not pink and teal
 
 
@@ -286,8 +286,8 @@ def test_every_missing_attribute_is_named():
 def test_rgb_bits_above_bits_stored_are_ignored():
     """Colour too: 16-bit RGB words holding 12-bit samples plus stray high bits."""
     rgb = np.stack([twelve_bit(synthetic_film())] * 3, axis=-1)
-    clean = np.asarray(decode_image(to_bytes(image_dataset(rgb, photometric="RGB", bits_stored=12))))
+    clean = np.asarray(decode_image(to_bytes(image_dataset(rgb, photometric="RGB", bits_stored=12))).image)
     ds = image_dataset(with_high_bits(rgb), photometric="RGB", bits_stored=12)
     img = decode_image(to_bytes(ds))
-    np.testing.assert_array_equal(np.asarray(img), clean)
-    assert image_flags(img) == ["high_bits_masked"]
+    np.testing.assert_array_equal(np.asarray(img.image), clean)
+    assert img.flags == ["high_bits_masked"]

@@ -21,14 +21,14 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, MPEG2MPML, RLELossless,
 )
 
-from mediflow.data.dicom import dicom_metadata, image_notes
+from mediflow.data.dicom import dicom_metadata
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.errors import ImageDecodeError, ImageTooLargeError
 
 
 def gray(data: bytes, **kwargs) -> np.ndarray:
     """Decode and return one channel as int (the RGB output of a monochrome file has equal channels)."""
-    rgb = np.asarray(decode_image(data, name="t.dcm", **kwargs))
+    rgb = np.asarray(decode_image(data, name="t.dcm", **kwargs).image)
     assert rgb.shape[2] == 3 and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
     return rgb[..., 0].astype(int)
 
@@ -174,12 +174,12 @@ def test_multiframe_takes_first_frame_with_note():
     frame0 = gradient(top=4095)
     frames = np.stack([frame0, frame0[:, ::-1], np.zeros_like(frame0)])
     data = dicom_bytes(frames, bits_stored=12)
-    img = decode_image(data)
-    out = np.asarray(img)[..., 0].astype(int)
+    decoded = decode_image(data)
+    out = np.asarray(decoded.image)[..., 0].astype(int)
     np.testing.assert_array_equal(out, gray(dicom_bytes(frame0, bits_stored=12)))
     assert out[0, 0] == 0 and out[0, -1] == 255  # frame 0, not the mirrored frame 1
-    assert image_notes(img) == ["multi-frame DICOM: first frame of 3 analysed"]
-    assert image_notes(decode_image(dicom_bytes(frame0, bits_stored=12))) == []
+    assert decoded.notes == ["multi-frame DICOM: first frame of 3 analysed"]
+    assert decode_image(dicom_bytes(frame0, bits_stored=12)).notes == []
 
 
 def test_rgb_dicom():
@@ -187,7 +187,7 @@ def test_rgb_dicom():
     arr[..., 0] = 200
     arr[:, 12:, 1] = 120
     arr[..., 2] = np.arange(24, dtype=np.uint8)[None, :] * 10
-    out = np.asarray(decode_image(dicom_bytes(arr, photometric="RGB")))
+    out = np.asarray(decode_image(dicom_bytes(arr, photometric="RGB")).image)
     np.testing.assert_array_equal(out, arr)
 
 
@@ -201,7 +201,7 @@ def test_ybr_full_dicom_is_converted_to_rgb():
     ds = image_dataset(rgb, photometric="RGB")
     ds.PhotometricInterpretation = "YBR_FULL"
     ds.PixelData = ybr.tobytes()
-    out = np.asarray(decode_image(to_bytes(ds))).astype(int)
+    out = np.asarray(decode_image(to_bytes(ds)).image).astype(int)
     assert np.abs(out - rgb).max() <= 2
 
 
@@ -213,7 +213,7 @@ def test_palette_color_dicom():
     for channel, name in enumerate(("Red", "Green", "Blue")):
         setattr(ds, f"{name}PaletteColorLookupTableDescriptor", [4, 0, 16])
         setattr(ds, f"{name}PaletteColorLookupTableData", colors[:, channel].astype("<u2").tobytes())
-    out = np.asarray(decode_image(to_bytes(ds)))
+    out = np.asarray(decode_image(to_bytes(ds)).image)
     np.testing.assert_array_equal(out[0, :4], colors[:, :] // 257)
 
 
@@ -376,26 +376,61 @@ def malformed_header_dicom() -> bytes:
 
 def test_malformed_header_values_never_reach_the_logs(caplog):
     """pydicom quotes invalid element values in its warnings and log records; a study's identifiers
-    (or a patient's name or age) must not end up in MediFlow's logs."""
+    (or a patient's name or age) must not end up in MediFlow's logs once the CLI or the server has
+    started (both call quiet_libraries)."""
+    from mediflow.logs import quiet_libraries
+
+    quiet_libraries(verbose=True)  # the header values stay out even with --verbose
     data = malformed_header_dicom()
     caplog.clear()
     with caplog.at_level("DEBUG"):
-        decode_image(data)
+        decoded = decode_image(data)
         meta = dicom_metadata(data)
-    assert meta["StudyInstanceUID"] == BAD_UID  # kept for the study, as it is
+    assert meta["StudyInstanceUID"] == BAD_UID == decoded.dicom_header["StudyInstanceUID"]  # kept, as it is
     assert BAD_UID not in caplog.text
 
 
-def test_malformed_header_values_never_reach_stderr(tmp_path):
-    """The same in a fresh process with DEBUG logging to stderr, as `mediflow -v` has (pytest's own
+def test_malformed_header_values_never_reach_stderr_from_the_cli(tmp_path):
+    """The same in a fresh process: `mediflow --verbose predict` logs DEBUG to stderr (pytest's own
     warning capture would hide what a real run prints)."""
     path = tmp_path / "odd.dcm"
     path.write_bytes(malformed_header_dicom())
-    script = ("import logging, sys; logging.basicConfig(level=logging.DEBUG); "
-              "from mediflow.data.images import load_image; from mediflow.data.dicom import dicom_metadata; "
-              "from pathlib import Path; load_image(sys.argv[1]); dicom_metadata(Path(sys.argv[1]).read_bytes()); "
-              "print('ok')")
-    r = subprocess.run([sys.executable, "-W", "always", "-c", script, str(path)], capture_output=True, text=True,
-                       timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    r = subprocess.run([sys.executable, "-W", "always", "-m", "mediflow", "--verbose", "predict", str(path)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode in (0, 1) and str(path) in r.stdout, r.stderr  # 1: the input check refused it
+    assert "pydicom" in r.stderr or "DEBUG" in r.stderr, "not a verbose run: the test would show nothing"
     assert BAD_UID not in r.stderr
+
+
+IMPORT_ONLY = """
+import logging, sys, warnings
+from mediflow.data.images import load_image
+decoded = load_image(sys.argv[1])
+pydicom_log = logging.getLogger("pydicom")
+untouched = (pydicom_log.filters == [] and pydicom_log.propagate
+             and not any("pydicom" in str(getattr(m, "pattern", m) or "") for *_, m, _ in warnings.filters))
+print(untouched, sys.argv[2] in decoded.dicom_header["StudyInstanceUID"])
+"""
+
+SERVER_START = """
+import logging
+from mediflow.serving.app import create_app
+from mediflow.serving.settings import Settings
+create_app(Settings(database_url="none"))
+print(len(logging.getLogger("pydicom").filters), logging.getLogger("pydicom").propagate)
+"""
+
+
+def test_importing_the_decoder_leaves_logging_alone_and_the_server_quiets_it(tmp_path):
+    """A program that uses MediFlow's decoder as a library keeps its own logging and warnings
+    settings; the server sets MediFlow's when it is created."""
+    path = tmp_path / "odd.dcm"
+    path.write_bytes(malformed_header_dicom())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", IMPORT_ONLY, str(path), BAD_UID], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["True", "True"], r.stderr
+    r = subprocess.run([sys.executable, "-c", SERVER_START], capture_output=True, text=True, timeout=120,
+                       cwd=REPO, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["1", "False"], r.stderr

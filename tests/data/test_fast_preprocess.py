@@ -56,7 +56,7 @@ def test_draft_decode_matches_full_decode(fullres_dir: Path, mean, std):
     scale = np.asarray(std, dtype=np.float32)[:, None, None]  # normalized units -> intensity units
     for f in files:
         data = f.read_bytes()
-        full_img, draft_img = decode_image(data), decode_image(data, draft_size=cfg.image_size)
+        full_img, draft_img = decode_image(data).image, decode_image(data, draft_size=cfg.image_size).image
         assert min(draft_img.size) >= cfg.image_size and draft_img.size[0] < full_img.size[0]
         diff = np.abs(eval_array(full_img, cfg) - eval_array(draft_img, cfg)) * scale
         assert diff.mean() <= MEAN_TOL and np.percentile(diff, 99) <= P99_TOL and diff.max() <= MAX_TOL, f.name
@@ -82,8 +82,8 @@ def test_draft_decode_keeps_predictions(fullres_dir: Path):
         pytest.skip(f"bundled model {BUNDLED_MODEL} not present")
     p = Predictor.load(BUNDLED_MODEL)
     files = sorted(fullres_dir.glob("*/*.jpeg"))
-    full = p.probabilities_from_tensors(np.stack([p.preprocess_array(load_image(f)) for f in files]))[:, p.pos]
-    fast = p.probabilities_from_tensors(np.stack([p.preprocess_array(p.load_image(f)) for f in files]))[:, p.pos]
+    full = p.probabilities_from_tensors(np.stack([p.preprocess_array(load_image(f).image) for f in files]))[:, p.pos]
+    fast = p.probabilities_from_tensors(np.stack([p.preprocess_array(p.load_image(f).image) for f in files]))[:, p.pos]
     change = np.abs(_log_odds(full) - _log_odds(fast))
     assert change.max() <= MAX_LOG_ODDS_CHANGE, change.round(3)
     far = np.abs(_log_odds(full) - _log_odds(p.threshold)) > MAX_LOG_ODDS_CHANGE

@@ -151,5 +151,5 @@ def test_probe_recipe_trains_with_normalised_preprocessing_and_site_calibration_
     p = Predictor.load(site, backend="torch")
     from mediflow.data.dataset import scan_class_folders
     films = scan_class_folders(tiny_data / "val")
-    calls = p.decide(p.probabilities_from_images([p.load_image(f) for f in films.paths]))
+    calls = p.decide(p.probabilities_from_images([p.load_image(f).image for f in films.paths]))
     assert all(c == p.pos for c, y in zip(calls, films.labels) if films.class_names[y] == "PNEUMONIA")

@@ -72,7 +72,7 @@ def _decodes_or_refuses(data: bytes, threads: int) -> None:
     cpu = time.process_time()
     tracemalloc.start()
     try:
-        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS, threads=threads)
+        img = decode_image(data, name="fuzz", max_pixels=MAX_PIXELS, threads=threads).image
     except ImageDecodeError as exc:
         message = str(exc)
         assert message.startswith("fuzz: ") and "\n" not in message and "Traceback" not in message
@@ -103,6 +103,12 @@ def _seeds() -> dict[str, bytes]:
         "png-gray": png_bytes(film),
         "png-16bit": _pil(Image.fromarray(np.asarray(film, dtype=np.uint16) * 200), "PNG"),
         "png-palette-alpha": _pil(film.convert("P"), "PNG", transparency=0),
+        "webp-lossless": _pil(film, "WEBP", lossless=True),
+        "webp-lossy": _pil(film, "WEBP", quality=80),
+        "tiff-gray": _pil(film, "TIFF"),
+        "tiff-16bit-lzw": _pil(Image.fromarray(np.asarray(film, dtype=np.uint16) * 200), "TIFF",
+                               compression="tiff_lzw"),
+        "tiff-two-pages": _pil(film, "TIFF", save_all=True, append_images=[film]),
         "dicom-12bit": dicom_bytes(gradient(top=4095), bits_stored=12, window=(2048, 1024)),
         "dicom-mono1-rescale": dicom_bytes(gradient(top=255, dtype=np.uint8), photometric="MONOCHROME1",
                                            rescale=(2.0, -10.0)),
@@ -133,7 +139,7 @@ SEEDS = _seeds()
 def test_every_seed_decodes():
     """The mutations below start from valid files; each must decode untouched."""
     for name, data in SEEDS.items():
-        img = decode_image(data, name=name, max_pixels=MAX_PIXELS)
+        img = decode_image(data, name=name, max_pixels=MAX_PIXELS).image
         assert img.mode == "RGB", name
     with mock.patch.object(jpeg_stripes, "MIN_STRIPE_BYTES", 1):
         layout = stripe_layout(SEEDS["jpeg-restart-rows"])
@@ -176,7 +182,8 @@ def test_random_bytes(blob):
     decodes_or_refuses(blob)
 
 
-@given(prefix=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\0" * 128 + b"DICM", b"\x02\x00\x00\x00"]),
+@given(prefix=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\0" * 128 + b"DICM", b"\x02\x00\x00\x00",
+                                b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"II*\x00", b"MM\x00*"]),
        rest=st.binary(max_size=512))
 def test_random_bytes_behind_a_valid_signature(prefix, rest):
     decodes_or_refuses(prefix + rest)

@@ -125,7 +125,7 @@ def test_originals_get_the_calls_of_their_training_copies():
         pytest.skip(f"needs the original/copy pairs of {REAL_224.parent}/fullres_train and the bundled model")
     p = Predictor.load(BUNDLED_MODEL)
     is_pos = np.array([fp.label == "PNEUMONIA" for fp in pairs])
-    copies = p.decide(p.probabilities_from_images([p.load_image(fp.copy) for fp in pairs])) == p.pos
+    copies = p.decide(p.probabilities_from_images([p.load_image(fp.copy).image for fp in pairs])) == p.pos
     for form in ("original JPEG", "original 12-bit DICOM"):
         calls = []
         for fp in pairs:
@@ -133,7 +133,7 @@ def test_originals_get_the_calls_of_their_training_copies():
             with Image.open(io.BytesIO(data)) as full:
                 full.load()
                 sent, name = ORIGINAL_FORMS[form](data, full)
-            img = decode_image(sent, name=name, draft_size=p.draft_size, keep_gray=True)
+            img = decode_image(sent, name=name, draft_size=p.draft_size, keep_gray=True).image
             calls.append(p.decide(p.probabilities_from_images([img]))[0] == p.pos)
         calls = np.array(calls)
         assert (calls == copies).mean() >= 0.97, form
@@ -160,7 +160,7 @@ def test_grayscale_uploads_resized_before_rgb_give_the_same_pixels(quality):
     from mediflow.data.images import decode_image
 
     data = jpeg_bytes(xray_like(1, 12, 500))  # an 8-bit grayscale JPEG, like the films
-    gray, rgb = decode_image(data, keep_gray=True), decode_image(data)
+    gray, rgb = decode_image(data, keep_gray=True).image, decode_image(data).image
     assert gray.mode == "L" and rgb.mode == "RGB"
     cfg = PreprocessConfig(image_size=64, source_jpeg_quality=quality)
     assert np.array_equal(eval_array(gray, cfg), eval_array(rgb, cfg))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import jpeg_bytes
 from mediflow.data import jpeg_stripes
-from mediflow.data.images import decode_image, image_flags, image_notes
+from mediflow.data.images import decode_image
 from mediflow.data.jpeg_stripes import decode_in_stripes, stripe_layout
 from mediflow.errors import ImageDecodeError
 
@@ -43,16 +43,16 @@ def test_stripes_give_the_pixels_of_one_decoder(small_stripes, width, height, ro
     data = jpeg(film(width, height), restart_marker_rows=rows_between_markers)
     layout = stripe_layout(data)
     assert layout is not None and layout.rows_per_interval == rows_between_markers
-    whole = decode_image(data, draft_size=draft_size, keep_gray=True)
+    whole = decode_image(data, draft_size=draft_size, keep_gray=True).image
     striped = decode_in_stripes(data, whole.size, threads)
     assert striped is not None, "the film was not cut: the comparison below would test nothing"
     assert striped.mode == "L" and striped.size == whole.size
     assert np.array_equal(np.asarray(striped), np.asarray(whole))
     # And through decode_image, as the server calls it (RGB as well as grey).
-    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, keep_gray=True, threads=threads)),
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, keep_gray=True, threads=threads).image),
                           np.asarray(whole))
-    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, threads=threads)),
-                          np.asarray(decode_image(data, draft_size=draft_size)))
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=draft_size, threads=threads).image),
+                          np.asarray(decode_image(data, draft_size=draft_size).image))
 
 
 def test_a_last_stripe_thinner_than_the_scale_is_not_cut(small_stripes):
@@ -61,10 +61,11 @@ def test_a_last_stripe_thinner_than_the_scale_is_not_cut(small_stripes):
     pixels = np.full((131, 200), 128, np.uint8)
     pixels[64:128] = np.asarray(film(200, 64))
     data = jpeg(Image.fromarray(pixels), restart_marker_rows=1)
-    whole = decode_image(data, draft_size=16, keep_gray=True)
+    whole = decode_image(data, draft_size=16, keep_gray=True).image
     assert whole.size == (25, 17)
     assert decode_in_stripes(data, whole.size, 2) is None
-    assert np.array_equal(np.asarray(decode_image(data, draft_size=16, keep_gray=True, threads=2)), np.asarray(whole))
+    assert np.array_equal(np.asarray(decode_image(data, draft_size=16, keep_gray=True, threads=2).image),
+                          np.asarray(whole))
     assert decode_in_stripes(data, (200, 131), 2) is not None  # at full size the 3 rows are a stripe
 
 
@@ -111,9 +112,9 @@ def test_exif_orientation_survives_stripes(small_stripes):
     data = jpeg(film(900, 700), restart_marker_rows=1, exif=exif.tobytes())
     whole = decode_image(data, draft_size=224, keep_gray=True)
     striped = decode_image(data, draft_size=224, keep_gray=True, threads=2)
-    assert "exif_orientation" in image_flags(striped) and image_notes(striped) == image_notes(whole)
-    assert striped.size == whole.size == (-(-700 // 2), -(-900 // 2))
-    assert np.array_equal(np.asarray(striped), np.asarray(whole))
+    assert "exif_orientation" in striped.flags and striped.notes == whole.notes
+    assert striped.image.size == whole.image.size == (-(-700 // 2), -(-900 // 2))
+    assert np.array_equal(np.asarray(striped.image), np.asarray(whole.image))
 
 
 def test_a_serving_predictor_decodes_on_its_threads(tiny_model: Path, small_stripes, monkeypatch):
@@ -147,7 +148,7 @@ def test_striped_films_decode_to_the_same_pixels(fullres_dir: Path):
     for f in sorted(fullres_dir.glob("*/*.jpeg")):
         data = f.read_bytes()
         for draft_size in (None, 224):
-            whole = decode_image(data, draft_size=draft_size, keep_gray=True)
+            whole = decode_image(data, draft_size=draft_size, keep_gray=True).image
             cut = decode_in_stripes(data, whole.size, 2)
             if cut is not None:
                 striped += draft_size == 224

@@ -78,7 +78,7 @@ def test_mixed_formats_and_error_rows(tmp_path, tiny_model, tiny_predictor, caps
     assert "8 image files: 6 analysed, 0 refused by the input check (no finding), 2 unreadable" in printed
     # What was not analysed, and why: counted and named.
     assert "skipped 4 entries that are not images" in printed
-    assert "notes.txt: not a JPEG, PNG or DICOM file by its extension (.txt)" in printed
+    assert "notes.txt: not a JPEG, PNG, WebP, TIFF or DICOM file by its extension (.txt)" in printed
     assert "PNEUMONIA/empty: empty file (0 bytes) without an image extension" in printed
     assert "PNEUMONIA/series/DICOMDIR: DICOMDIR" in printed and ".hidden.png: hidden file" in printed
 
@@ -192,7 +192,7 @@ def test_nothing_analysable_is_an_error(tmp_path, tiny_model, capsys):
 
 @pytest.mark.parametrize("setup,message", [
     (lambda root: None, "no such folder"),
-    (lambda root: (root.mkdir(), (root / "readme.txt").write_text("x")), "no JPEG, PNG or DICOM files"),
+    (lambda root: (root.mkdir(), (root / "readme.txt").write_text("x")), "no JPEG, PNG, WebP, TIFF or DICOM files"),
 ])
 def test_missing_or_empty_folder(tmp_path, tiny_model, capsys, setup, message):
     root = tmp_path / "films"

@@ -14,7 +14,8 @@ from PIL import Image, ImageOps
 
 from conftest import REAL_224, SHARED_DATA, jpeg_bytes, png_bytes, xray_like
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
-from mediflow.data.images import add_note, decode_image
+from mediflow.data.decoded import DecodedImage
+from mediflow.data.images import decode_image
 from mediflow.data import input_corpus
 from mediflow.inference.input_check import (InputCheckStats, InputRejected, Reason, age_years, header_reasons,
                                             pixel_reasons, stats_path, summarize)
@@ -36,7 +37,7 @@ def film(size: int = 256, seed: int = 0) -> Image.Image:
 # -- pixels and header, no model ------------------------------------------------------------------
 @pytest.mark.parametrize("name,kind,data", list(input_corpus.blanks()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_generated_blank_is_rejected_before_the_model(name, kind, data):
-    img = decode_image(data, keep_gray=True)
+    img = decode_image(data, keep_gray=True).image
     reasons = pixel_reasons(img, image_size=224, trims_borders=True)
     assert summarize(reasons)["status"] == "rejected" and codes(reasons) == {"blank_image"}, name
 
@@ -71,9 +72,9 @@ def test_a_film_in_a_wide_border_is_framed_a_note_saying_what_preprocessing_does
 
 
 def test_the_decoders_window_fallback_flag_is_a_warning():
-    img = film()
-    add_note(img, "window fell back to percentiles", flag="window_fallback")
-    reasons = pixel_reasons(img, image_size=224, trims_borders=True, flags=["window_fallback"])
+    decoded = DecodedImage(film(), "dicom")
+    decoded.add_note("window fell back to percentiles", flag="window_fallback")
+    reasons = pixel_reasons(decoded.image, image_size=224, trims_borders=True, flags=decoded.flags)
     assert summarize(reasons)["status"] == "warning" and codes(reasons) == {"window_fallback"}
 
 

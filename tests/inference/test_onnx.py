@@ -63,7 +63,7 @@ def _fullres_images(n: int) -> list[Path]:
 
 
 def _real_batch(predictor: Predictor, n: int = 6) -> np.ndarray:
-    return np.stack([predictor.preprocess_array(load_image(p)) for p in _fullres_images(n)])
+    return np.stack([predictor.preprocess_array(load_image(p).image) for p in _fullres_images(n)])
 
 
 def _synthetic_batch(predictor: Predictor, n: int = 4) -> np.ndarray:
@@ -318,8 +318,8 @@ def _image_with_a_varying_map(predictor: Predictor) -> tuple[bytes, np.ndarray]:
     faint overlay), and which images do depends on the CPU's float rounding, so search a few."""
     for seed in range(11, 31):
         data = jpeg_bytes(xray_like(seed % 2, seed, 200))
-        img = decode_image(data, name="x.jpeg", draft_size=predictor.draft_size)
-        _, hmap = predictor.predict_with_map(img, heatmap=True)
+        decoded = decode_image(data, name="x.jpeg", draft_size=predictor.draft_size)
+        _, hmap = predictor.predict_with_map(decoded, heatmap=True)
         if hmap.std() > 0.05:
             return data, hmap
     pytest.fail("no synthetic image gives the tiny model a heatmap that varies")
@@ -499,7 +499,7 @@ def test_shipped_int8_export_makes_the_fp32_calls_on_this_cpu():
         pytest.skip("this CPU computes the int8 export differently (no VNNI): fp32 is served, as it must be")
     assert isinstance(served.backend, GuardedInt8Backend)
     p = Predictor.from_onnx(b32)
-    x = np.stack([p.preprocess_array(load_image(f)) for f in files])
+    x = np.stack([p.preprocess_array(load_image(f).image) for f in files])
     z32, z8 = b32.run(x)["logits"], b8.run(x)["logits"]
     m32, m8 = p.rule.margin(z32), p.rule.margin(z8)
     assert np.corrcoef(m32, m8)[0, 1] >= 0.97 and 0.8 <= np.polyfit(m32, m8, 1)[0] <= 1.25

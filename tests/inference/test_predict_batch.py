@@ -87,7 +87,7 @@ def test_heatmap_overlays_written(tiny_model: Path, folder: Path, tmp_path: Path
 def test_bad_arguments_are_one_line_errors(tiny_model: Path, folder: Path, tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [
-        ([str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")], "no JPEG, PNG or DICOM files"),
+        ([str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")], "no JPEG, PNG, WebP, TIFF or DICOM files"),
         ([str(folder)], "--out"),
         ([str(folder), str(folder / "a" / "img0.jpeg"), "--out", "x.csv"], "one folder"),
         ([str(folder), "--out", "x.csv", "--batch-size", "0"], "--batch-size"),

@@ -60,7 +60,7 @@ def sweep(tiny_model: Path, tmp_path_factory) -> dict:
         path = films_dir / f"film_{i:02d}.png"
         path.write_bytes(png_bytes(Image.fromarray(np.round((1 - a) * lo + a * hi).astype(np.uint8))))
         files.append(path)
-        ds.append(d(raw.load_image(path)))
+        ds.append(d(raw.load_image(path).image))
     ds = np.asarray(ds)
     order = np.sort(ds)
     assert order[-1] - order[0] > 0.05, "the tiny model scores every film alike: nothing to sweep"

@@ -56,7 +56,7 @@ def test_multiframe_note_and_preview(make_client):
     assert body["preview"].startswith("data:image/png;base64,")
     shown = Image.open(io.BytesIO(base64.b64decode(body["preview"].split(",", 1)[1])))
     assert shown.format == "PNG"
-    expected = decode_image(dicom_bytes(frames, bits_stored=12))
+    expected = decode_image(dicom_bytes(frames, bits_stored=12)).image
     np.testing.assert_array_equal(np.asarray(shown.convert("RGB")), np.asarray(expected))
 
 

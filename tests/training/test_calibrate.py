@@ -116,7 +116,7 @@ def test_site_calibration_of_an_ensemble_refits_its_own_operating_point(tiny_mod
     p = Predictor.load(out, backend="torch")
     assert (p.temperature, p.threshold) == (after["temperature"], after["threshold"])
     paths = sorted(site.glob("*/*"))
-    probs = p.probabilities_from_images([p.load_image(f) for f in paths])
+    probs = p.probabilities_from_images([p.load_image(f).image for f in paths])
     is_pos = np.array([f.parent.name == "PNEUMONIA" for f in paths])
     # the fitted threshold keeps the floor on the site's films (scored here through the serving
     # path's numpy preprocessing, calibration's through torch's: equal up to float rounding), and the

@@ -124,7 +124,7 @@ def test_serving_pixels_are_the_servers_model_input_in_order(tmp_path: Path):
         paths.append(p)
     pixels = serving_pixels(paths, prep)
     assert pixels.shape == (4, 64, 64, 3) and pixels.dtype == np.uint8
-    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True), prep) for p in paths])
+    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True).image, prep) for p in paths])
     assert np.array_equal(normalize_pixels(pixels, prep), served)
     assert np.array_equal(serving_pixels(paths[::-1], prep), pixels[::-1])
     (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")

@@ -118,7 +118,7 @@ EXPECTED = {
     "empty folder": "no class sub-folders",
     "single class": "at least 2 classes",
     "corrupt image": "IM-0999-0001.jpeg: corrupt or truncated",
-    "non-image file": "notes.txt: not a JPEG, PNG or DICOM",
+    "non-image file": "notes.txt: not a JPEG, PNG, WebP, TIFF or DICOM",
 }
 
 

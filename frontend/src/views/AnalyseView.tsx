@@ -1,7 +1,7 @@
 // Analyse: choose or drop one or more X-rays; each is analysed in turn, with upload progress; the
 // selected one is shown in the viewer beside its finding.
 import { useEffect, useRef, useState, type DragEvent } from "react";
-import { analyze, ApiError, isDicom, type Analysis, type InputCheck } from "../api";
+import { analyze, ApiError, needsServerPreview, type Analysis, type InputCheck } from "../api";
 import { config, formatBytes } from "../config";
 import { Finding } from "../components/Finding";
 import { InputCheckView } from "../components/InputCheckView";
@@ -17,12 +17,12 @@ interface Item {
   error?: string;
   /** The input check's refusal (no finding). */
   rejection?: InputCheck;
-  /** What the viewer shows: the browser's own decoding, or the server's PNG for DICOM. */
+  /** What the viewer shows: the browser's own decoding, or the server's PNG for DICOM and TIFF. */
   imageUrl?: string;
 }
 
 let nextId = 1;
-const ACCEPT = "image/jpeg,image/png,application/dicom,.jpg,.jpeg,.png,.dcm,.dicom";
+const ACCEPT = "image/jpeg,image/png,image/webp,image/tiff,application/dicom,.jpg,.jpeg,.png,.webp,.tif,.tiff,.dcm,.dicom";
 
 export function AnalyseView() {
   const [items, setItems] = useState<Item[]>([]);
@@ -49,7 +49,7 @@ export function AnalyseView() {
     try {
       const result = await analyze(item.file, (f) => update(item.id, { progress: f, state: f >= 1 ? "analysing" : "uploading" }));
       let imageUrl = result.preview ?? undefined;
-      if (!imageUrl && !isDicom(item.file)) {
+      if (!imageUrl && !needsServerPreview(item.file)) {
         imageUrl = URL.createObjectURL(item.file);
         urls.current.push(imageUrl);
       }
@@ -97,7 +97,7 @@ export function AnalyseView() {
                    e.target.value = "";
                  }} />
           <p id="file-rules" className="hint">
-            JPEG, PNG or DICOM, up to {config.maxUpload} each. Images are analysed in memory; the server
+            JPEG, PNG, WebP, TIFF or DICOM, up to {config.maxUpload} each. Images are analysed in memory; the server
             keeps them only if it was started with a study store that stores images.
           </p>
         </div>
