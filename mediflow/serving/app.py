@@ -15,11 +15,12 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediflow import DISCLAIMER, __version__
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.audit import AuditMiddleware
-from mediflow.serving.auth import DocsKeyMiddleware, load_api_keys
+from mediflow.serving.auth import DocsKeyMiddleware, load_api_keys, no_such_route
 from mediflow.serving.docs_page import install_docs
 from mediflow.serving.errors import validation_failed
 from mediflow.serving.health import StoreHealth
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # Only the built assets (hashed names): index.html is served by the pages router, filled in and with its CSP.
     app.mount("/static/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="static")
 
+    app.add_exception_handler(StarletteHTTPException, no_such_route)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(SQLAlchemyError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)

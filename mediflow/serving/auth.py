@@ -13,9 +13,11 @@ import ipaddress
 import re
 from pathlib import Path
 
+from fastapi.exception_handlers import http_exception_handler
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mediflow.errors import MediFlowError
@@ -167,3 +169,22 @@ def route_template(request: Request) -> str:
     """The matched route's template (e.g. /api/studies/{study_id}): what the audit log records,
     never the concrete path or a query string."""
     return getattr(request.scope.get("route"), "path", None) or request.url.path
+
+
+def unchecked_caller_refusal(request: Request) -> JSONResponse | None:
+    """The 401 for an /api request that failed before the routes' own key check
+    (dependencies.current_user) could run: no route matched (404), the method did not (405), the
+    JSON body did not parse (422). A caller without a valid key learns nothing about the routes."""
+    if (request.method == "OPTIONS" or not is_api_path(request.url.path)
+            or getattr(request.state, "actor", None) is not None):
+        return None
+    _, denied = identify_caller(request.app.state.api_keys, bearer_token(request.headers.get("authorization")))
+    if denied is None:
+        return None
+    return JSONResponse({"detail": denied}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def no_such_route(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer to an HTTP error; a 401 instead of 404/405 for a caller without a valid key."""
+    refusal = unchecked_caller_refusal(request) if exc.status_code in (404, 405) else None
+    return refusal or await http_exception_handler(request, exc)
