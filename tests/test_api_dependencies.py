@@ -157,3 +157,23 @@ def test_review_of_an_unknown_study_is_a_404_or_422_never_a_500(make_client, tmp
     client = make_client(database_url=f"sqlite:///{tmp_path / 's.db'}")
     r = client.post(f"/api/studies/{uuid.uuid4()}/review", json=body)
     assert r.status_code == (404 if body["label"] == "NORMAL" else 422) and r.json()["detail"]
+
+
+def test_a_caller_without_a_key_learns_nothing_about_the_routes(make_client, tmp_path):
+    """No route's key check runs for an unknown path, a wrong method or a body that is not JSON:
+    still a 401, audited under the route template (never the concrete path)."""
+    client = make_client(database_url=f"sqlite:///{tmp_path / 's.db'}", api_keys=f"dr_alice:{KEY}")
+    sid = uuid.uuid4()
+    for method, path, kw in [("GET", "/api/no-such-route", {}), ("POST", "/api/model", {}),
+                             ("POST", f"/api/studies/{sid}/review",
+                              {"content": b"{not json", "headers": {"Content-Type": "application/json"}})]:
+        r = client.request(method, path, **kw)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (method, path)
+        r = client.request(method, path, **{**kw, "headers": {**kw.get("headers", {}), **BEARER}})
+        assert r.status_code in (404, 405, 422), (method, path)
+    with client.app.state.store.session() as s:
+        got = [(a.actor, a.route, a.status_code, a.study_id) for a in repository.audit_entries(s)]
+    assert got == [("(no key)", "/api/no-such-route", 401, None), ("dr_alice", "/api/no-such-route", 404, None),
+                   ("(no key)", "/api/model", 401, None), ("dr_alice", "/api/model", 405, None),
+                   ("(no key)", "/api/studies/{study_id}/review", 401, sid),
+                   ("dr_alice", "/api/studies/{study_id}/review", 422, sid)]

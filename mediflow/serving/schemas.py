@@ -23,13 +23,16 @@ class ModelRef(BaseModel):
 
 CheckStatus = Literal["ok", "warning", "rejected"]
 Severity = Literal["rejected", "warning", "note"]
+Scale = Literal["operating-point-centred"]
+StoreStatus = Literal["ok", "failing", "none"]
+StoreProblem = Literal["unavailable", "timeout", "disk full"]
 
 
 class OperatingPoint(BaseModel):
     positive_class: str = Field(description="the class the operating point is on, e.g. PNEUMONIA")
     calibrated_threshold: float = Field(description="the operating point on the calibrated probability scale: "
                                         "calibrated P(positive) at or above which the positive class is called")
-    scale: Literal["operating-point-centred"] = Field(description="'operating-point-centred': reported probabilities are "
+    scale: Scale = Field(description="'operating-point-centred': reported probabilities are "
                        "p' = sigmoid(logit(p) - logit(calibrated_threshold)) for calibrated p, so the operating "
                        "point is 0.5; p = sigmoid(logit(p') + logit(calibrated_threshold))")
 
@@ -114,13 +117,14 @@ class ModelCard(ModelRef):
 
 
 class StoreState(BaseModel):
-    status: Literal["ok", "failing", "none"] = Field(description="ok: the study store takes writes; failing: it does not; "
-                                    "none: the server keeps no studies")
-    problem: Literal["unavailable", "timeout", "disk full"] | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
+    status: StoreStatus = Field(description="ok: the study store takes writes; failing: it does not; "
+                                            "none: the server keeps no studies")
+    problem: StoreProblem | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "failing"] = Field(description="'ok' when the model is loaded and the store (if any) takes writes; "
+    status: Literal["ok", "failing"] = Field(description="'ok' when the model is loaded and the store (if any) "
+                                                         "takes writes; "
                                     "'failing' otherwise (HTTP 503)")
     model_loaded: bool
     store: StoreState

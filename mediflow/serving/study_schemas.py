@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from mediflow.serving.schemas import InputCheckResult, ModelRef, OperatingPoint
 
+ReviewState = Literal["unreviewed", "confirmed", "corrected"]
+PacsDelivery = Literal["sent", "waiting", "failed"]
+
 
 def storable_text(value: str) -> str:
     """`value` unchanged when every database can store it; ValueError naming the problem otherwise.
@@ -57,8 +60,7 @@ class StudySummary(BaseModel):
                                "the positive class (PNEUMONIA)")
     uncertain: bool = Field(description="the model's confidence was below the review cut-off, or the input check "
                                         "warned (needs_review of the analysis)")
-    review_state: Literal["unreviewed", "confirmed", "corrected"] = Field(description="unreviewed, confirmed or "
-                                                                                  "corrected")
+    review_state: ReviewState = Field(description="unreviewed, confirmed or corrected")
     review_label: str | None
     reviewer: str | None
     reviewed_at: datetime | None
@@ -68,8 +70,9 @@ class StudySummary(BaseModel):
     accession_number: str | None = Field(default=None, description="DICOM studies: to find the study in the PACS")
     study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
     modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
-    pacs_delivery: Literal["sent", "waiting", "failed"] | None = Field(default=None, description="studies from the DICOM node: sent (the SR is in "
-                                      "the PACS), waiting (queued while the PACS is unreachable) or failed")
+    pacs_delivery: PacsDelivery | None = Field(default=None, description="studies from the DICOM node: sent (the SR "
+                                               "is in the PACS), waiting (queued while the PACS is unreachable) "
+                                               "or failed")
     duplicate_of: uuid.UUID | None = Field(default=None, description="the first study of the same image (identical "
                                            "bytes, by SHA-256) when this upload repeats it; null for a first upload")
     same_image_uploads: int = Field(default=1, description="studies of this same image, this one included")
