@@ -5,6 +5,8 @@ the study store, the inference thread and the caller.
 (etc.), so a test can swap any of them with `app.dependency_overrides`. The model and the store
 answer 503 with a `detail` when they are missing; the caller is checked by `current_user`, a
 `Security` dependency on the HTTP bearer scheme, so /openapi.json shows how to authenticate.
+They are `async def` although none awaits: FastAPI runs a plain `def` dependency on its thread pool,
+a thread hop per dependency per request.
 """
 
 from __future__ import annotations
@@ -29,51 +31,51 @@ bearer_scheme = HTTPBearer(auto_error=False, scheme_name="APIKey",
                                        "`Authorization: Bearer <key>`; needed when the server has keys")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The server's settings (environment and `mediflow serve` flags)."""
     return request.app.state.settings
 
 
-def get_optional_predictor(request: Request) -> Predictor | None:
+async def get_optional_predictor(request: Request) -> Predictor | None:
     """The loaded model, or None while it is still loading."""
     return request.app.state.predictor
 
 
-def get_predictor(predictor: Predictor | None = Depends(get_optional_predictor)) -> Predictor:
+async def get_predictor(predictor: Predictor | None = Depends(get_optional_predictor)) -> Predictor:
     """The loaded model; 503 with a `detail` before it has loaded."""
     if predictor is None:
         raise HTTPException(503, detail=MODEL_NOT_LOADED)
     return predictor
 
 
-def get_optional_store(request: Request) -> Store | None:
+async def get_optional_store(request: Request) -> Store | None:
     """The study store, or None when the server keeps no studies."""
     return request.app.state.store
 
 
-def get_store(store: Store | None = Depends(get_optional_store)) -> Store:
+async def get_store(store: Store | None = Depends(get_optional_store)) -> Store:
     """The study store; 503 with a `detail` when the server keeps none."""
     if store is None:
         raise HTTPException(503, detail=NO_STORE)
     return store
 
 
-def get_store_health(request: Request) -> StoreHealth:
+async def get_store_health(request: Request) -> StoreHealth:
     """The outcome of the store's recent writes (what /health reports beside its probe)."""
     return request.app.state.store_health
 
 
-def get_inference(request: Request) -> InferenceThread:
+async def get_inference(request: Request) -> InferenceThread:
     """The one thread every decode and model run goes through."""
     return request.app.state.inference
 
 
-def get_api_keys(request: Request) -> ApiKeys | None:
+async def get_api_keys(request: Request) -> ApiKeys | None:
     """The configured API keys; None when auth is off."""
     return request.app.state.api_keys
 
 
-def current_user(credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+async def current_user(credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
                  keys: ApiKeys | None = Depends(get_api_keys)) -> str:
     """The caller's key name ('anonymous' when the server has no keys); 401 with `WWW-Authenticate:
     Bearer` for a missing or unknown key."""
@@ -83,12 +85,12 @@ def current_user(credentials: HTTPAuthorizationCredentials | None = Security(bea
     return actor
 
 
-def authenticated(request: Request, actor: str = Security(current_user)) -> str:
+async def authenticated(request: Request, actor: str = Security(current_user)) -> str:
     """`current_user`, remembered on the request for its audit row (audit.py). Every /api router
     depends on this one, so overriding `current_user` also changes who the audit log names."""
     request.state.actor = actor
     return actor
 
 
-def model_loaded(predictor: Predictor = Depends(get_predictor)) -> None:
+async def model_loaded(predictor: Predictor = Depends(get_predictor)) -> None:
     """Router-wide: the API answers 503 until the server is ready, never a 500 from a missing model."""

@@ -19,7 +19,6 @@ from mediflow.data.preview import preview_png
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.auth import route_template
-from mediflow.serving.dependencies import get_settings, get_store_health
 from mediflow.serving.health import StoreHealth
 from mediflow.serving.settings import Settings
 from mediflow.store import repository
@@ -63,8 +62,8 @@ async def database_unavailable(request: Request, exc: SQLAlchemyError) -> JSONRe
     if kind == "bad input":
         return JSONResponse(status_code=422, content={"detail": "the study database refused a value in this "
                                                                 f"request ({type(exc).__name__}); nothing was saved"})
-    get_store_health(request).failed(kind)
-    retry = get_settings(request).retry_after_s
+    request.app.state.store_health.failed(kind)
+    retry = request.app.state.settings.retry_after_s
     outcome = ("this request may not have been completed" if kind == "timeout"
                else "nothing was saved by this request")
     return JSONResponse(status_code=503, headers={"Retry-After": str(retry)},
