@@ -145,7 +145,7 @@ def model_provenance(predictor: Predictor) -> dict[str, Any]:
     """Which model, at which operating point, wrote a results CSV."""
     info = predictor.info
     return {
-        "model": {"architecture": info.architecture, "version": info.version, "sha256": info.sha256,
+        "model": {**info.ref(),
                   "weights_sha256": info.weights_sha256, "path": info.path, "backend": predictor.backend_name},
         "operating_point": {**(predictor.rule.operating_point() or {}), "threshold_rule": predictor.ckpt.get("threshold_rule"),
                             "temperature": predictor.temperature},

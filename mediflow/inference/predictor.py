@@ -58,6 +58,10 @@ class ModelInfo:
     # The weights' identity (checkpoint.weights_sha256): equal to sha256 unless recalibrated.
     weights_sha256: str = ""
 
+    def ref(self) -> dict[str, str]:
+        """How a finding names its model: the `model` of every response, study and results file."""
+        return {"architecture": self.architecture, "version": self.version, "sha256": self.sha256}
+
 
 def onnx_candidates(checkpoint: Path) -> list[Path]:
     """Where `mediflow export` puts a checkpoint's exports, in order of preference."""
@@ -286,7 +290,7 @@ class Predictor:
             "needs_review": bool(f["needs_review"] or warned),
             "threshold": f["threshold"],
             "operating_point": f["operating_point"],
-            "model": {"architecture": self.info.architecture, "version": self.info.version, "sha256": self.info.sha256},
+            "model": self.info.ref(),
             "inference_ms": round(inference_ms, 2),
             **extra,
         }
@@ -356,9 +360,7 @@ class Predictor:
     def model_card(self) -> dict[str, Any]:
         c = self.ckpt
         return {
-            "architecture": self.info.architecture,
-            "version": self.info.version,
-            "sha256": self.info.sha256,
+            **self.info.ref(),
             "classes": self.class_names,
             "positive_class": self.class_names[self.pos] if self.pos is not None else None,
             "threshold": self.threshold,

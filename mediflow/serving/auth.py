@@ -1,29 +1,27 @@
-"""API keys with names, the loopback rule for `mediflow serve`, and the access/audit middleware.
+"""API keys with names, the loopback rule for `mediflow serve`, and who a caller is.
 
 Keys come from MEDIFLOW_API_KEYS ("name1:key1,name2:key2") and/or a file (MEDIFLOW_API_KEYS_FILE,
 one `name:key` per line, `#` comments). When any key is set, every /api/* request must carry
-`Authorization: Bearer <key>`; the key's name is who the audit log and the reviews record.
+`Authorization: Bearer <key>` (checked by dependencies.current_user); the key's name is who the
+audit log and the reviews record.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import logging
 import re
-import uuid
 from pathlib import Path
 
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from fastapi.exception_handlers import http_exception_handler
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mediflow.errors import MediFlowError
 from mediflow.serving.docs_page import is_docs_path
-
-log = logging.getLogger("mediflow.serve")
 
 ANONYMOUS = "anonymous"
 MIN_KEY_LENGTH = 16
@@ -120,98 +118,51 @@ def is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+MISSING_KEY = "missing API key: send the header 'Authorization: Bearer <key>'"
+INVALID_KEY = "invalid API key"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None for no header or another scheme."""
+    scheme, _, token = (authorization or "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _unauthorized(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+def identify_caller(keys: ApiKeys | None, token: str | None) -> tuple[str, str | None]:
+    """(the name the audit log gives the caller, why it is refused or None).
+
+    No keys configured: everyone is 'anonymous'. Otherwise the key's name, or '(no key)' /
+    '(invalid key)' with the reason for the 401."""
+    if keys is None:
+        return ANONYMOUS, None
+    token = token.strip() if token else None
+    if not token:
+        return "(no key)", MISSING_KEY
+    name = keys.identify(token)
+    if name is None:
+        return "(invalid key)", INVALID_KEY
+    return name, None
 
 
-class AccessMiddleware:
-    """Authenticates /api/* (when keys are set) and writes one audit row per /api call.
-
-    The audit row holds the caller's key name, the method, the route template (e.g.
-    /api/studies/{study_id}, never a query string), the status code and the study id: nothing
-    from the request body. A plain ASGI middleware: Starlette's BaseHTTPMiddleware would run every
-    upload through an extra task and memory stream (about a millisecond per analysis).
-    """
+class DocsKeyMiddleware:
+    """/docs, its assets and /openapi.json need a key whenever the API does (the document maps every
+    route). Not audited. A middleware rather than a dependency: the assets are a static mount and
+    /openapi.json is FastAPI's own route."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_docs_path(scope["path"]):
-            await self._docs(scope, receive, send)
-            return
-        if scope["type"] != "http" or not is_api_path(scope["path"]) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not is_docs_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        keys: ApiKeys | None = request.app.state.api_keys
-        denied: str | None = None
-        if keys is None:
-            actor = ANONYMOUS
-        elif (token := _bearer(request)) is None:
-            actor, denied = "(no key)", "missing API key: send the header 'Authorization: Bearer <key>'"
-        elif (name := keys.identify(token)) is None:
-            actor, denied = "(invalid key)", "invalid API key"
-        else:
-            actor = name
-        request.state.actor = actor
-        status: list[int] = []
-
-        async def send_no_store(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-                # Study data must not linger in browser or proxy caches.
-                MutableHeaders(scope=message).setdefault("Cache-Control", "no-store")
-            await send(message)
-
-        try:
-            if denied:
-                await _unauthorized(denied)(scope, receive, send_no_store)
-            else:
-                await self.app(scope, receive, send_no_store)
-        except Exception:
-            await self._audit(request, actor, 500)
-            raise
-        await self._audit(request, actor, status[0] if status else 500)
-
-    async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The API's documentation needs a key whenever the API does (it maps every route); not audited."""
         keys: ApiKeys | None = scope["app"].state.api_keys
-        if keys is None:
+        _, denied = identify_caller(keys, bearer_token(Headers(scope=scope).get("authorization")))
+        if denied is None:
             await self.app(scope, receive, send)
-            return
-        token = _bearer(Request(scope))
-        if token is None:
-            await _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")(scope, receive, send)
-        elif keys.identify(token) is None:
-            await _unauthorized("invalid API key")(scope, receive, send)
         else:
-            await self.app(scope, receive, send)
-
-    async def _audit(self, request: Request, actor: str, status_code: int) -> None:
-        store = request.app.state.store
-        if store is None or (status_code == 200 and getattr(request.state, "audited", False)):
-            return  # no store, or the handler already wrote this call's row with its own data
-        if getattr(request.state, "storage_failed", False):
-            return  # the store just failed this request (and it was logged): the row would wait and fail too
-        template = route_template(request)
-        study_id = getattr(request.state, "study_id", None) or _path_uuid(request.scope.get("path_params", {}))
-        from mediflow.store import repository
-
-        def write() -> None:
-            with store.session() as s:
-                repository.add_audit(s, actor=actor, method=request.method, route=template,
-                                     status_code=status_code, study_id=study_id)
-
-        try:
-            await run_in_threadpool(write)
-        except Exception as exc:  # the response stands; the operator must see the gap
-            log.error("audit write failed (%s) for %s %s", type(exc).__name__, request.method, template)
+            await JSONResponse({"detail": denied}, status_code=401,
+                               headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 def route_template(request: Request) -> str:
@@ -220,8 +171,20 @@ def route_template(request: Request) -> str:
     return getattr(request.scope.get("route"), "path", None) or request.url.path
 
 
-def _path_uuid(params: dict) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(params["study_id"]))
-    except (KeyError, ValueError):
+def unchecked_caller_refusal(request: Request) -> JSONResponse | None:
+    """The 401 for an /api request that failed before the routes' own key check
+    (dependencies.current_user) could run: no route matched (404), the method did not (405), the
+    JSON body did not parse (422). A caller without a valid key learns nothing about the routes."""
+    if (request.method == "OPTIONS" or not is_api_path(request.url.path)
+            or getattr(request.state, "actor", None) is not None):
         return None
+    _, denied = identify_caller(request.app.state.api_keys, bearer_token(request.headers.get("authorization")))
+    if denied is None:
+        return None
+    return JSONResponse({"detail": denied}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def no_such_route(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer to an HTTP error; a 401 instead of 404/405 for a caller without a valid key."""
+    refusal = unchecked_caller_refusal(request) if exc.status_code in (404, 405) else None
+    return refusal or await http_exception_handler(request, exc)

@@ -13,6 +13,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from mediflow.serving.auth import unchecked_caller_refusal
+
 EXCERPT_CHARS = 40
 
 
@@ -34,7 +36,11 @@ def _safe_input(value: Any) -> Any:
 
 
 async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 shape (`detail`: a list of {type, loc, msg, input}), inputs as excerpts."""
+    """FastAPI's 422 shape (`detail`: a list of {type, loc, msg, input}), inputs as excerpts; a 401
+    instead when the body failed to parse before the caller's key was checked."""
+    refusal = unchecked_caller_refusal(request)
+    if refusal is not None:
+        return refusal
     errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": excerpt(str(e.get("msg", "")), 200),
                **({"input": _safe_input(e["input"])} if "input" in e else {})}
               for e in exc.errors()]

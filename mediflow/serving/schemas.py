@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelRef(BaseModel):
+    """Which model made a finding: everywhere the API names a model (an analysis, a study, a heatmap,
+    the model card)."""
+
     architecture: str
     version: str
-    sha256: str
+    sha256: str = Field(description="SHA-256 of the checkpoint (with its calibration)")
+
+    @classmethod
+    def of_study(cls, study: Any) -> ModelRef:
+        """The model recorded with a stored study (store.models.Study)."""
+        return cls(architecture=study.model_architecture, version=study.model_version, sha256=study.model_sha256)
+
+
+CheckStatus = Literal["ok", "warning", "rejected"]
+Severity = Literal["rejected", "warning", "note"]
+Scale = Literal["operating-point-centred"]
+StoreStatus = Literal["ok", "failing", "none"]
+StoreProblem = Literal["unavailable", "timeout", "disk full"]
 
 
 class OperatingPoint(BaseModel):
     positive_class: str = Field(description="the class the operating point is on, e.g. PNEUMONIA")
     calibrated_threshold: float = Field(description="the operating point on the calibrated probability scale: "
                                         "calibrated P(positive) at or above which the positive class is called")
-    scale: str = Field(description="'operating-point-centred': reported probabilities are "
+    scale: Scale = Field(description="'operating-point-centred': reported probabilities are "
                        "p' = sigmoid(logit(p) - logit(calibrated_threshold)) for calibrated p, so the operating "
                        "point is 0.5; p = sigmoid(logit(p') + logit(calibrated_threshold))")
 
@@ -27,11 +42,11 @@ class CheckReason(BaseModel):
                                   "low_resolution, window_fallback (warnings); framed (a note: borders around "
                                   "the film)")
     message: str = Field(description="one sentence for the reader")
-    severity: str = Field(description="rejected, warning or note")
+    severity: Severity = Field(description="rejected, warning or note")
 
 
 class InputCheckResult(BaseModel):
-    status: str = Field(description="ok, warning (the finding needs review; needs_review is true) or rejected "
+    status: CheckStatus = Field(description="ok, warning (the finding needs review; needs_review is true) or rejected "
                                     "(no finding: HTTP 422)")
     reasons: list[CheckReason] = Field(default_factory=list, description="most severe first")
 
@@ -73,13 +88,10 @@ class AnalysisResponse(BaseModel):
                                      "this upload repeats it; null when the image is new or no store is kept")
 
 
-class ModelCard(BaseModel):
+class ModelCard(ModelRef):
     # Other backends may add fields (e.g. the runtime); pass them through instead of dropping them.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
-    architecture: str
-    version: str
-    sha256: str
     classes: list[str]
     positive_class: str | None
     threshold: float | None = Field(description="operating point on calibrated P(positive class)")
@@ -105,13 +117,14 @@ class ModelCard(BaseModel):
 
 
 class StoreState(BaseModel):
-    status: str = Field(description="ok: the study store takes writes; failing: it does not; "
-                                    "none: the server keeps no studies")
-    problem: str | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
+    status: StoreStatus = Field(description="ok: the study store takes writes; failing: it does not; "
+                                            "none: the server keeps no studies")
+    problem: StoreProblem | None = Field(default=None, description="when failing: unavailable, timeout or disk full")
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="'ok' when the model is loaded and the store (if any) takes writes; "
+    status: Literal["ok", "failing"] = Field(description="'ok' when the model is loaded and the store (if any) "
+                                                         "takes writes; "
                                     "'failing' otherwise (HTTP 503)")
     model_loaded: bool
     store: StoreState
@@ -120,3 +133,38 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what is wrong with the request")
+
+
+class LiveResponse(BaseModel):
+    status: Literal["ok"] = Field(description="always 'ok': the process answers (readiness is /health)")
+
+
+class ModelEvaluation(BaseModel):
+    """`<checkpoint stem>.evaluation.json` as benchmarks/generalization.py wrote it, paths reduced to
+    file names; the fields below are the ones it always writes, any others pass through."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: dict[str, Any] | None = Field(default=None, description="the model evaluated (architecture, sha256)")
+    machine: str | None = Field(default=None, description="where the evaluation ran")
+    seconds: int | float | None = Field(default=None, description="how long it took")
+    data: str | None = Field(default=None, description="the data set evaluated on")
+    validation: dict[str, Any] | None = Field(default=None, description="metrics on the validation split")
+    test_dev: dict[str, Any] | None = Field(default=None, description="metrics on the development test split")
+
+
+class AuditRow(BaseModel):
+    id: int
+    at: str = Field(description="UTC time with its zone (ISO 8601)")
+    actor: str = Field(description="the API key's name; 'anonymous', '(no key)' or '(invalid key)'")
+    method: str
+    route: str = Field(description="route template, e.g. /api/studies/{study_id}/review")
+    status_code: int
+    study_id: str | None = Field(description="the study, as the API writes its ids (with dashes)")
+
+
+class AuditPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[AuditRow]

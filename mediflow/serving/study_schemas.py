@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from mediflow.serving.schemas import InputCheckResult, ModelRef, OperatingPoint
+
+ReviewState = Literal["unreviewed", "confirmed", "corrected"]
+PacsDelivery = Literal["sent", "waiting", "failed"]
 
 
 def storable_text(value: str) -> str:
@@ -39,7 +43,7 @@ class ReviewRequest(BaseModel):
 class ReviewOut(BaseModel):
     id: int
     label: str
-    state: str = Field(description="confirmed (agrees with the model) or corrected")
+    state: Literal["confirmed", "corrected"] = Field(description="confirmed (agrees with the model) or corrected")
     note: str | None
     reviewer: str
     reviewed_at: datetime
@@ -56,7 +60,7 @@ class StudySummary(BaseModel):
                                "the positive class (PNEUMONIA)")
     uncertain: bool = Field(description="the model's confidence was below the review cut-off, or the input check "
                                         "warned (needs_review of the analysis)")
-    review_state: str = Field(description="unreviewed, confirmed or corrected")
+    review_state: ReviewState = Field(description="unreviewed, confirmed or corrected")
     review_label: str | None
     reviewer: str | None
     reviewed_at: datetime | None
@@ -66,8 +70,9 @@ class StudySummary(BaseModel):
     accession_number: str | None = Field(default=None, description="DICOM studies: to find the study in the PACS")
     study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
     modality: str | None = Field(default=None, description="DICOM Modality (CR, DX)")
-    pacs_delivery: str | None = Field(default=None, description="studies from the DICOM node: sent (the SR is in "
-                                      "the PACS), waiting (queued while the PACS is unreachable) or failed")
+    pacs_delivery: PacsDelivery | None = Field(default=None, description="studies from the DICOM node: sent (the SR "
+                                               "is in the PACS), waiting (queued while the PACS is unreachable) "
+                                               "or failed")
     duplicate_of: uuid.UUID | None = Field(default=None, description="the first study of the same image (identical "
                                            "bytes, by SHA-256) when this upload repeats it; null for a first upload")
     same_image_uploads: int = Field(default=1, description="studies of this same image, this one included")
