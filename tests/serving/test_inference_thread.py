@@ -99,13 +99,13 @@ def test_a_cancelled_job_that_has_not_started_never_runs():
 
 def test_the_server_runs_every_analysis_on_its_one_inference_thread(predictor, monkeypatch):
     seen = []
-    real = type(predictor).predict_bytes
+    real = type(predictor).predict_upload
 
     def spy(self, *args, **kwargs):
         seen.append(threading.current_thread().name)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(predictor), "predict_bytes", spy)
+    monkeypatch.setattr(type(predictor), "predict_upload", spy)
     app = create_app(Settings(), predictor=predictor)
     with TestClient(app) as client:
         for seed in range(3):
