@@ -310,6 +310,33 @@ class Predictor:
             raise InputRejected(check)
         return self.response(probs[0], (time.perf_counter() - t0) * 1000, check), None if maps is None else maps[0]
 
+    def predict_many(self, images: list[Image.Image], *, heatmap: bool, t0: float | None = None
+                     ) -> list[tuple[dict[str, Any], np.ndarray | None] | InputRejected]:
+        """`predict_with_map` for several decoded images, with one pass of the model over those the
+        header and pixel checks let through. For each image, in order: (response, heatmap or None),
+        or the InputRejected that `predict_with_map` would have raised for it."""
+        t0 = time.perf_counter() if t0 is None else t0
+        out: list[tuple[dict[str, Any], np.ndarray | None] | InputRejected | None] = [None] * len(images)
+        passed: list[tuple[int, dict[str, Any] | None, list[Reason]]] = []
+        for i, img in enumerate(images):
+            header = image_dicom_header(img)
+            reasons = self.check_before(img, header)
+            if rejected(reasons):
+                out[i] = InputRejected(summarize(reasons))
+            else:
+                passed.append((i, header, reasons))
+        if passed:
+            batch = np.stack([self.preprocess_array(images[i]) for i, _, _ in passed])
+            probs, maps, pooled = self.forward(batch, heatmap=heatmap)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            for row, (i, header, reasons) in enumerate(passed):
+                check = self.check_after(reasons, pooled[row], header)
+                if check["status"] == "rejected":
+                    out[i] = InputRejected(check)
+                else:
+                    out[i] = (self.response(probs[row], elapsed_ms, check), None if maps is None else maps[row])
+        return out  # type: ignore[return-value]  (every slot is filled above)
+
     def predict_image(self, img: Image.Image, *, heatmap: bool = False, t0: float | None = None,
                       header: dict[str, Any] | None = None) -> dict[str, Any]:
         """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
