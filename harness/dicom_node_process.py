@@ -32,7 +32,7 @@ def missing_tools() -> list[str]:
 
 def film_dataset(image_path: Path, *, modality: str = "CR", view: str | None = "PA", body_part: str | None = "CHEST",
                  study_uid: str | None = None):
-    """A chest film from an image file, wrapped into a CR/DX instance (tests/dicom_factory.py)."""
+    """A chest film from an image file, wrapped into a CR/DX instance (dicom_factory.py)."""
     from dicom_factory import DX_STORAGE, image_dataset
 
     arr = np.asarray(Image.open(image_path).convert("L"))

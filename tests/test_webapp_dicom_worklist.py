@@ -17,7 +17,7 @@ from webapp_helpers import axe_violations, open_page, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-PATIENT = "Test^Synthetic"  # tests/dicom_factory.py names every film's patient so
+PATIENT = "Test^Synthetic"  # harness/dicom_factory.py names every film's patient so
 
 
 def _film(tmp_path, i: int, *, accession: str, study_date: str, modality: str):

@@ -1,4 +1,4 @@
-"""Small DICOM files built with pydicom inside the tests (no binary fixtures in the repository)."""
+"""Small DICOM files built with pydicom, for the tests and the benchmarks (no binary fixtures in the repository)."""
 
 from __future__ import annotations
 
