@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,38 @@ def _encode(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+_IOD_LOOKUPS_REMEMBERED = False
+
+
+def _remember_iod_lookups() -> None:
+    """For every object it builds, highdicom asks whether an attribute belongs to an IOD by scanning
+    the standard's module tables shipped with it (`is_attribute_in_iod`): about a third of building
+    one SR. The answer depends only on the arguments and those tables, so each (attribute, SOP
+    class) is looked up once per process; highdicom still builds and checks every object."""
+    global _IOD_LOOKUPS_REMEMBERED
+    if _IOD_LOOKUPS_REMEMBERED:
+        return
+    import sys
+
+    import highdicom._standard_utils as standard
+
+    original = standard.is_attribute_in_iod
+    answers: dict[tuple, bool] = {}
+
+    @wraps(original)
+    def remembered(attribute: str, sop_class_uid: str, exclude_path_elements=None) -> bool:
+        key = (attribute, str(sop_class_uid), None if exclude_path_elements is None else tuple(exclude_path_elements))
+        if key not in answers:  # an unknown SOP class raises, as before, and is not remembered
+            answers[key] = original(attribute, sop_class_uid, exclude_path_elements)
+        return answers[key]
+
+    for name, module in list(sys.modules.items()):
+        if (name == "highdicom" or name.startswith("highdicom.")) and \
+                getattr(module, "is_attribute_in_iod", None) is original:
+            module.is_attribute_in_iod = remembered
+    _IOD_LOOKUPS_REMEMBERED = True
 
 
 def _code(value: str, meaning: str):
@@ -128,6 +160,7 @@ def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
                               MeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
                               SourceImageForMeasurementGroup, TextContentItem, TrackingIdentifier)
 
+    _remember_iod_lookups()
     model = result["model"]
     parts = _report_parts(model["architecture"], model["version"], model["sha256"])
     source = _evidence(source)
@@ -214,6 +247,7 @@ def build_sc(source: Dataset, result: dict[str, Any], film: Image.Image, heatmap
     """A Secondary Capture of the film with the heatmap and the finding written on it."""
     import highdicom as hd
 
+    _remember_iod_lookups()
     model = result["model"]
     sop_uid = str(source.SOPInstanceUID)
     lines = [f"PRELIMINARY - {finding_text(result)}",
