@@ -39,7 +39,7 @@ test: $(VENV)/.installed-all
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 fuzz: $(VENV)/.installed-all
-	MEDIFLOW_FUZZ_PROFILE=long $(PY) -m pytest -q tests/test_fuzz_decode.py $(PYTEST_ARGS)
+	MEDIFLOW_FUZZ_PROFILE=long $(PY) -m pytest -q tests/data/test_fuzz_decode.py $(PYTEST_ARGS)
 
 onnx: $(VENV)/.installed-all
 	$(VENV)/bin/mediflow export --model $(BUNDLED).pth --onnx $(BUNDLED).onnx $(if $(wildcard $(DATA)),--int8 --data $(DATA))

@@ -16,7 +16,10 @@ Back to back (the default) measures a busy server; `--gap-ms` pauses before ever
 between one doctor's uploads, which is slower on a VM whose idle cores must wake up first.
 
     PYTHONPATH=$PWD python benchmarks/serving_benchmark.py [--model M.pth] [--requests 500]
-        [--gap-ms 500] [--also-threads 1]
+        [--gap-ms 500] [--also-threads 1] [--candidate C.pth]
+
+`--candidate` adds the served default of a second model (an ensemble, say) with and without the
+study store, in the same interleaved rounds, and prints its p50 over --model's for each.
 
 Prints a markdown table (and writes it with the raw numbers to --out-json when given).
 """
@@ -112,6 +115,7 @@ def post(client, server: Server, name: str, data: bytes, heatmap: bool, gap_s: f
 def ensure_exports(model: Path, work: Path) -> tuple[Path, Path]:
     """model.pth and model.onnx in `work`, with model.int8.onnx when one made from `model` sits next
     to it (`mediflow export --int8`; served by default only if its export was accepted)."""
+    work.mkdir(parents=True, exist_ok=True)
     from mediflow.checkpoint import file_sha256, load_checkpoint
     from mediflow.inference.backends import OnnxBackend
     from mediflow.inference.onnx_export import export_checkpoint
@@ -241,6 +245,8 @@ def main() -> int:
     ap.add_argument("--gap-ms", type=float, default=0.0,
                     help="pause before every timed request (idle server, as between a doctor's uploads); default: "
                          "back to back")
+    ap.add_argument("--candidate", type=Path,
+                    help="a second model served by default beside --model (with and without the study store)")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
 
@@ -280,6 +286,17 @@ def main() -> int:
             Server("MediFlow served default + study store",
                    serve + ["--database-url", f"sqlite:///{work / 'studies.db'}", "--model", str(pth)], True),
         ]
+        served_default = next(s for s in servers if s.key == "default")
+        served_store = servers[-1]
+        if args.candidate:
+            cand_pth, _ = ensure_exports(args.candidate, work / "candidate")
+            cand = Predictor.load(cand_pth).info.architecture
+            servers += [
+                Server(f"candidate served default ({cand})", serve + ["--no-store", "--model", str(cand_pth)], True),
+                Server(f"candidate served default + study store ({cand})",
+                       serve + ["--database-url", f"sqlite:///{work / 'candidate.db'}", "--model", str(cand_pth)],
+                       True),
+            ]
         for s in servers:
             start(s, env)
         with httpx.Client(timeout=120) as client:
@@ -358,6 +375,15 @@ def main() -> int:
             f"{fmt(r['speedup'], 2)}x | {fmt(r['heatmap_p50'])} | {fmt(r['heatmap_p95'])} | "
             f"{fmt(r['heatmap_speedup'], 2)}{'' if r['heatmap_speedup'] != r['heatmap_speedup'] else 'x'} | "
             f"{fmt(r['batch_ips'], 0)} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['rss_after_mb'], 0)} |")
+    if args.candidate:
+        row = {s.name: r for s, r in zip(servers, rows, strict=True)}
+        pairs = (("--no-store", row[served_default.name], rows[-2]),
+                 ("with the study store", row[served_store.name], rows[-1]))
+        lines += ["", "| candidate over --model, served default | HTTP p50 ratio | heatmap p50 ratio |",
+                  "|---|---:|---:|"]
+        for label, ref, cand_row in pairs:
+            lines.append(f"| {label} | {cand_row['http_p50'] / ref['http_p50']:.2f}x | "
+                         f"{cand_row['heatmap_p50'] / ref['heatmap_p50']:.2f}x |")
     print("\n".join(lines))
     if args.out_json:
         report = {"machine": machine(), "load": [load_start, load_end], "gap_ms": args.gap_ms, "rows": rows}

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from orthanc_process import free_port
+from startup import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("Orthanc", "storescu", "echoscu", "dciodvfy")
@@ -105,19 +105,13 @@ class NodeProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "mediflow", "dicom-node", *self.args], cwd=REPO,
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dicom-node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                self.health()
-                if not self.listen or _accepts(self.port):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"dicom-node did not start within {timeout:.0f} s:\n{self.log()[-3000:]}")
+        wait_ready(self.proc, self._ready, name="dicom-node", timeout=timeout, log=self.log, give_up=self.kill)
+        return self
+
+    def _ready(self) -> bool:
+        """Its health endpoint answers and, when it listens, its DICOM port accepts connections."""
+        self.health()
+        return not self.listen or _accepts(self.port)
 
     def health(self) -> dict:
         return httpx.get(f"http://127.0.0.1:{self.health_port}/health", timeout=5).json()

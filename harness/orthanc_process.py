@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
+
+from startup import free_port, wait_ready
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -40,12 +40,6 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
 end
 """,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, node_aet: str, node_port: int,
@@ -106,18 +100,9 @@ class OrthancProcess:
         log = open(self.folder / "orthanc.log", "ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if self.get("/system").status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s:\n{self.log()[-3000:]}")
+        wait_ready(self.proc, lambda: self.get("/system").status_code == 200,
+                   name="Orthanc", timeout=timeout, log=self.log, give_up=self.stop)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

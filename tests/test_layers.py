@@ -80,14 +80,18 @@ def test_lower_layers_never_import_higher_ones():
     assert [v for path in package_sources() for v in violations(path)] == []
 
 
-def test_benchmarks_import_nothing_from_tests():
-    test_modules = {p.stem for p in (REPO / "tests").glob("*.py")}
+def test_benchmarks_and_harness_import_nothing_from_tests():
+    """benchmarks/ and the process harnesses they share with the tests (harness/) stand without tests/:
+    no module of tests/ or its folders, and tests/ never put on sys.path."""
+    tests = REPO / "tests"
+    test_modules = {p.stem for p in tests.rglob("*.py")} | {p.name for p in tests.iterdir() if p.is_dir()}
     found = []
-    for path in sorted((REPO / "benchmarks").glob("*.py")):
+    for path in sorted([*(REPO / "benchmarks").glob("*.py"), *(REPO / "harness").glob("*.py")]):
+        name = path.relative_to(REPO)
         text = path.read_text(encoding="utf-8")
         if '"tests"' in text or "'tests'" in text:
-            found.append(f"{path.name}: puts tests/ on sys.path")
-        found += [f"{path.name}:{line}: imports {module}" for line, module in imported_modules(path)
+            found.append(f"{name}: puts tests/ on sys.path")
+        found += [f"{name}:{line}: imports {module}" for line, module in imported_modules(path)
                   if module.split(".")[0] in test_modules | {"tests", "conftest"}]
     assert found == []
 

@@ -50,7 +50,7 @@ METADATA_FIELDS = ("StudyInstanceUID", "SOPInstanceUID", "Modality", "PatientAge
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 # pydicom's own RLE decoder (pure Python, bounds-checked) rather than pylibjpeg-rle, whose Rust code
-# panics on a segment that decodes past the frame (found by tests/test_fuzz_decode.py) and prints
+# panics on a segment that decodes past the frame (found by tests/data/test_fuzz_decode.py) and prints
 # that panic to stderr, where no logging setting can stop it. About 0.4 s more per 2k x 2k film.
 _PLUGIN = {"1.2.840.10008.1.2.5": "pydicom"}
 # Deflated DICOM is inflated whole by pydicom; cap what a small upload may expand to.

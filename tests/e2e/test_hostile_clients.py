@@ -16,7 +16,7 @@ import pytest
 
 from conftest import jpeg_bytes, xray_like
 from server_process import ServerProcess
-from test_upload_limits import bench, multipart, proc_kib
+from .test_upload_limits import bench, multipart, proc_kib
 
 SLOW_CLIENTS = 40
 FILM = jpeg_bytes(xray_like(1, seed=21, size=224))

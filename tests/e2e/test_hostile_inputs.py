@@ -16,7 +16,7 @@ import pytest
 from conftest import png_bytes, xray_like
 from db_fixtures import database_url  # noqa: F401  (fixture)
 from server_process import ServerProcess
-from test_dicom_studies import dicom_film
+from serving.test_dicom_studies import dicom_film
 from webapp_helpers import open_page
 
 KEY = "k" * 24

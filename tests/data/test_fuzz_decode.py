@@ -6,7 +6,7 @@ decompression bomb. CPU time rather than Hypothesis' wall-clock deadline: CI mac
 Profiles (MEDIFLOW_FUZZ_PROFILE): "ci" (default: derandomized, a fixed seed, 200 examples a test,
 under a minute for this file on a quiet 2-core VM) and "long" (`make fuzz`: random seeds, 5,000 examples a test).
 A failing input Hypothesis finds is printed with the test; keep it as a file under
-tests/fuzz_regressions/, which `test_regression_files` replays on every run.
+tests/data/fuzz_regressions/, which `test_regression_files` replays on every run.
 """
 
 from __future__ import annotations

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from startup import free_port, wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -38,18 +32,9 @@ class ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "mediflow", "serve", "--port", str(self.port), *self.args],
                                      cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not answer /health within {timeout:.0f}s:\n{self.log()}")
+        wait_ready(self.proc, lambda: httpx.get(self.url + "/health", timeout=2).status_code == 200,
+                   name="server", timeout=timeout, log=self.log, give_up=self.stop, interval=0.3)
+        return self
 
     def stop(self) -> bool:
         """SIGTERM (uvicorn's graceful shutdown; it re-raises the signal once done), SIGKILL if it hangs.

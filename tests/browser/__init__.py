@@ -1,0 +1,1 @@
+"""The web app in headless Chromium (Playwright) against real `mediflow serve` processes."""

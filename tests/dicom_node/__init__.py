@@ -1,0 +1,1 @@
+"""Tests of mediflow/dicom_node/'s parts without the network."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: real `mediflow serve`, `mediflow dicom-node`, Orthanc and PostgreSQL processes."""

@@ -1,0 +1,1 @@
+"""Tests of mediflow/evaluation/ and the generalization benchmark built on it."""

@@ -1,0 +1,1 @@
+"""Tests of mediflow/federated/: partitions, statistics, privacy accounting, Flower on loopback."""

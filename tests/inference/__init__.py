@@ -1,0 +1,1 @@
+"""Tests of mediflow/inference/: the predictor, its backends and export, batch and folder analysis, the input check."""

@@ -1,0 +1,1 @@
+"""Tests of mediflow/models/: the architectures and their weights."""

@@ -1,0 +1,1 @@
+"""Tests of mediflow/store/: the study store, its migrations and the feedback export."""

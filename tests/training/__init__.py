@@ -1,0 +1,1 @@
+"""Tests of mediflow/training/: training recipes, quantization-aware distillation and site calibration."""
