@@ -3,16 +3,22 @@
 Run: PYTHONPATH=. python benchmarks/dicom_node.py [--n 200] [--lanes 4]
      [--postgres postgresql+psycopg://mediflow:mediflow@127.0.0.1:5432/postgres]
 
-Three runs on the same N films (pediatric films of ../shared/data wrapped into CR instances, see
+Four runs on the same N films (pediatric films of ../shared/data wrapped into CR instances, see
 --films), each with a fresh Orthanc and a fresh study store:
-1. through Orthanc: LANES storescu runs (one association per film) store into Orthanc, whose Lua
-   OnStoredInstance rule (docs/pacs.md's recommended one: SendToModality, each chest film as it is
-   stored) routes it to one node process (SQLite store); the SRs come back. --routing study uses
-   the whole-study OnStableStudy rule instead (a job per stable study, StableAge 1 s).
-2. straight to the node, PostgreSQL store, one node process: LANES storescu runs; the node answers
-   while it analyses.
-3. as 2, with a second, worker-only node process (--no-listen) on the same PostgreSQL queue.
-Then `mediflow analyze`'s code path (analyze_folder, the model loaded once) on the same .dcm files.
+1. end to end through Orthanc: LANES storescu runs (one association per film) store into Orthanc,
+   whose Lua OnStoredInstance rule (docs/pacs.md's recommended one: SendToModality, each chest film
+   as it is stored) routes it to one node process; the SRs go back into Orthanc. Once with a SQLite
+   store, once with PostgreSQL. --routing study uses the whole-study OnStableStudy rule instead (a
+   job per stable study, StableAge 1 s).
+2. node drain alone: a receiving node with no analysis thread takes all N films straight from the
+   storescu runs into a PostgreSQL queue; then one worker-only process (--no-listen) analyses them
+   and stores the SRs in Orthanc.
+3. as 2, with two worker-only processes on the same PostgreSQL queue.
+`mediflow analyze`'s code path (analyze_folder, the model loaded once) runs on the same .dcm files
+before and after these, in the same benchmark run; the ratios are against the mean of the two.
+CPU ms/film: CPU time (all threads) of the node process(es) and of Orthanc from the first film sent
+to the last SR stored, per film; for analyze, its own. Unlike films/s it hardly depends on what
+else runs on the machine.
 Reception -> SR stored: the node's received_at to the SR's C-STORE success (sent_at). Node
 throughput: films / (first reception .. last SR stored). The 1-minute load average is sampled
 every 5 s during the runs (the machine may be shared). Prints one table.
@@ -43,6 +49,12 @@ FILM_SETS = {
     # 224 px copies (hundreds of distinct films): decoding costs almost nothing.
     "224": DATA / "chest_xray224" / "test_dev",
 }
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -127,21 +139,24 @@ def orthanc_sr_count(orthanc: OrthancProcess) -> int:
     return len(orthanc.post("/tools/find", json={"Level": "Instance", "Query": {"Modality": "SR"}}).json())
 
 
-def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], routing: str,
-               timeout: float = 1800) -> dict:
-    """Modality -> Orthanc -> (Lua routing) -> node -> SR -> Orthanc, one node process on SQLite."""
-    url = f"sqlite:///{work / 'node.db'}"
+def run_routed(work: Path, files: list[Path], lanes: int, node_args: list[str], routing: str, database_url: str,
+               name: str, timeout: float = 1800) -> dict:
+    """Modality -> Orthanc -> (Lua routing) -> node -> SR -> Orthanc, one node process on `database_url`."""
     node_port = free_port()
-    orthanc = OrthancProcess(work / "orthanc-routed", node_port=node_port, routing=routing).start()
-    node = NodeProcess(work, url, send_to=orthanc.destination, port=node_port, name="routed", extra=node_args)
+    orthanc = OrthancProcess(work / f"orthanc-{name}", node_port=node_port, routing=routing).start()
+    node = NodeProcess(work, database_url, send_to=orthanc.destination, port=node_port, name=name, extra=node_args)
     try:
         node.start()
+        cpu0 = cpu_s(node.proc.pid), cpu_s(orthanc.proc.pid)
         times, failed = send_lanes(orthanc.dicom_port, orthanc.aet, files, lanes)
-        wait_sent(url, len(files), timeout)
+        wait_sent(database_url, len(files), timeout)
+        cpu1 = cpu_s(node.proc.pid), cpu_s(orthanc.proc.pid)
         time.sleep(6)  # with study routing the results come back to the node: they must add nothing
-        latencies, throughput, _ = sr_timings(url)
+        latencies, throughput, _ = sr_timings(database_url)
         return {"answered": len(times) - failed, "store_p95": pct(times, 95), "srs": orthanc_sr_count(orthanc),
-                "lat_p50": pct(latencies, 50), "lat_p95": pct(latencies, 95), "throughput": throughput}
+                "lat_p50": pct(latencies, 50), "lat_p95": pct(latencies, 95), "throughput": throughput,
+                "node_cpu_ms": (cpu1[0] - cpu0[0]) / len(files) * 1000,
+                "orthanc_cpu_ms": (cpu1[1] - cpu0[1]) / len(files) * 1000}
     finally:
         node.stop()
         orthanc.stop()
@@ -162,9 +177,11 @@ def run_drain(work: Path, files: list[Path], lanes: int, database_url: str, proc
         times, failed = send_lanes(node_port, "MEDIFLOW", files, lanes)
         for w in workers:
             w.start()
+        cpu0 = sum(cpu_s(p.proc.pid) for p in (receiver, *workers))
         wait_sent(database_url, len(files), timeout)
+        cpu1 = sum(cpu_s(p.proc.pid) for p in (receiver, *workers))
         return {"answered": len(times) - failed, "store_p95": pct(times, 95), "srs": orthanc_sr_count(orthanc),
-                "rate": drain_rate(database_url)}
+                "rate": drain_rate(database_url), "node_cpu_ms": (cpu1 - cpu0) / len(files) * 1000}
     finally:
         for p in (receiver, *workers):
             p.stop()
@@ -193,15 +210,16 @@ class LoadSampler:
         self._thread.join()
 
 
-def analyze_throughput(folder: Path) -> float:
+def analyze_throughput(folder: Path, out: Path) -> tuple[float, float]:
+    """Films per second of `mediflow analyze`'s code path (the model loaded once, batches of 16,
+    decoding in threads, a CSV row per film) on `folder`."""
     from mediflow.inference.folder import analyze_folder
     from mediflow.inference.predictor import Predictor
 
     predictor = Predictor.load()
-    out = folder.parent / "analyze.csv"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = analyze_folder(predictor, folder, out, progress=False)
-    return summary.analysed / (time.perf_counter() - t0)
+    return summary.analysed / (time.perf_counter() - t0), (time.process_time() - c0) / summary.analysed * 1000
 
 
 def main() -> int:
@@ -228,14 +246,24 @@ def main() -> int:
         folder = work / "films"
         folder.mkdir()
         files = [write(film_dataset(src), folder / f"{i:04d}.dcm") for i, src in enumerate(sources)]
-        routed = run_routed(work, files, args.lanes, node_args, args.routing)
+        # `mediflow analyze` before and after the node's runs: the load of a shared machine drifts,
+        # and the ratio is taken against the mean of the two.
+        analyze_runs = [analyze_throughput(folder, work / "analyze-before.csv")]
+        print(f"analyze before: {analyze_runs[0]}", file=sys.stderr, flush=True)
+        routed = {"SQLite": run_routed(work, files, args.lanes, node_args, args.routing,
+                                       f"sqlite:///{work / 'node.db'}", "routed-sqlite")}
+        print(f"routed, SQLite: {routed['SQLite']}", file=sys.stderr, flush=True)
+        with PostgresDatabase(args.postgres) as url:
+            routed["PostgreSQL"] = run_routed(work, files, args.lanes, node_args, args.routing, url, "routed-pg")
+        print(f"routed, PostgreSQL: {routed['PostgreSQL']}", file=sys.stderr, flush=True)
         drains = {}
-        print(f"routed: {routed}", file=sys.stderr, flush=True)
         for processes in (1, 2):
             with PostgresDatabase(args.postgres) as url:
                 drains[processes] = run_drain(work, files, args.lanes, url, processes, node_args)
             print(f"drained by {processes}: {drains[processes]}", file=sys.stderr, flush=True)
-        analyze = analyze_throughput(folder)
+        analyze_runs.append(analyze_throughput(folder, work / "analyze-after.csv"))
+        analyze = statistics.mean(rate for rate, _ in analyze_runs)
+        analyze_cpu = statistics.mean(cpu for _, cpu in analyze_runs)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     n = args.n
@@ -247,17 +275,22 @@ def main() -> int:
     rule = ("OnStoredInstance, SendToModality per chest film" if args.routing == "instance"
             else "OnStableStudy, StableAge 1 s")
     print("| run | C-STOREs answered | storescu p95 s | SRs in Orthanc | reception->SR p50 s | p95 s | films/s "
-          "| vs analyze |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| modality -> Orthanc -> routed ({rule}) to 1 node (SQLite), end to end | {routed['answered']}/{n} "
-          f"| {routed['store_p95']:.3f} | {routed['srs']} | {routed['lat_p50']:.2f} | {routed['lat_p95']:.2f} "
-          f"| {routed['throughput']:.1f} | {routed['throughput'] / analyze:.2f} |")
+          "| vs analyze | CPU ms/film |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for store, r in routed.items():
+        print(f"| **end to end through Orthanc** (what a hospital gets): modality -> Orthanc -> routed ({rule}) to 1 "
+              f"node ({store}) -> SR stored in Orthanc | {r['answered']}/{n} | {r['store_p95']:.3f} | {r['srs']} "
+              f"| {r['lat_p50']:.2f} | {r['lat_p95']:.2f} | {r['throughput']:.1f} | {r['throughput'] / analyze:.2f} "
+              f"| node {r['node_cpu_ms']:.0f} + Orthanc {r['orthanc_cpu_ms']:.0f} |")
     for processes, d in drains.items():
-        print(f"| straight to the node, queue drained by {processes} worker process(es) (PostgreSQL) "
-              f"| {d['answered']}/{n} | {d['store_p95']:.3f} | {d['srs']} | | | {d['rate']:.1f} "
-              f"| {d['rate'] / analyze:.2f} |")
-    print(f"| `mediflow analyze` (batch 16, 2 decode threads) on the same .dcm files | | | | | "
-          f"| {analyze:.1f} | 1.00 |")
+        label = ("**node drain alone**: films already queued (PostgreSQL), 1 worker process analyses them and "
+                 "stores the SRs in Orthanc" if processes == 1 else
+                 f"node drain alone, {processes} worker processes on one PostgreSQL")
+        print(f"| {label} | {d['answered']}/{n} | {d['store_p95']:.3f} | {d['srs']} | | | {d['rate']:.1f} "
+              f"| {d['rate'] / analyze:.2f} | node {d['node_cpu_ms']:.0f} |")
+    before, after = analyze_runs[0][0], analyze_runs[1][0]
+    print(f"| `mediflow analyze` (batch 16, decoding in threads) on the same .dcm files, before / after the node "
+          f"runs: {before:.1f} / {after:.1f} films/s | | | | | | {analyze:.1f} (mean) | 1.00 | {analyze_cpu:.0f} |")
     print(f"\n2 worker processes vs 1 on one PostgreSQL queue: {drains[2]['rate'] / drains[1]['rate']:.2f}x")
     return 0
 

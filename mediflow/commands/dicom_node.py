@@ -44,6 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="analysis threads in this process (default 2: one decodes or runs the model while the "
                         "other builds an SR); 0: only receive and deliver, leaving the "
                         "analyses to worker-only processes (--no-listen) on the same PostgreSQL queue")
+    p.add_argument("--batch", type=int, default=8,
+                   help="films an analysis thread takes from the queue at once, when that many wait: one model "
+                        "pass and one store commit for them (default 8; 1: one film at a time)")
     p.add_argument("--health-port", type=int, help="serve GET /health (queue state) on 127.0.0.1:PORT")
     p.add_argument("--retry-backoff", type=float, default=2.0,
                    help="seconds before the first re-send of a result; doubles per failure (default 2)")
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise MediFlowError("--ae-title must be 1 to 16 characters")
     if args.workers < 0 or (args.workers == 0 and args.no_listen):
         raise MediFlowError("--workers must be at least 1 with --no-listen (and never negative)")
+    if not 1 <= args.batch <= 64:
+        raise MediFlowError("--batch must be 1 to 64")
     allowed = [a.strip() for a in (args.allow_ae or "").split(",") if a.strip()] or None
     if allowed is None:
         log.warning("no --allow-ae: any calling AE title may store to this node")
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
              predictor.info.sha256[:12], predictor.backend_name, describe_url(url))
     config = NodeConfig(ae_title=args.ae_title, host=args.host, port=None if args.no_listen else args.port,
                         allowed_aes=allowed, heatmap_sc=args.heatmap_sc, keep_images=args.store_images,
-                        health_port=args.health_port, analysis_workers=args.workers,
+                        health_port=args.health_port, analysis_workers=args.workers, batch=args.batch,
                         backoff_s=args.retry_backoff, max_backoff_s=args.max_retry_backoff, ssl_context=ssl_context)
     node = Node(store, predictor, sender, config)
     stop = threading.Event()

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.uid import MediaStorageDirectoryStorage
 
 from mediflow.dicom_node import MANUFACTURER, SERIES_DESCRIPTION_SC, SERIES_DESCRIPTION_SR
 
@@ -19,7 +20,7 @@ ANALYSED_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("AP", "PA")
 # BodyPartExamined is free text at many sites: a value is the chest when one of its words is.
 CHEST_WORDS = {"CHEST", "THORAX", "LUNG", "LUNGS"}
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+MEDIA_STORAGE_DIRECTORY = MediaStorageDirectoryStorage
 NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "RWV", "AU", "ECG", "PLAN", "RTSTRUCT"}
 
 

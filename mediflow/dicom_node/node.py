@@ -27,6 +27,7 @@ class NodeConfig:
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     analysis_workers: int = 2
+    batch: int = 8  # films an analysis thread claims at once when that many wait
     backoff_s: float = 2.0
     max_backoff_s: float = 60.0
     ssl_context: object | None = None
@@ -62,7 +63,7 @@ class Node:
                                     allowed_aes=c.allowed_aes, ssl_context=c.ssl_context)
         for i in range(c.analysis_workers):
             analyser = Analyser(self.store, self.predictor, worker=worker_id(), heatmap_sc=c.heatmap_sc,
-                                keep_images=c.keep_images)
+                                keep_images=c.keep_images, batch=c.batch)
             self._thread(f"analyse-{i}", lambda a=analyser: loop(a.run_once, self.stop_event, self.wake))
         if self.sender is not None:
             deliverer = Deliverer(self.store, self.sender, worker=worker_id(), backoff_s=c.backoff_s,

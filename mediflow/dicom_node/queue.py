@@ -103,23 +103,35 @@ def _locked(query, session: Session):
     return query.with_for_update(skip_locked=True) if session.bind.dialect.name == "postgresql" else query
 
 
-def claim_instance(store: Store, worker: str, lease_s: float) -> Claimed | None:
-    """Lease the oldest queued instance to `worker`; None when there is none."""
+def claim_instances(store: Store, worker: str, lease_s: float, limit: int = 1) -> list[Claimed]:
+    """Lease up to `limit` queued instances, oldest first, to `worker` in one transaction; [] when
+    there is none. An instance tried before (its worker died, or its lease ran out) is claimed on
+    its own, so that a film that kills its worker does not use up its batch-mates' attempts."""
     with store.session() as s:
         now = utcnow()
         query = (select(DicomInstance).options(undefer(DicomInstance.data))
                  .where(_lease_filter(DicomInstance, now, ("queued", "analysing")))
-                 .order_by(DicomInstance.received_at).limit(1))
-        row = s.scalars(_locked(query, s)).first()
-        if row is None:
-            return None
-        row.state, row.worker, row.lease_until = "analysing", worker, now + timedelta(seconds=lease_s)
-        row.attempts += 1
-        if row.attempts > MAX_ANALYSIS_ATTEMPTS:
-            row.state, row.reason, row.data, row.finished_at = (
-                "failed", f"analysis did not finish in {MAX_ANALYSIS_ATTEMPTS} attempts", None, now)
-            return None
-        return Claimed(row.id, row.data, row.attempts)
+                 .order_by(DicomInstance.received_at).limit(max(limit, 1)))
+        out: list[Claimed] = []
+        for row in s.scalars(_locked(query, s)):
+            if out and row.attempts > 0:
+                break  # locked rows left untouched are free again at commit
+            row.state, row.worker, row.lease_until = "analysing", worker, now + timedelta(seconds=lease_s)
+            row.attempts += 1
+            if row.attempts > MAX_ANALYSIS_ATTEMPTS:
+                row.state, row.reason, row.data, row.finished_at = (
+                    "failed", f"analysis did not finish in {MAX_ANALYSIS_ATTEMPTS} attempts", None, now)
+                continue
+            out.append(Claimed(row.id, row.data, row.attempts))
+            if row.attempts > 1:
+                break
+        return out
+
+
+def claim_instance(store: Store, worker: str, lease_s: float) -> Claimed | None:
+    """Lease the oldest queued instance to `worker`; None when there is none."""
+    claimed = claim_instances(store, worker, lease_s, limit=1)
+    return claimed[0] if claimed else None
 
 
 def _owned(s: Session, instance_id, worker: str) -> DicomInstance | None:
@@ -127,36 +139,76 @@ def _owned(s: Session, instance_id, worker: str) -> DicomInstance | None:
     return row if row is not None and row.state == "analysing" and row.worker == worker else None
 
 
+@dataclass
+class Analysed:
+    """A film's finding and its result objects, to record (`finish`)."""
+
+    claimed: Claimed
+    result: dict[str, Any]
+    results: list
+
+
+@dataclass
+class Refused:
+    """A film the decoder or the input check refused, to record (`finish`)."""
+
+    claimed: Claimed
+    detail: str
+    input_check: dict[str, Any]
+
+
+def _record_analysed(s: Session, row: DicomInstance, done: Analysed, *, positive_class: str | None,
+                     keep_image: bool):
+    data = done.claimed.data
+    study = repository.add_study(s, _source(row, data), done.result, positive_class=positive_class,
+                                 image=data if keep_image else None, media_type="application/dicom")
+    for built in done.results:
+        s.add(DicomResult(instance_id=row.id, kind=built.kind, sop_instance_uid=built.sop_instance_uid,
+                          sop_class_uid=built.sop_class_uid, study_instance_uid=row.study_instance_uid,
+                          data=built.data, state="pending", attempts=0, next_attempt_at=utcnow()))
+    row.state, row.study_id, row.data, row.finished_at, row.lease_until = "analysed", study.id, None, utcnow(), None
+    return study.id
+
+
+def _record_refused(s: Session, row: DicomInstance, done: Refused, *, model_sha256: str) -> None:
+    repository.add_refusal(s, _source(row, done.claimed.data), detail=done.detail, input_check=done.input_check,
+                           model_sha256=model_sha256)
+    row.state, row.reason, row.data, row.finished_at, row.lease_until = "refused", done.detail, None, utcnow(), None
+
+
+def finish(store: Store, worker: str, outcomes: list[Analysed | Refused], *, positive_class: str | None,
+           keep_image: bool, model_sha256: str) -> list[uuid.UUID | bool | None]:
+    """Record several films' outcomes in one transaction: each analysed one as a study with its result
+    objects queued, each refused one in the refused list (its bytes dropped). For each, in order: the
+    study id (analysed) or True (refused), or None when the lease was lost (another worker took the
+    instance over): nothing is recorded twice."""
+    out: list[uuid.UUID | bool | None] = []
+    with store.session() as s:
+        for done in outcomes:
+            row = _owned(s, done.claimed.id, worker)
+            if row is None:
+                out.append(None)
+            elif isinstance(done, Analysed):
+                out.append(_record_analysed(s, row, done, positive_class=positive_class, keep_image=keep_image))
+            else:
+                _record_refused(s, row, done, model_sha256=model_sha256)
+                out.append(True)
+    return out
+
+
 def finish_analysed(store: Store, claimed: Claimed, worker: str, result: dict[str, Any], results: list, *,
                     positive_class: str | None, keep_image: bool) -> uuid.UUID | None:
     """Record the analysis as a study and queue its result objects, in one transaction. None when the
     lease was lost (another worker took the instance over): nothing is recorded twice."""
-    with store.session() as s:
-        row = _owned(s, claimed.id, worker)
-        if row is None:
-            return None
-        data = claimed.data
-        study = repository.add_study(s, _source(row, data), result, positive_class=positive_class,
-                                     image=data if keep_image else None, media_type="application/dicom")
-        for built in results:
-            s.add(DicomResult(instance_id=row.id, kind=built.kind, sop_instance_uid=built.sop_instance_uid,
-                              sop_class_uid=built.sop_class_uid, study_instance_uid=row.study_instance_uid,
-                              data=built.data, state="pending", attempts=0, next_attempt_at=utcnow()))
-        row.state, row.study_id, row.data, row.finished_at, row.lease_until = "analysed", study.id, None, utcnow(), None
-        return study.id
+    return finish(store, worker, [Analysed(claimed, result, results)], positive_class=positive_class,
+                  keep_image=keep_image, model_sha256="")[0]
 
 
 def finish_refused(store: Store, claimed: Claimed, worker: str, *, detail: str, input_check: dict[str, Any],
                    model_sha256: str) -> bool:
     """The decoder or the input check refused the film: a refused-list row, the bytes dropped."""
-    with store.session() as s:
-        row = _owned(s, claimed.id, worker)
-        if row is None:
-            return False
-        repository.add_refusal(s, _source(row, claimed.data), detail=detail, input_check=input_check,
-                               model_sha256=model_sha256)
-        row.state, row.reason, row.data, row.finished_at, row.lease_until = "refused", detail, None, utcnow(), None
-        return True
+    return finish(store, worker, [Refused(claimed, detail, input_check)], positive_class=None, keep_image=False,
+                  model_sha256=model_sha256)[0] is not None
 
 
 @dataclass
@@ -183,9 +235,12 @@ def claim_results(store: Store, worker: str, lease_s: float, limit: int = 16) ->
         return out
 
 
-def mark_sent(store: Store, result_id: int) -> None:
+def mark_sent(store: Store, *result_ids: int) -> None:
+    """The destination stored these results (one transaction for a batch sent over one association)."""
+    if not result_ids:
+        return
     with store.session() as s:
-        s.execute(update(DicomResult).where(DicomResult.id == result_id)
+        s.execute(update(DicomResult).where(DicomResult.id.in_(result_ids))
                   .values(state="sent", sent_at=utcnow(), lease_until=None, last_error=None))
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -91,43 +92,59 @@ def _evidence(source: Dataset) -> Dataset:
     return ds
 
 
+class _ReportParts:
+    """The parts of the TID 1500 content that are the same for every film one model reads: built once
+    per model (highdicom validates each part as it is built) and reused, never changed."""
+
+    def __init__(self, model: dict[str, Any]):
+        from highdicom.sr import (AlgorithmIdentification, CodedConcept, DeviceObserverIdentifyingAttributes,
+                                  ObservationContext, ObserverContext)
+
+        self.algorithm = AlgorithmIdentification(
+            name=f"MediFlow {model['architecture']}", version=f"{__version__} model {model['version']}",
+            parameters=[f"sha256={model['sha256']}"], manufacturer=MANUFACTURER)
+        device = ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                uid=result_uid(model["sha256"], "device", "observer"), name="MediFlow dicom-node",
+                manufacturer_name=MANUFACTURER, model_name=model["architecture"][:64]))
+        self.observation_context = ObservationContext(observer_device_context=device)
+        self.pneumonia = CodedConcept(*PNEUMONIA)
+        self.needs_review = _code("MF002", "Needs review by a clinician")
+        self.probability = _code("MF001", f"Probability of pneumonia ({REPORTED_SCALE} scale)")
+        self.no_units = CodedConcept("1", "UCUM", "no units")
+        self.procedure = CodedConcept("399208008", "SCT", "Plain chest X-ray")
+
+
+@lru_cache(maxsize=8)
+def _report_parts(architecture: str, version: str, sha256: str) -> _ReportParts:
+    return _ReportParts({"architecture": architecture, "version": version, "sha256": sha256})
+
+
 def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
     """The TID 1500 Measurement Report for one analysed film. `source`: its header (no pixels needed);
     `result`: the Predictor's response for it."""
-    from highdicom.sr import (AlgorithmIdentification, CodedConcept, Comprehensive3DSR,
-                              DeviceObserverIdentifyingAttributes, Measurement, MeasurementReport,
-                              MeasurementsAndQualitativeEvaluations, ObservationContext, ObserverContext,
-                              QualitativeEvaluation, SourceImageForMeasurementGroup, TextContentItem,
-                              TrackingIdentifier)
+    from highdicom.sr import (Comprehensive3DSR, Measurement, MeasurementReport,
+                              MeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
+                              SourceImageForMeasurementGroup, TextContentItem, TrackingIdentifier)
 
     model = result["model"]
+    parts = _report_parts(model["architecture"], model["version"], model["sha256"])
     source = _evidence(source)
     sop_uid = str(source.SOPInstanceUID)
     positive, p = _positive(result)
     present = result["prediction"] == positive
-    algorithm = AlgorithmIdentification(name=f"MediFlow {model['architecture']}", version=f"{__version__} "
-                                        f"model {model['version']}", parameters=[f"sha256={model['sha256']}"],
-                                        manufacturer=MANUFACTURER)
-    device = ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=result_uid(model["sha256"], "device", "observer"), name="MediFlow dicom-node",
-            manufacturer_name=MANUFACTURER, model_name=model["architecture"][:64]))
-    pneumonia = CodedConcept(*PNEUMONIA)
     evaluations = [
-        QualitativeEvaluation(pneumonia, codes.SCT.Present if present else codes.SCT.Absent),
-        QualitativeEvaluation(_code("MF002", "Needs review by a clinician"),
-                              codes.SCT.Yes if result["needs_review"] else codes.SCT.No),
+        QualitativeEvaluation(parts.pneumonia, codes.SCT.Present if present else codes.SCT.Absent),
+        QualitativeEvaluation(parts.needs_review, codes.SCT.Yes if result["needs_review"] else codes.SCT.No),
     ]
     scale = (f"{REPORTED_SCALE} probability of {positive}: 0.5 is the operating point; "
              f"values >= 0.5 are called Present")
-    probability = Measurement(
-        name=_code("MF001", f"Probability of pneumonia ({REPORTED_SCALE} scale)"),
-        value=round(p, 4), unit=CodedConcept("1", "UCUM", "no units"))
+    probability = Measurement(name=parts.probability, value=round(p, 4), unit=parts.no_units)
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=result_uid(sop_uid, model["sha256"], "tracking"),
                                                identifier="MediFlow pneumonia screening"),
-        finding_type=pneumonia, algorithm_id=algorithm, measurements=[probability],
+        finding_type=parts.pneumonia, algorithm_id=parts.algorithm, measurements=[probability],
         qualitative_evaluations=evaluations,
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)])
     # Free text the template has no row for: the scale, the input check's warnings, the disclaimer.
@@ -135,9 +152,8 @@ def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
     notes = [scale, *(f"Input check warning: {w}" for w in warnings_of(result)), f"PRELIMINARY. {DISCLAIMER}"]
     for text in notes:
         group.append(TextContentItem(comment, text[:1024], relationship_type="CONTAINS"))
-    report = MeasurementReport(observation_context=ObservationContext(observer_device_context=device),
-                               procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
-                               imaging_measurements=[group])
+    report = MeasurementReport(observation_context=parts.observation_context,
+                               procedure_reported=parts.procedure, imaging_measurements=[group])
     sr = Comprehensive3DSR(
         evidence=[source], content=report[0],
         series_instance_uid=result_uid(sop_uid, model["sha256"], "sr-series"), series_number=SR_SERIES_NUMBER,
@@ -230,8 +246,3 @@ def build_sc(source: Dataset, result: dict[str, Any], film: Image.Image, heatmap
     sc.ImageComments = f"PRELIMINARY. {finding_text(result)}. {DISCLAIMER}"[:10240]
     sc.SoftwareVersions = __version__
     return Built("sc", str(sc.SOPClassUID), str(sc.SOPInstanceUID), _encode(sc))
-
-
-def read_dataset(data: bytes) -> Dataset:
-    """A received instance as pydicom reads it (values are converted only when used)."""
-    return dcmread(io.BytesIO(data), force=True)

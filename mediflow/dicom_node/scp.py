@@ -24,6 +24,7 @@ log = logging.getLogger("mediflow.dicom_node")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
+MAX_PDU_SIZE = 1024 * 1024
 
 
 def _text(ds, keyword: str, limit: int) -> str | None:
@@ -84,6 +85,9 @@ def make_ae(ae_title: str, allowed_aes: list[str] | None):
     if allowed_aes:
         ae.require_calling_aet = allowed_aes  # others are rejected at association (A-ASSOCIATE-RJ)
     ae.maximum_associations = 32
+    # A film of a few MB arrives in fewer, larger P-DATA PDUs than with pynetdicom's 16 KB default,
+    # each of which costs Python work to reassemble; the peer still chooses anything smaller.
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     return ae
 
 

@@ -315,6 +315,33 @@ class Predictor:
             raise InputRejected(check, dicom_header=header)
         return self.response(probs[0], (time.perf_counter() - t0) * 1000, check), None if maps is None else maps[0]
 
+    def predict_many(self, decoded: list[DecodedImage], *, heatmap: bool, t0: float | None = None
+                     ) -> list[tuple[dict[str, Any], np.ndarray | None] | InputRejected]:
+        """`predict_with_map` for several decoded images, with one pass of the model over those the
+        header and pixel checks let through. For each image, in order: (response, heatmap or None),
+        or the InputRejected that `predict_with_map` would have raised for it."""
+        t0 = time.perf_counter() if t0 is None else t0
+        out: list[tuple[dict[str, Any], np.ndarray | None] | InputRejected | None] = [None] * len(decoded)
+        passed: list[tuple[int, list[Reason]]] = []
+        for i, d in enumerate(decoded):
+            reasons = self.check_before(d)
+            if rejected(reasons):
+                out[i] = InputRejected(summarize(reasons), dicom_header=d.dicom_header)
+            else:
+                passed.append((i, reasons))
+        if passed:
+            batch = np.stack([self.preprocess_array(decoded[i].image) for i, _ in passed])
+            probs, maps, pooled = self.forward(batch, heatmap=heatmap)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            for row, (i, reasons) in enumerate(passed):
+                header = decoded[i].dicom_header
+                check = self.check_after(reasons, pooled[row], header)
+                if check["status"] == "rejected":
+                    out[i] = InputRejected(check, dicom_header=header)
+                else:
+                    out[i] = (self.response(probs[row], elapsed_ms, check), None if maps is None else maps[row])
+        return out  # type: ignore[return-value]  (every slot is filled above)
+
     def predict_image(self, decoded: DecodedImage, *, heatmap: bool = False, t0: float | None = None
                       ) -> dict[str, Any]:
         """`heatmap=True` adds `heatmap` (PNG data URL, see heatmap.py) and `heatmap_class`.
