@@ -43,7 +43,8 @@ def class_weight_tensor(cfg: TrainConfig, train: Samples) -> torch.Tensor:
     k = len(train.class_names)
     if cfg.class_weights:
         if len(cfg.class_weights) != k:
-            raise MediFlowError(f"--class-weights has {len(cfg.class_weights)} values for {k} classes {train.class_names}")
+            raise MediFlowError(f"--class-weights has {len(cfg.class_weights)} values for {k} classes "
+                                f"{train.class_names}")
         return torch.tensor(cfg.class_weights, dtype=torch.float32)
     counts = np.bincount(np.asarray(train.labels), minlength=k).astype(np.float64)
     w = counts.sum() / (k * np.maximum(counts, 1))

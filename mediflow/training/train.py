@@ -122,8 +122,8 @@ class Trainer:
         train, val = load_splits(cfg)
         # The whole configuration the run uses, recipe values filled in: a log alone says how to
         # reproduce it. Logged once the data are known good, so a bad folder stays a one-line error.
-        log.info("recipe %s; configuration (recipe values where no option was given): %s", cfg.recipe,
-                 json.dumps(cfg.to_dict(), sort_keys=True))
+        log.info("recipe %s; configuration (recipe values where neither an option nor --config set one): %s",
+                 cfg.recipe, json.dumps(cfg.to_dict(), sort_keys=True))
         class_names = train.class_names
         if val.class_names != class_names:
             raise MediFlowError(f"validation classes {val.class_names} differ from training classes {class_names}")
