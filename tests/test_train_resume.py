@@ -14,6 +14,8 @@ from mediflow.cli import build_parser, main
 TINY = ["--weights", "none", "--image-size", "32", "--val-fraction", "0.3", "--no-progress", "--workers", "0",
         "--device", "cpu", "--no-bf16", "--batch-size", "4", "--epochs", "3", "--no-calibrate"]
 RECIPE_OPTIONS = {
+    # pooled features, head only, constant lr; keeps the best epoch, not the last
+    "frozen": ["--recipe", "frozen", "--feature-views", "2"],
     # cached activations through the last 2 stages: AdamW, warm-up + cosine schedule, dropout
     "partial": ["--recipe", "partial", "--unfreeze", "2", "--feature-views", "2"],
     # images through the whole network: augmentation and shuffling draw from the random state

@@ -241,6 +241,8 @@ class Trainer:
             scheduler.load_state_dict(resume["lr_scheduler"])
             history = list(resume["history"])
             best = best_from_state(resume["best"])
+            if best["state_dict"] is None:
+                best["state_dict"] = resume["model"]
             states = resume["rng"]
             if len(states) != self.world:
                 log.warning("--resume state was written by %d processes, this run has %d: random draws will differ",
@@ -263,7 +265,9 @@ class Trainer:
         save_training_state(state_path(self.cfg.out), {
             "epoch": epoch, "model": _cpu(model.state_dict()), "optimizer": run.optimizer.state_dict(),
             "lr_scheduler": scheduler.state_dict(), "rng": rng, "history": history,
-            "best": {**best_to_state(best), "state_dict": _cpu(best["state_dict"])},
+            # The best epoch's weights only when they are not the model's own (select "best").
+            "best": {**best_to_state(best),
+                     "state_dict": None if best["epoch"] == epoch else _cpu(best["state_dict"])},
             "architecture": self.cfg.arch, "class_names": train.class_names, "recipe": self.cfg.recipe,
             "train_config": self.cfg.to_dict(), "file_list_sha256": train.file_list_sha256(),
         })
