@@ -63,19 +63,24 @@ def utc_now() -> str:
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     """Write atomically so an interrupted save never leaves a half-written model in place."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt.setdefault("format", CHECKPOINT_FORMAT)
     ckpt.setdefault("format_version", FORMAT_VERSION)
     ckpt.setdefault("created", utc_now())
     ckpt.setdefault("versions", library_versions())
-    ckpt = plain(ckpt)
+    return atomic_torch_save(plain(ckpt), path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save `obj` to `path` through a temporary file, so an interrupted save never leaves
+    a half-written file in place."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, path)
     finally:

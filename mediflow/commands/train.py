@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from mediflow.commands import _preprocessing_options as preprocessing_options
 from mediflow.errors import MediFlowError
-from mediflow.training.config import RECIPES, TrainConfig, apply_recipe
+from mediflow.training.config import RECIPES, TrainConfig, config_path, read_config_file, resolve_config
 
+log = logging.getLogger("mediflow.train")
 
 
 def _floats(text: str) -> list[float]:
@@ -66,17 +68,24 @@ def recipe_defaults(field: str) -> str:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a class-folder dataset", formatter_class=_HelpFormatter,
                        description="Train on ROOT/train (or ROOT itself) with a patient-grouped validation split. "
-                                   "Options left out take the --recipe's values; the log names the recipe and "
-                                   "prints the full configuration at the start. README 'The bundled model' gives "
-                                   "the command that trained the bundled model.")
-    p.add_argument("--data", required=True, help="dataset root with train/ (Kaggle layout) or class folders")
-    p.add_argument("--out", default="model.pth", help="checkpoint to write")
+                                   "Options given override the --config file's values; what neither sets takes "
+                                   "the --recipe's values; the log names the recipe and prints the full "
+                                   "configuration at the start. `--config bundled` is the bundled model's recipe. "
+                                   "After every epoch the state to --resume from is written next to --out "
+                                   "(model.pth -> model.resume.pth).")
+    p.add_argument("--config", metavar="FILE|NAME",
+                   help="a TOML file of training settings (TrainConfig fields), or the name of one shipped with "
+                        "MediFlow: bundled (the bundled model's recipe; also recipes/bundled.toml)")
+    p.add_argument("--data", help="dataset root with train/ (Kaggle layout) or class folders (required unless "
+                                  "the --config file gives it)")
+    p.add_argument("--out", help="checkpoint to write (default: model.pth)")
     p.add_argument("--arch", default="efficientnet_lite0", choices=_ArchitectureNames(), metavar="ARCH",
                    help="architecture from the model registry (also efficientnet_b0)")
     p.add_argument("--weights", default=None, help="'imagenet', a weights file, or 'none' (default: imagenet)")
-    p.add_argument("--recipe", default="frozen", choices=sorted(RECIPES),
-                   help="partial (the bundled model's, with the options README 'The bundled model' gives): the "
-                        "last --unfreeze stages fine-tuned on cached activations of the frozen ones; frozen: the "
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="(default: frozen) partial (the bundled model's; `--config bundled` adds its other "
+                        "settings): the last --unfreeze stages fine-tuned on cached activations of the frozen ones; "
+                        "frozen: the "
                         "design's head-only recipe; probe: frozen backbone, L2 logistic-regression head on many "
                         "augmented views, framing and intensity normalised; finetune: the whole network")
     p.add_argument("--finetune", action="store_true", help="same as --recipe finetune")
@@ -102,7 +111,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="cached recipes: augmented views cached per image (" + recipe_defaults("feature_views") + ")")
     p.add_argument("--val-fraction", type=float, help="grouped validation share of train (default: 0.2)")
     p.add_argument("--val-dir", help="use this class-folder dataset for validation instead of a split")
-    p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+    p.add_argument("--extra-data", action="append", metavar="DIR",
                    help="more class folders added to training only (e.g. a `mediflow feedback export`)")
     p.add_argument("--min-sensitivity", type=float,
                    help="threshold rule: PNEUMONIA sensitivity floor on validation (default: 0.97)")
@@ -121,33 +130,41 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="bfloat16 autocast where the hardware has it (" + recipe_defaults("bf16") + ")")
     p.add_argument("--workers", type=int, help="data-loading processes (default: 1)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt/non-image files instead of stopping")
-    p.add_argument("--resume", help="continue from this checkpoint")
+    p.add_argument("--resume", help="continue from this training state (OUT.resume.pth, written after every epoch: "
+                                    "model, optimizer, scheduler, random state) or, weights only, a model checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--max-train-samples", type=int, help=argparse.SUPPRESS)
     return p
 
 
 FIELDS = [
-    "arch", "weights", "recipe", "unfreeze", "epochs", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
-    "warmup_epochs", "label_smoothing", "augment", "class_weights", "feature_views", "val_fraction", "val_dir",
-    "min_sensitivity", "select", "image_size", "source_jpeg_quality", "framing", "intensity", "probe_c", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
+    "data", "out", "arch", "weights", "recipe", "unfreeze", "epochs", "batch_size", "lr", "backbone_lr_scale",
+    "weight_decay", "warmup_epochs", "label_smoothing", "augment", "class_weights", "feature_views", "val_fraction",
+    "val_dir", "extra_data", "min_sensitivity", "select", "image_size", "source_jpeg_quality", "framing",
+    "intensity", "probe_c", "seed", "device", "bf16", "workers", "resume", "max_train_samples",
 ]
+
+
+def command_line_values(args: argparse.Namespace) -> dict[str, object]:
+    """The TrainConfig fields this command line sets (options left out set nothing)."""
+    values: dict[str, object] = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
+    if args.finetune:
+        values["recipe"] = "finetune"
+    for flag, key, value in (("skip_bad", "skip_bad", True), ("no_calibrate", "calibrate", False),
+                             ("no_progress", "progress", False)):
+        if getattr(args, flag):
+            values[key] = value
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
     from mediflow.training.train import train
 
-    if args.finetune:
-        args.recipe = "finetune"
-    cfg = TrainConfig(data=args.data, out=args.out, extra_data=args.extra_data, skip_bad=args.skip_bad,
-                      calibrate=not args.no_calibrate, progress=not args.no_progress)
-    explicit = set()
-    for f in FIELDS:
-        v = getattr(args, f)
-        if v is not None:
-            setattr(cfg, f, v)
-            explicit.add(f)
-    apply_recipe(cfg, explicit)
+    cfg = resolve_config(read_config_file(args.config) if args.config else {}, command_line_values(args))
+    if args.config:
+        log.info("settings from %s, then the command line's options", config_path(args.config))
+    if not cfg.data:
+        raise MediFlowError("--data is required (or `data` in the --config file)")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise MediFlowError("--epochs and --batch-size must be at least 1")
     if not 0 < cfg.val_fraction < 1:

@@ -34,7 +34,7 @@ from mediflow.federated.stats import dp_epsilon, fit_from_histograms, histogram_
 from mediflow.models.registry import get_spec
 from mediflow.preprocessing import AugmentConfig, PreprocessConfig
 from mediflow.training.config import TrainConfig
-from mediflow.training.train import Trainer, cached_tail
+from mediflow.training.cached import cached_tail, trainable_split
 
 log = logging.getLogger("mediflow.federated")
 
@@ -102,7 +102,7 @@ def make_client_app(load_site_data: Callable[[Context, TrainConfig, list[str]], 
         weights = msg.content["arrays"].to_torch_state_dict()
         state, metrics = site.fit(weights, int(conf["server-round"]), int(conf["local-epochs"]),
                                   int(conf["total-rounds"]), float(conf.get("proximal-mu", 0.0)))
-        metrics["source-jpeg-quality"] = int(site.trainer.prep.source_jpeg_quality or 0)
+        metrics["source-jpeg-quality"] = int(site.prep.source_jpeg_quality or 0)
         return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
@@ -280,9 +280,8 @@ def run_federation(grid: Grid, s: FedSettings) -> dict[str, Any]:
     Returns the checkpoint dict (also written to s.out, with an audit next to it)."""
     t0 = time.perf_counter()
     cfg = s.cfg
-    trainer = Trainer(cfg)
     model = frozen_model(cfg, len(s.class_names))
-    k, pooled = trainer.trainable_split(model)
+    k, pooled = trainable_split(cfg, model)
     model.freeze_stages(k)
     tail = cached_tail(model, k, pooled)
     recipe = json.dumps({f: getattr(cfg, f) for f in RECIPE_FIELDS})

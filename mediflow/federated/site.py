@@ -1,9 +1,9 @@
 """One hospital in the federation: the `mediflow train` recipe run locally, round by round.
 
 The site builds its model from the model registry, caches what the frozen stages compute once
-(through Trainer.cache_features), and each round runs local epochs with Trainer.fit_cached from the
-global weights it was sent. Only the tail's parameters (for the frozen recipe: the head) and
-aggregate numbers leave it."""
+(training.cached.cache_features), and each round runs local epochs of the training loop's own
+`train_one_epoch` from the global weights it was sent. Only the tail's parameters (for the frozen
+recipe: the head) and aggregate numbers leave it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,12 @@ from torch import nn
 from mediflow.data.dataset import ImageFolderDataset, Samples
 from mediflow.errors import MediFlowError
 from mediflow.models.registry import build_model, get_spec
-from mediflow.preprocessing import eval_transform
+from mediflow.preprocessing import AugmentConfig, eval_transform
+from mediflow.training import cached as C
+from mediflow.training.cached import CachedFeatures
 from mediflow.training.config import TrainConfig
-from mediflow.training.train import (CachedFeatures, Trainer, cached_tail, class_weight_tensor,
-                                     source_jpeg_quality)
+from mediflow.training.loop import build_criterion, build_lr_scheduler, evaluate, lr_factor, train_one_epoch
+from mediflow.training.train import check_bf16, preprocess_config, resolve_device
 
 log = logging.getLogger("mediflow.federated")
 
@@ -80,25 +81,32 @@ class Site:
         if val.class_names != train.class_names:
             raise MediFlowError(f"validation classes {val.class_names} differ from training classes {train.class_names}")
         self.cfg, self.train, self.val = cfg, train, val
-        self.trainer = Trainer(cfg)
-        t = self.trainer
-        t.prep = replace(t.prep, source_jpeg_quality=source_jpeg_quality(cfg, train))
-        self.model = frozen_model(cfg, len(train.class_names)).to(t.device)
+        self.device = resolve_device(cfg.device)
+        self.progress = cfg.progress
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        check_bf16(cfg, self.device)
+        self.prep = preprocess_config(cfg, train)
+        self.aug = AugmentConfig.named(cfg.augment)
+        self.model = frozen_model(cfg, len(train.class_names)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.k, self.pooled = t.trainable_split(self.model)
+        self.k, self.pooled = C.trainable_split(cfg, self.model)
         self.fingerprint = backbone_fingerprint(self.model, self.k)
-        self.criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(cfg, train).to(t.device),
-                                             label_smoothing=cfg.label_smoothing)
+        self.criterion = build_criterion(cfg, train, self.device)
         self.cached = self._features(cache_dir)
-        self.tail = cached_tail(self.model, self.k, self.pooled).to(t.device)
+        self.tail = C.cached_tail(self.model, self.k, self.pooled).to(self.device)
+
+    def _cache(self, train: Samples, val_ds: ImageFolderDataset) -> CachedFeatures:
+        return C.cache_features(self.cfg, self.model, train, val_ds, device=self.device, prep=self.prep,
+                                aug=self.aug, progress=self.progress)
 
     def _features(self, cache_dir) -> CachedFeatures:
-        t, cfg = self.trainer, self.cfg
-        val_ds = ImageFolderDataset(self.val, eval_transform(t.prep))
+        cfg = self.cfg
+        val_ds = ImageFolderDataset(self.val, eval_transform(self.prep))
         if cache_dir is None or not self.pooled:
-            return t.cache_features(self.model, self.train, val_ds)
-        key = hashlib.sha256(repr((self.fingerprint, t.prep.to_dict(), t.aug.to_dict(), cfg.feature_views,
+            return self._cache(self.train, val_ds)
+        key = hashlib.sha256(repr((self.fingerprint, self.prep.to_dict(), self.aug.to_dict(), cfg.feature_views,
                                    cfg.seed)).encode()).hexdigest()
         store = FeatureStore(Path(cache_dir), key)
         tkeys = [_digest(p) for p in self.train.paths]
@@ -108,10 +116,10 @@ class Site:
         self.model.freeze_stages(self.k)
         if miss_t or miss_v:
             log.info("site caches features of %d training and %d validation films", len(miss_t), len(miss_v))
-            # One pass of the trainer's own caching over what is missing ([0] stands in for an
+            # One pass of the training's own caching over what is missing ([0] stands in for an
             # empty side, whose result is not stored).
-            c = t.cache_features(self.model, self.train.subset(miss_t or [0]),
-                                 ImageFolderDataset(self.val.subset(miss_v or [0]), eval_transform(t.prep)))
+            c = self._cache(self.train.subset(miss_t or [0]),
+                            ImageFolderDataset(self.val.subset(miss_v or [0]), eval_transform(self.prep)))
             for j, i in enumerate(miss_t):
                 store.train[tkeys[i]] = torch.stack([v[j] for v in c.views])
             for j, i in enumerate(miss_v):
@@ -129,13 +137,16 @@ class Site:
 
     def fit(self, weights: dict[str, torch.Tensor], server_round: int, local_epochs: int, total_rounds: int,
             proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Local epochs from the global `weights` with the trainer's own loop; FedProx adds
-        mu/2 * ||w - w_global||^2 (Li et al. 2020, arXiv:1812.06127). Returns the new tail state and
-        aggregate metrics (num-examples, train-loss)."""
+        """Local epochs from the global `weights` with the training loop's own train_one_epoch;
+        FedProx adds mu/2 * ||w - w_global||^2 (Li et al. 2020, arXiv:1812.06127). Returns the new
+        tail state and aggregate metrics (num-examples, train-loss)."""
         self.tail.load_state_dict(weights)
-        cfg = self.cfg
+        cfg, device = self.cfg, self.device
         cfg.epochs = total_rounds * local_epochs  # the learning-rate schedule spans the federation
-        opt = self.trainer.cached_optimizer(self.model, self.tail, self.cached)
+        opt = C.cached_optimizer(cfg, self.model, self.tail, self.cached)
+        steps = C.steps_per_epoch(cfg, self.cached)
+        start = (server_round - 1) * local_epochs
+        scheduler = build_lr_scheduler(opt, lr_factor(cfg, steps, constant=self.pooled), start_step=start * steps)
         extra = None
         if proximal_mu > 0:
             anchor = [p.detach().clone() for p in self.tail.parameters()]
@@ -143,18 +154,19 @@ class Site:
 
             def extra() -> torch.Tensor:
                 return proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
-        start = (server_round - 1) * local_epochs
-        history, _ = self.trainer.fit_cached(self.model, self.tail, opt, self.cached, self.criterion,
-                                             self.train.class_names, start, start + local_epochs,
-                                             seed=cfg.seed + server_round, extra_loss=extra)
-        return self.state(), {"num-examples": len(self.train), "train-loss": float(history[-1]["train_loss"])}
+        g = torch.Generator().manual_seed(cfg.seed + server_round)
+        loss = float("nan")
+        for epoch in range(start + 1, start + local_epochs + 1):
+            loss = train_one_epoch(self.tail, self.criterion, opt, C.cached_batches(cfg, self.cached, epoch, steps, g),
+                                   device, lr_scheduler=scheduler, bf16=C.tail_autocast(cfg, self.cached),
+                                   channels_last=cfg.channels_last and not self.pooled, extra_loss=extra,
+                                   desc=f"epoch {epoch}/{cfg.epochs}", progress=self.progress)
+            log.info("site epoch %d/%d  loss %.4f", epoch, cfg.epochs, loss)
+        return self.state(), {"num-examples": len(self.train), "train-loss": round(loss, 5)}
 
-    @torch.no_grad()
     def validation_logits(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
         """Raw logits (N_val, 2) of the site's validation films under `weights`; they stay here."""
         self.tail.load_state_dict(weights)
-        self.tail.eval()
-        f = self.cached.vfeats
-        x = f.float() if self.pooled or not self.cfg.bf16 else f
-        return torch.cat([self.tail(x[i:i + 128].to(self.trainer.device)).float().cpu()
-                          for i in range(0, len(x), 128)]).numpy()
+        logits, _ = evaluate(self.tail, C.cached_val_batches(self.cfg, self.cached), self.device,
+                             bf16=C.tail_autocast(self.cfg, self.cached))
+        return logits.numpy()

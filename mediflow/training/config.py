@@ -1,9 +1,20 @@
-"""Training configuration and the named recipes."""
+"""Training configuration, the recipes' defaults, and named configuration files.
+
+A configuration resolves in layers: TrainConfig's defaults, then the recipe's (RECIPES), then a
+configuration file's keys (`--config`: a TOML file of TrainConfig fields, or the name of one
+packaged in mediflow/training/recipes/, e.g. `bundled`), then the command line's options.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from mediflow.errors import MediFlowError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
 @dataclass
@@ -83,3 +94,73 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         if key not in explicit:
             setattr(cfg, key, value)
     return cfg
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configuration files shipped with the package (`bundled`, ...)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """The file `--config name` means: an existing file as given, else the packaged configuration
+    named `name`, `name.toml` or `recipes/name.toml` (so the repository's spelling works installed)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = RECIPE_DIR / f"{path.name.removesuffix('.toml')}.toml"
+    if path.parent in (Path("."), Path("recipes")) and packaged.is_file():
+        return packaged
+    raise MediFlowError(f"--config {name}: no such file, nor a packaged configuration "
+                        f"(packaged: {', '.join(packaged_configs())})")
+
+
+def _check_value(key: str, value: Any, annotation: str) -> Any:
+    """`value` as field `key` (annotated `annotation`) holds it, or a one-line error."""
+    kinds = [a.strip() for a in annotation.split("|") if a.strip() != "None"]
+    for kind in kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind.startswith("list[") and isinstance(value, list):
+            inner = kind[5:-1]
+            return [_check_value(key, v, inner) for v in value]
+    if key == "source_jpeg_quality" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a quality written as a number
+    raise MediFlowError(f"configuration key {key!r} should be {' or '.join(kinds)}, got {value!r}")
+
+
+def read_config_file(name: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a configuration file sets (see config_path for `name`), checked:
+    an unknown key, a wrong type or an unknown recipe is a one-line error."""
+    path = config_path(name)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise MediFlowError(f"--config {path}: not a readable TOML file ({exc})") from None
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise MediFlowError(f"--config {path}: unknown key {key!r} (keys are TrainConfig fields, e.g. "
+                                f"epochs, recipe, augment)")
+        values[key] = _check_value(key, value, types[key])
+    if values.get("recipe", "frozen") not in RECIPES:
+        raise MediFlowError(f"--config {path}: unknown recipe {values['recipe']!r} (one of {', '.join(RECIPES)})")
+    return values
+
+
+def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from `layers` of field values, later ones winning (a file's, then the command
+    line's), with the recipe's values filled in wherever no layer set a field."""
+    cfg = TrainConfig()
+    explicit: set[str] = set()
+    for layer in layers:
+        for key, value in layer.items():
+            setattr(cfg, key, value)
+            explicit.add(key)
+    return apply_recipe(cfg, explicit)
