@@ -20,14 +20,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from generalization import (DATA, auc_ci_bootstrap, load_and_score, machine_description, model_labels,  # noqa: E402
-                            original_vs_copy, paired_auc_difference)  # benchmarks/ is on sys.path as a script
+from generalization import (  # noqa: E402
+    DATA,
+    auc_ci_bootstrap,
+    load_and_score,
+    machine_description,
+    model_labels,
+    original_vs_copy,  # benchmarks/ is on sys.path as a script
+    paired_auc_difference,
+)
 
 from mediflow.data.dataset import scan_class_folders
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.invariance import original_copy_pairs
-from mediflow.metrics import compute_metrics
 from mediflow.inference.predictor import BACKENDS, Predictor
+from mediflow.metrics import compute_metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "harness"))
+from datetime import UTC
+
 from dicom_node_process import NodeProcess, PostgresDatabase, dcmtk, film_dataset, write  # noqa: E402
 from orthanc_process import OrthancProcess, free_port  # noqa: E402
 
@@ -99,11 +101,11 @@ def sr_timings(database_url: str) -> tuple[list[float], float, int]:
     engine.dispose()
 
     def ts(value):
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
     pairs = [(ts(a), ts(b)) for a, b in rows]
     if not pairs:
@@ -201,7 +203,7 @@ class LoadSampler:
             self.samples.append(os.getloadavg()[0])
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 

@@ -43,8 +43,8 @@ from mediflow.data.dataset import Samples, grouped_split, scan_class_folders
 from mediflow.data.images import decode_image
 from mediflow.errors import MediFlowError
 from mediflow.evaluation.invariance import ORIGINAL_FORMS, VARIANTS, EncodedVariant, FilmPair, original_copy_pairs
-from mediflow.metrics import compute_metrics
 from mediflow.inference.predictor import BACKENDS, Predictor
+from mediflow.metrics import compute_metrics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray224"
 THUMB = 16  # px a side: framing and exposure survive at this size, pneumonia hardly does

@@ -178,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-figures", action="store_true", help="only the overhead benchmark")
     args = ap.parse_args(argv)
 
-    from mediflow.data.input_corpus import (corpus, natural_images, pydicom_test_files, scikit_image_lfw,
-                                             scikit_image_samples)
+    from mediflow.data.input_corpus import (
+        corpus,
+        natural_images,
+        pydicom_test_files,
+        scikit_image_lfw,
+        scikit_image_samples,
+    )
     from mediflow.inference.backends import serving_threads
     from mediflow.inference.input_check_fit import FeatureCache, adult_halves, pediatric_paths
 

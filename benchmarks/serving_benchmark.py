@@ -181,7 +181,6 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
 def batch_throughput(pth: Path, onnx: Path, images: list[Path], batch_size: int,
                      work: Path) -> dict[str, float]:
     import torch
-
     from design_server import TRANSFORM, build_model
     from PIL import Image
 

@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from generalization import machine_description  # benchmarks/ is on sys.path when run as a script
 
 from mediflow.checkpoint import load_checkpoint
 from mediflow.data.dataset import grouped_split, scan_class_folders
 from mediflow.decision import positive_index, softmax
-from mediflow.metrics import compute_metrics
 from mediflow.inference.bundled import default_model_path
+from mediflow.metrics import compute_metrics
 from mediflow.training.site_calibration import fit_operating_point, samples_logits
 
 KEYS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy")

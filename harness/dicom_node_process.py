@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-
 from startup import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +96,7 @@ class NodeProcess:
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "NodeProcess":
+    def start(self, timeout: float = 120) -> NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIFLOW_")}
         env["PYTHONPATH"] = str(REPO)
         env.update(self.extra_env)

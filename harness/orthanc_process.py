@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-
 from startup import free_port, wait_ready
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -96,7 +95,7 @@ class OrthancProcess:
     def destination(self) -> str:
         return f"{self.aet}@127.0.0.1:{self.dicom_port}"
 
-    def start(self, timeout: float = 60.0) -> "OrthancProcess":
+    def start(self, timeout: float = 60.0) -> OrthancProcess:
         log = open(self.folder / "orthanc.log", "ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from startup import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +26,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180.0) -> "ServerProcess":
+    def start(self, timeout: float = 180.0) -> ServerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mediflow", "serve", "--port", str(self.port), *self.args],
                                      cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)

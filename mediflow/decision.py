@@ -155,7 +155,7 @@ class DecisionRule:
     pos: int | None = None
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "DecisionRule":
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> DecisionRule:
         """From a checkpoint dict or an ONNX export's metadata (the checkpoint without weights).
         Works for every stored checkpoint: nothing beyond class names, temperature, logit bias and
         threshold is read."""

@@ -18,7 +18,12 @@ def compute_metrics(
     positive_class: str | None = "PNEUMONIA",
 ) -> dict[str, Any]:
     # Imported here: `decide` serves every request, and the server should not load scikit-learn.
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)

@@ -55,7 +55,7 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         return cls(
             image_size=int(d.get("image_size", 224)),
             mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
@@ -92,20 +92,20 @@ class AugmentConfig:
     gamma: tuple[float, float] = (1.0, 1.0)
 
     @classmethod
-    def design(cls) -> "AugmentConfig":
+    def design(cls) -> AugmentConfig:
         return cls()
 
     @classmethod
-    def xray(cls) -> "AugmentConfig":
+    def xray(cls) -> AugmentConfig:
         # Small geometric and exposure changes that real AP films show; no vertical flips.
         return cls(hflip=0.5, rotation=10.0, translate=0.06, scale=(0.9, 1.1), brightness=0.2, contrast=0.2)
 
     @classmethod
-    def xray_robust(cls) -> "AugmentConfig":
+    def xray_robust(cls) -> AugmentConfig:
         return replace(cls.xray(), blur=0.3, jpeg=0.5)
 
     @classmethod
-    def acquisition(cls) -> "AugmentConfig":
+    def acquisition(cls) -> AugmentConfig:
         """Everything a film from another hospital may differ in besides the lungs: framing
         (a field of view 0.65-1.25 times the film's, aspect 0.8-1.25), rotation, exposure and contrast (gamma
         0.6-1.6), sharpness and JPEG encoding (quality 30-95)."""
@@ -113,13 +113,13 @@ class AugmentConfig:
                    jpeg_quality=(30, 95), zoom=(0.65, 1.25), aspect=(0.8, 1.25), gamma=(0.6, 1.6))
 
     @classmethod
-    def acquisition_heavy(cls) -> "AugmentConfig":
+    def acquisition_heavy(cls) -> AugmentConfig:
         """`acquisition` with the two presentations a model flips on most made common: rotation up
         to 15 degrees, and a JPEG re-encode on 70% of views at quality 20-95."""
         return replace(cls.acquisition(), rotation=15.0, jpeg=0.7, jpeg_quality=(20, 95))
 
     @classmethod
-    def named(cls, name: str) -> "AugmentConfig":
+    def named(cls, name: str) -> AugmentConfig:
         presets = {"design": cls.design, "xray": cls.xray, "xray_robust": cls.xray_robust,
                    "acquisition": cls.acquisition, "acquisition_heavy": cls.acquisition_heavy}
         return presets[name]()
@@ -372,7 +372,7 @@ class RandomGamma:
         return image.point(lut * len(image.getbands()))
 
 
-def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
+def eval_transform(cfg: PreprocessConfig) -> T.Compose:
     """PIL RGB image -> normalized float tensor (3, S, S). Used for validation and training-time eval."""
     from torchvision import transforms as T
 
@@ -385,7 +385,7 @@ def eval_transform(cfg: PreprocessConfig) -> "T.Compose":
     )
 
 
-def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> "T.Compose":
+def train_transform(cfg: PreprocessConfig, aug: AugmentConfig) -> T.Compose:
     """PIL image (any size) -> augmented, normalized float tensor (3, S, S). Every augmentation acts
     on the decoded input, before `Harmonize`, as a different acquisition or encoding of the same
     film would; preprocessing then treats it exactly as it treats an upload."""

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import environment_missing
 
 POSTGRES_ENV = "MEDIFLOW_TEST_POSTGRES_URL"

@@ -19,8 +19,8 @@ from dicom_factory import image_dataset, to_bytes
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,

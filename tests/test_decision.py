@@ -8,8 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from mediflow.decision import (REPORTED_SCALE, DecisionRule, centred, choose_threshold, decide, fit_calibration,
-                               positive_index, softmax)
+from mediflow.decision import (
+    REPORTED_SCALE,
+    DecisionRule,
+    centred,
+    choose_threshold,
+    decide,
+    fit_calibration,
+    positive_index,
+    softmax,
+)
 from mediflow.metrics import compute_metrics
 
 NAMES = ["NORMAL", "PNEUMONIA"]
@@ -247,8 +255,14 @@ def test_compute_metrics_threshold_moves_the_call_not_the_auc():
 
 
 def test_compute_metrics_agrees_with_scikit_learn():
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
-                                 precision_recall_fscore_support, recall_score, roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        recall_score,
+        roc_auc_score,
+    )
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 500)

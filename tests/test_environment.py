@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import CHROMIUM, CHROMIUM_ARGS, FRONTEND, environment_missing
 from db_fixtures import POSTGRES_ENV
 from orthanc_process import DICOMWEB_PLUGIN, ORTHANC
@@ -82,10 +81,10 @@ def check_dsr2html(tmp_path) -> None:
     """dsr2html renders the node's SR (docs/pacs.md's picture of what a radiologist sees)."""
     check_dcmtk("dsr2html")
     import numpy as np
-
     from conftest import xray_like
     from dicom_factory import image_dataset
     from dicom_node_process import CR_STORAGE
+
     from mediflow.dicom_node.results import build_sr
 
     film = image_dataset(np.asarray(xray_like(1, 3, 64)), sop_class=CR_STORAGE)

@@ -17,8 +17,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import FULLRES, REPO, jpeg_bytes, xray_like
+
 from mediflow import cli
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]

@@ -37,6 +37,7 @@ def overrides(args: argparse.Namespace, env_database_url: str | None) -> dict[st
 
 
 def check_exposure(settings, *, insecure: bool) -> None:
-    from mediflow.serving.auth import check_exposure as check, load_api_keys
+    from mediflow.serving.auth import check_exposure as check
+    from mediflow.serving.auth import load_api_keys
 
     check(settings.host, load_api_keys(settings.api_keys, settings.api_keys_file), insecure=insecure)

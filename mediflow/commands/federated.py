@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from mediflow.commands.train import _ArchitectureNames
 from mediflow.commands import _preprocessing_options as preprocessing_options
+from mediflow.commands.train import _ArchitectureNames
 from mediflow.errors import MediFlowError
 
 PARTITION_CHOICES = ["patient", "label-skew", "framing"]

@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from mediflow.errors import MediFlowError
     from mediflow.inference.bundled import default_model_path
     from mediflow.inference.input_check import stats_path
-    from mediflow.inference.predictor import Predictor
     from mediflow.inference.input_check_fit import describe, fit_for_model
+    from mediflow.inference.predictor import Predictor
 
     model = default_model_path(args.model)
     predictor = Predictor.load(model)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,14 +31,14 @@ class Samples:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, idx: Sequence[int]) -> "Samples":
+    def subset(self, idx: Sequence[int]) -> Samples:
         return Samples([self.paths[i] for i in idx], [self.labels[i] for i in idx], list(self.class_names))
 
     def counts(self) -> dict[str, int]:
         c = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
         return {n: int(k) for n, k in zip(self.class_names, c)}
 
-    def extend(self, other: "Samples") -> "Samples":
+    def extend(self, other: Samples) -> Samples:
         """Append another dataset's samples, mapping its labels onto these class names by name."""
         missing = set(other.class_names) - set(self.class_names)
         if missing:

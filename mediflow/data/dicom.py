@@ -116,8 +116,12 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool, max_pixel
         raise ImageDecodeError(f"{name}: DICOM images are not supported by this installation "
                                "(pydicom is not installed)") from None
     from pydicom.errors import InvalidDicomError
-    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                             ImplicitVRLittleEndian)
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
 
     ts, meta_end = _file_meta_transfer_syntax(data)
     if ts == DeflatedExplicitVRLittleEndian:
@@ -422,6 +426,7 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> DecodedImage:
     `dicom_header` / `dicom_dataset` the header read on the way (one parse per file).
     """
     from pydicom.pixels import pixel_array
+
     # Lossy JPEG syntaxes whose 3-component codestreams follow JFIF's colour convention (ITU T.871).
     from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 

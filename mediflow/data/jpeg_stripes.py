@@ -22,7 +22,7 @@ import itertools
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -95,7 +95,7 @@ def stripe_layout(data: bytes) -> StripeLayout | None:
                         height=height, rows_per_interval=restart // blocks_per_row)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _executor(workers: int) -> ThreadPoolExecutor:
     # Started on the first striped decode, kept for the process: a thread per upload would cost
     # more than the stripe it decodes.

@@ -7,8 +7,9 @@ its acceptance check, quantization-aware distillation, the input check's pediatr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

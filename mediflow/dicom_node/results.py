@@ -97,8 +97,13 @@ class _ReportParts:
     per model (highdicom validates each part as it is built) and reused, never changed."""
 
     def __init__(self, model: dict[str, Any]):
-        from highdicom.sr import (AlgorithmIdentification, CodedConcept, DeviceObserverIdentifyingAttributes,
-                                  ObservationContext, ObserverContext)
+        from highdicom.sr import (
+            AlgorithmIdentification,
+            CodedConcept,
+            DeviceObserverIdentifyingAttributes,
+            ObservationContext,
+            ObserverContext,
+        )
 
         self.algorithm = AlgorithmIdentification(
             name=f"MediFlow {model['architecture']}", version=f"{__version__} model {model['version']}",
@@ -124,9 +129,16 @@ def _report_parts(architecture: str, version: str, sha256: str) -> _ReportParts:
 def build_sr(source: Dataset, result: dict[str, Any]) -> Built:
     """The TID 1500 Measurement Report for one analysed film. `source`: its header (no pixels needed);
     `result`: the Predictor's response for it."""
-    from highdicom.sr import (Comprehensive3DSR, Measurement, MeasurementReport,
-                              MeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
-                              SourceImageForMeasurementGroup, TextContentItem, TrackingIdentifier)
+    from highdicom.sr import (
+        Comprehensive3DSR,
+        Measurement,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        QualitativeEvaluation,
+        SourceImageForMeasurementGroup,
+        TextContentItem,
+        TrackingIdentifier,
+    )
 
     model = result["model"]
     parts = _report_parts(model["architecture"], model["version"], model["sha256"])

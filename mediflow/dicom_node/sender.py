@@ -30,7 +30,7 @@ class DicomDestination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "DicomDestination":
+    def parse(cls, text: str) -> DicomDestination:
         m = re.fullmatch(r"([^@\s\\]{1,16})@([^:\s]+):(\d{1,5})", text.strip())
         if not m or not 0 < int(m.group(3)) < 65536:
             raise ValueError(f"{text!r} is not AE@HOST:PORT (e.g. TESTPACS@127.0.0.1:4242)")

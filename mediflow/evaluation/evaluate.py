@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from mediflow.data.dataset import ImageFolderDataset, check_images, resolve_split_dir, scan_class_folders
 from mediflow.errors import DatasetError
-from mediflow.metrics import compute_metrics
 from mediflow.evaluation.report import write_report
 from mediflow.inference.predictor import Predictor
+from mediflow.metrics import compute_metrics
 
 
 def display_dataset(folder: str | Path) -> str:

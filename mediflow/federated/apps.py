@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ from mediflow.federated.site import Site, backbone_fingerprint, frozen_model
 from mediflow.federated.stats import dp_epsilon, fit_from_histograms, histogram_auc, margin_histograms
 from mediflow.models.registry import get_spec
 from mediflow.preprocessing import AugmentConfig, PreprocessConfig
-from mediflow.training.config import TrainConfig
 from mediflow.training.cached import cached_tail, trainable_split
+from mediflow.training.config import TrainConfig
 
 log = logging.getLogger("mediflow.federated")
 
@@ -143,7 +144,7 @@ class FedSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FedSettings":
+    def from_dict(cls, d: dict[str, Any]) -> FedSettings:
         d = dict(d)
         d["cfg"] = TrainConfig(**d["cfg"])
         return cls(**d)

@@ -7,8 +7,9 @@ thread pool overlaps decoding with inference without the copies of process worke
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from mediflow.errors import ImageDecodeError
 

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
     summary = FolderSummary(found=len(paths), skipped=len(paths) - len(todo), analysed=0, failed=0,
                             ok_in_csv=sum(previous.values()), retried=retried, not_images=not_images,
                             provenance=sidecar)
-    run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "folder": str(root),
+    run = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "folder": str(root),
            "image_files": len(paths), "already_in_csv": summary.skipped, "error_rows_retried": retried,
            "not_images": [{"file": n, "reason": why} for n, why in not_images]}
     record = {**(record or {}), **mine, "csv": out.name}
@@ -346,7 +346,7 @@ def analyze_folder(predictor: Predictor, root: str | Path, out: str | Path, *, b
             os.fsync(f.fileno())
             bar.update(len(batch))
     summary.ok_in_csv += summary.analysed + summary.refused
-    run.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), analysed=summary.analysed,
+    run.update(finished=datetime.now(UTC).isoformat(timespec="seconds"), analysed=summary.analysed,
                refused=summary.refused, failed=summary.failed)
     _write_json(sidecar, record)
     return summary

@@ -33,9 +33,10 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -402,7 +403,7 @@ class InputCheckStats:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "InputCheckStats":
+    def load(cls, path: str | Path) -> InputCheckStats:
         """Raises MediFlowError for a file that is not a readable input-check file."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -459,7 +460,7 @@ class InputCheck:
 
     @classmethod
     def for_model(cls, model_path: str | Path | None, model_sha256: str, *, image_size: int,
-                  trims_borders: bool, weights_sha256: str | None = None) -> "InputCheck":
+                  trims_borders: bool, weights_sha256: str | None = None) -> InputCheck:
         """Loads the statistics beside `model_path` when they were fitted on this model's weights
         (`weights_sha256`, else the file's `model_sha256`); otherwise only header and pixel checks run
         and a warning says so, with the command that fits them."""

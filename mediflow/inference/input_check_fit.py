@@ -31,16 +31,16 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import Any
 
 # The fit needs the train extra (scikit-learn for its classifiers, torch for the acquisition
 # augmentation, matplotlib for the generated outliers). Imported here, unused at module level, so that
 # on the core install `mediflow fit-input-check` stops at once naming the extra (mediflow/cli.py),
 # not after minutes of feature extraction.
 import matplotlib  # noqa: F401
+import numpy as np
 import sklearn  # noqa: F401
 import torch  # noqa: F401
 
@@ -327,7 +327,6 @@ def extract_acquired_features(predictor: Predictor, paths: Sequence[Path], cache
     """Features of each film as another site may present it: the training augmentation `acquisition`
     (framing, rotation, exposure, blur, JPEG; preprocessing.AugmentConfig), drawn with a seed per film
     so that a refit draws the same."""
-    import torch
 
     from mediflow.data.images import load_image
     from mediflow.preprocessing import AugmentConfig, train_transform

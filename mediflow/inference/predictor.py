@@ -27,11 +27,17 @@ from mediflow.data.images import decode_image, load_image
 from mediflow.data.preview import preview_data_url
 from mediflow.decision import DecisionRule
 from mediflow.errors import CheckpointError, MediFlowError
-from mediflow.inference.backends import (Backend, GuardedInt8Backend, OnnxBackend, TorchBackend,
-                                         available_threads, cam_heatmaps, pooled_features)
+from mediflow.inference.backends import (
+    Backend,
+    GuardedInt8Backend,
+    OnnxBackend,
+    TorchBackend,
+    available_threads,
+    cam_heatmaps,
+    pooled_features,
+)
 from mediflow.inference.bundled import default_model_path
-from mediflow.inference.input_check import (InputCheck, InputRejected, Reason, header_age_known, rejected,
-                                            summarize)
+from mediflow.inference.input_check import InputCheck, InputRejected, Reason, header_age_known, rejected, summarize
 from mediflow.preprocessing import PreprocessConfig, decode_size, eval_array
 
 if TYPE_CHECKING:
@@ -152,7 +158,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, serving: bool = False, **kwargs) -> "Predictor":
+             threads: int | None = None, serving: bool = False, **kwargs) -> Predictor:
         """`path`: a .pth checkpoint, an .onnx export, or None for the bundled model. `backend`:
         'auto' uses an ONNX export when one made from this checkpoint sits next to it. `threads`,
         `serving`: ONNX Runtime's threads, and their tuning for a server (see OnnxBackend); a
@@ -177,7 +183,7 @@ class Predictor:
         return cls(load_checkpoint(p), device=device, path=p, **kwargs)
 
     @classmethod
-    def from_onnx(cls, backend: OnnxBackend | GuardedInt8Backend, **kwargs) -> "Predictor":
+    def from_onnx(cls, backend: OnnxBackend | GuardedInt8Backend, **kwargs) -> Predictor:
         meta = backend.metadata
         # The checkpoint's hash, not the export's: both backends report the same model.
         sha = (meta.get("source_checkpoint") or {}).get("sha256", "")
@@ -216,7 +222,7 @@ class Predictor:
         """RGB image -> float32 (3, S, S), the model's input."""
         return eval_array(img, self.prep)
 
-    def preprocess(self, img: Image.Image) -> "torch.Tensor":
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
         """`preprocess_array` as a tensor, for torch DataLoaders (evaluation scores the serving path)."""
         import torch
 
@@ -230,7 +236,7 @@ class Predictor:
         """(N, K) logits -> (N, K) calibrated probabilities (the scale the threshold is on)."""
         return self.rule.probabilities(logits)
 
-    def probabilities_from_tensors(self, batch: "np.ndarray | torch.Tensor") -> np.ndarray:
+    def probabilities_from_tensors(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, 3, S, S) preprocessed batch -> (N, K) calibrated probabilities."""
         return self.probabilities_from_logits(self.backend.run(np.asarray(batch, dtype=np.float32))["logits"])
 

@@ -13,7 +13,8 @@ Outputs, for a preprocessed batch `image` (N, 3, S, S):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,9 +9,9 @@ the backbone stage by stage.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class MediFlowNet(nn.Module):
             for p in st.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "MediFlowNet":
+    def train(self, mode: bool = True) -> MediFlowNet:
         super().train(mode)
         for st in self._stages[: self.frozen_prefix]:
             st.eval()

@@ -52,7 +52,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError:
             if self._header_count > self.max_headers:  # on_header raised _TooManyHeaders
                 self._refuse(431, f"more than {self.max_headers} header fields")
             else:

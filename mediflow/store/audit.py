@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -32,7 +32,7 @@ def parse_time(text: str, what: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise MediFlowError(f"{what} {text!r}: not an ISO 8601 time (e.g. 2026-12-07T09:00:00Z or 2026-12-07)") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def parse_study_id(text: str) -> uuid.UUID:
@@ -63,7 +63,7 @@ def list_audit(session: Session, where: AuditFilter, *, limit: int = 100, offset
 
 def audit_row(entry: AuditEntry) -> dict[str, Any]:
     """One entry as the API returns it."""
-    return {"id": entry.id, "at": entry.at.astimezone(timezone.utc).isoformat(), "actor": entry.actor,
+    return {"id": entry.id, "at": entry.at.astimezone(UTC).isoformat(), "actor": entry.actor,
             "method": entry.method, "route": entry.route, "status_code": entry.status_code,
             "study_id": str(entry.study_id) if entry.study_id is not None else None}
 

@@ -16,8 +16,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import (ArgumentError, DataError, IntegrityError, NoSuchModuleError, OperationalError,
-                            SQLAlchemyError)
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -267,7 +273,7 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, store_images: bool = False,
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> "Store":
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> Store:
         """Open and (by default) migrate to head; with migrate=False, refuse an out-of-date schema."""
         if not migrate and (missing := _missing_sqlite_file(url)) is not None:
             raise StoreError(f"no database file {missing} (give --database-url, or run `mediflow db upgrade`)")

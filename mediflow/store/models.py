@@ -8,9 +8,8 @@ radiologist and are never logged.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -20,7 +19,7 @@ REVIEW_STATES = ("unreviewed", "confirmed", "corrected")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -34,12 +33,12 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -90,9 +89,9 @@ class Study(Base):
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     current_review_id: Mapped[int | None] = mapped_column(Integer)
 
-    reviews: Mapped[list["Review"]] = relationship(back_populates="study", order_by="Review.id",
+    reviews: Mapped[list[Review]] = relationship(back_populates="study", order_by="Review.id",
                                                    cascade="all, delete-orphan")
-    image: Mapped["StudyImage | None"] = relationship(back_populates="study", cascade="all, delete-orphan")
+    image: Mapped[StudyImage | None] = relationship(back_populates="study", cascade="all, delete-orphan")
 
 
 class Review(Base):

@@ -9,8 +9,16 @@ from typing import Any, Literal
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from mediflow.store.models import (AuditEntry, DicomInstance, DicomResult, RefusedInput, Review, Study, StudyImage,
-                                  utcnow)
+from mediflow.store.models import (
+    AuditEntry,
+    DicomInstance,
+    DicomResult,
+    RefusedInput,
+    Review,
+    Study,
+    StudyImage,
+    utcnow,
+)
 from mediflow.store.triage import triage_scores
 
 SortKey = Literal["priority", "uncertainty", "received"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from mediflow.checkpoint import checkpoint_preprocessing, file_sha256, load_checkpoint, save_checkpoint, weights_sha256
 from mediflow.data.dataset import ImageFolderDataset, Samples, check_images, scan_class_folders
-from mediflow.errors import MediFlowError
 from mediflow.decision import choose_threshold, fit_calibration, positive_index, softmax
+from mediflow.errors import MediFlowError
 from mediflow.metrics import compute_metrics
 from mediflow.models.graph import load_graph, run_graph
 from mediflow.preprocessing import eval_transform
@@ -69,7 +69,7 @@ def mark_calibrated(ckpt: dict[str, Any], source: str | Path, site: str) -> dict
     source_sha = file_sha256(source)
     previous = ckpt.get("calibration") or {}
     base_version = str(previous.get("base_version") or ckpt.get("version") or ckpt.get("created") or "unversioned")
-    when = datetime.now(timezone.utc).replace(microsecond=0)
+    when = datetime.now(UTC).replace(microsecond=0)
     weights = weights_sha256(ckpt, source_sha)
     ckpt.update(weights_sha256=weights, version=calibrated_version(base_version, site, when),
                 calibration={"base_model_sha256": source_sha, "base_version": base_version, "weights_sha256": weights,

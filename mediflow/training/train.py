@@ -30,15 +30,28 @@ from mediflow.decision import choose_threshold, fit_calibration, positive_index,
 from mediflow.errors import MediFlowError
 from mediflow.metrics import compute_metrics
 from mediflow.models.registry import MediFlowNet, build_model, get_spec
-from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, detect_source_jpeg_quality, eval_transform,
-                                   train_transform)
+from mediflow.preprocessing import (
+    AugmentConfig,
+    PreprocessConfig,
+    detect_source_jpeg_quality,
+    eval_transform,
+    train_transform,
+)
 from mediflow.training import cached as C
 from mediflow.training import distributed as D
 from mediflow.training.config import TrainConfig
 from mediflow.training.loop import build_criterion, build_lr_scheduler, evaluate, lr_factor, train_one_epoch
 from mediflow.training.probe import fit_linear_probe
-from mediflow.training.resume import (best_from_state, best_to_state, is_training_state, load_training_state,
-                                      rng_state, save_training_state, set_rng_state, state_path)
+from mediflow.training.resume import (
+    best_from_state,
+    best_to_state,
+    is_training_state,
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+    state_path,
+)
 
 log = logging.getLogger("mediflow.train")
 

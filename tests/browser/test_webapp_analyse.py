@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import jpeg_bytes, xray_like
+from PIL import Image
+from webapp_helpers import FINDINGS, LAPTOP, TABLET, axe_violations, canvas_mean, canvas_pixels, open_page, screenshot
+
 from mediflow import DISCLAIMER
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.app import create_app
 from mediflow.serving.settings import Settings
-from webapp_helpers import FINDINGS, LAPTOP, TABLET, axe_violations, canvas_mean, canvas_pixels, open_page, screenshot
 
 pytestmark = pytest.mark.browser
 

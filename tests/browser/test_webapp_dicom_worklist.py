@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import environment_missing, jpeg_bytes, xray_like
 from dicom_node_process import NodeProcess, film_dataset, missing_tools, store_rows, storescu, wait_for, write
 from orthanc_process import OrthancProcess, free_port

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import png_bytes, xray_like
+from PIL import Image
 from server_process import ServerProcess
 from webapp_helpers import open_page
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from webapp_helpers import axe_violations, open_page, screenshot
 
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.app import create_app
 from mediflow.serving.evaluation import checkpoint_stem, evaluation_path
 from mediflow.serving.settings import Settings
-from webapp_helpers import axe_violations, open_page, screenshot
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "synthetic.evaluation.json"
 
@@ -111,6 +111,7 @@ def test_a_calibrated_model_has_a_new_version_and_the_model_view_shows_its_opera
     SHA-256, site, date), and the Model view shows the operating point in force with the site's
     figures next to the training ones."""
     from conftest import make_dataset
+
     from mediflow.checkpoint import file_sha256, load_checkpoint
     from mediflow.cli import main
 

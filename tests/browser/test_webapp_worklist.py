@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import jpeg_bytes, xray_like
 from server_process import ServerProcess
 from webapp_helpers import axe_violations, canvas_pixels, open_page, screenshot

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, jpeg_bytes, png_bytes, xray_like
+
 from mediflow.cli import build_parser, main
 from mediflow.commands.serve import settings_from_args
 from mediflow.errors import MediFlowError

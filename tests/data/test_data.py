@@ -2,9 +2,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jpeg_bytes, jpeg_declaring, make_dataset, png_bytes, png_declaring, xray_like
 from PIL import Image
 
-from conftest import jpeg_bytes, jpeg_declaring, make_dataset, png_bytes, png_declaring, xray_like
 from mediflow.data.dataset import grouped_split, patient_id, scan_class_folders
 from mediflow.data.images import decode_image, sniff_format
 from mediflow.errors import DatasetError, ImageDecodeError, ImageTooLargeError

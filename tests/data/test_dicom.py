@@ -10,15 +10,23 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 from dicom_factory import (
-    dicom_bytes, gradient, image_dataset, structured_report_bytes, to_bytes,
+    dicom_bytes,
+    gradient,
+    image_dataset,
+    structured_report_bytes,
+    to_bytes,
 )
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, MPEG2MPML, RLELossless,
+    MPEG2MPML,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from mediflow.data.dicom import dicom_metadata

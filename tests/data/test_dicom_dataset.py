@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import make_dataset
 from dicom_factory import dicom_bytes
+from PIL import Image
 
 from mediflow.cli import main
 from mediflow.data.dataset import ImageFolderDataset, check_images, scan_class_folders

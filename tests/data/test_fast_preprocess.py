@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xray_like
 from PIL import Image
 
-from conftest import xray_like
 from mediflow.data.images import decode_image, load_image
 from mediflow.inference.bundled import BUNDLED_MODEL
 from mediflow.inference.predictor import Predictor

@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import xray_like
 from PIL import Image
 
-from conftest import xray_like
-from mediflow.preprocessing import (AugmentConfig, PreprocessConfig, RandomFraming, RandomGamma, content_box,
-                                    eval_array, eval_transform, harmonize, train_transform)
+from mediflow.preprocessing import (
+    AugmentConfig,
+    PreprocessConfig,
+    RandomFraming,
+    RandomGamma,
+    content_box,
+    eval_array,
+    eval_transform,
+    harmonize,
+    train_transform,
+)
 from mediflow.training.probe import fit_linear_probe
 
 

@@ -23,11 +23,11 @@ from unittest import mock
 
 import numpy as np
 import pytest
-
 from conftest import jpeg_bytes, png_bytes, xray_like
 from dicom_factory import dicom_bytes, gradient, image_dataset, to_bytes
 from dicom_raw import TAGS, image_elements, raw_dicom
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mediflow.data import jpeg_stripes

@@ -9,16 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FULLRES, REAL_224, jpeg_bytes, make_dataset, png_bytes, xray_like
 from PIL import Image
 
-from conftest import FULLRES, REAL_224, jpeg_bytes, make_dataset, png_bytes, xray_like
 from mediflow.checkpoint import load_checkpoint
 from mediflow.cli import main
 from mediflow.data.images import decode_image, load_image
 from mediflow.inference.bundled import BUNDLED_MODEL
 from mediflow.inference.predictor import Predictor
-from mediflow.preprocessing import (PreprocessConfig, detect_source_jpeg_quality, eval_array, eval_transform,
-                                    harmonize, jpeg_quality)
+from mediflow.preprocessing import (
+    PreprocessConfig,
+    detect_source_jpeg_quality,
+    eval_array,
+    eval_transform,
+    harmonize,
+    jpeg_quality,
+)
 
 
 def _write(folder: Path, n: int, *, size: int, fmt: str = "jpeg", quality: int = 75, start: int = 0) -> list[Path]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jpeg_bytes
 from PIL import Image
 
-from conftest import jpeg_bytes
 from mediflow.data import jpeg_stripes
 from mediflow.data.images import decode_image
 from mediflow.data.jpeg_stripes import decode_in_stripes, stripe_layout

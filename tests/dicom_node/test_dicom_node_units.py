@@ -12,12 +12,12 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from pydicom import dcmread
-
 from conftest import environment_missing, xray_like
 from db_fixtures import database_url, store  # noqa: F401 (fixtures)
 from dicom_factory import image_dataset, structured_report_bytes, to_bytes
 from dicom_node_process import CR_STORAGE, CT_STORAGE, sr_finding
+from pydicom import dcmread
+
 from mediflow.dicom_node import admission, queue, results
 from mediflow.dicom_node.sender import DicomDestination
 from mediflow.store.models import DicomInstance, utcnow

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ALLOWED_ORIGIN, jpeg_bytes, jpeg_declaring, png_bytes, png_declaring, xray_like
+from PIL import Image
 
 DISCLAIMER_TEXT = "AI-assisted preliminary reading. Clinical correlation required."
 RESPONSE_FIELDS = {"prediction", "confidence", "disclaimer", "probabilities", "needs_review", "threshold",

@@ -13,11 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL_224, environment_missing, xray_like
 from dicom_factory import structured_report_bytes
-from dicom_node_process import (NodeProcess, echoscu, film_dataset, missing_tools, sr_finding, store_rows,
-                                storescu, wait_for, worklist, write)
+from dicom_node_process import (
+    NodeProcess,
+    echoscu,
+    film_dataset,
+    missing_tools,
+    sr_finding,
+    store_rows,
+    storescu,
+    wait_for,
+    worklist,
+    write,
+)
 from orthanc_process import OrthancProcess, free_port
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive 3D SR
@@ -159,8 +168,9 @@ def test_what_is_not_a_frontal_chest_film_gets_nothing(pacs, films, tmp_path):
     assert orthanc.upload(junk.read_bytes()).status_code == 400
     assert storescu(node.port, [junk]).returncode != 0  # storescu will not send it; nothing reached the node
 
-    from pydicom import dcmread
     import io
+
+    from pydicom import dcmread
 
     sr_uid = str(dcmread(io.BytesIO(sr)).SOPInstanceUID)
     expected = {str(ct.SOPInstanceUID): "not_chest_radiograph", str(lateral.SOPInstanceUID): "not_frontal_view",

@@ -13,9 +13,9 @@ import time
 
 import httpx
 import pytest
-
 from conftest import jpeg_bytes, xray_like
 from server_process import ServerProcess
+
 from .test_upload_limits import bench, multipart, proc_kib
 
 SLOW_CLIENTS = 40

@@ -12,7 +12,6 @@ import socket
 import httpx
 import pydicom
 import pytest
-
 from conftest import png_bytes, xray_like
 from db_fixtures import database_url  # noqa: F401  (fixture)
 from server_process import ServerProcess

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
-
 from conftest import environment_missing, png_bytes, xray_like
 from pg_cluster import PostgresCluster
 from server_process import ServerProcess
+from sqlalchemy import text
 
 DB_TIMEOUT = 2.0
 RETRY_AFTER = 3

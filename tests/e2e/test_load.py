@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-
 from conftest import jpeg_bytes, xray_like
 
 REQUESTS = 200

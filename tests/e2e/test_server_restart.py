@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import jpeg_bytes, xray_like
+from server_process import ServerProcess
+
 from mediflow.store import repository
 from mediflow.store.db import Store
-from server_process import ServerProcess
 
 KEY = "restart-test-key-0123456789"
 PATIENT_FILE_NAME = "person4321_virus_8765.jpeg"

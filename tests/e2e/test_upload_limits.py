@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO, png_bytes, xray_like
 from server_process import ServerProcess
 

@@ -8,9 +8,8 @@ hands over the film it documents.
 from __future__ import annotations
 
 import dataclasses
-import io
-
 import importlib.util
+import io
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, make_dataset, xray_like
 from PIL import Image
 
-from conftest import REPO, make_dataset, xray_like
 from mediflow.decision import centred
 from mediflow.evaluation import invariance as inv
 from mediflow.inference.predictor import Predictor

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from mediflow.data.dataset import _group_ids, scan_class_folders
 from mediflow.decision import softmax
-from mediflow.metrics import compute_metrics
 from mediflow.federated.partition import partition
 from mediflow.federated.stats import dp_epsilon, fit_from_histograms, histogram_auc, margin_histograms
+from mediflow.metrics import compute_metrics
 
 NAMES = ["NORMAL", "PNEUMONIA"]
 
@@ -228,7 +228,7 @@ def _tls_files(d: Path) -> dict[str, Path]:
     from cryptography.x509.oid import NameOID
 
     d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def cert(subject, key, issuer, issuer_key, ca: bool):
         b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import jpeg_bytes, png_bytes, xray_like
 from db_fixtures import tiny_predictor  # noqa: F401  (fixture)
 from dicom_factory import dicom_bytes, gradient, structured_report_bytes

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from conftest import REPO
+
 from mediflow.checkpoint import load_checkpoint, save_checkpoint
 from mediflow.cli import main
 from mediflow.inference.backends import OnnxBackend
-from mediflow.inference.onnx_export import set_metadata, atomic_save
+from mediflow.inference.onnx_export import atomic_save, set_metadata
 from mediflow.inference.predictor import Predictor
 
 

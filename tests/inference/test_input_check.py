@@ -10,15 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
-
 from conftest import REAL_224, SHARED_DATA, jpeg_bytes, png_bytes, xray_like
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
+from PIL import Image, ImageOps
+
+from mediflow.data import input_corpus
 from mediflow.data.decoded import DecodedImage
 from mediflow.data.images import decode_image
-from mediflow.data import input_corpus
-from mediflow.inference.input_check import (InputCheckStats, InputRejected, Reason, age_years, header_reasons,
-                                            pixel_reasons, stats_path, summarize)
+from mediflow.inference.input_check import (
+    InputCheckStats,
+    InputRejected,
+    Reason,
+    age_years,
+    header_reasons,
+    pixel_reasons,
+    stats_path,
+    summarize,
+)
 
 ADULT = SHARED_DATA / "nih_adult"
 
@@ -365,8 +373,9 @@ def test_fit_input_check_command_end_to_end(tmp_path, tiny_model):
     import shutil
 
     from conftest import make_dataset
-    from mediflow.cli import main
+
     from mediflow.checkpoint import file_sha256
+    from mediflow.cli import main
 
     data = make_dataset(tmp_path / "data")
     adult = tmp_path / "adult"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FULLRES, REPO, jpeg_bytes, xray_like
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import FULLRES, REPO, jpeg_bytes, xray_like
 from mediflow.checkpoint import ENSEMBLE_FORMAT, file_sha256, load_checkpoint, save_checkpoint
 from mediflow.cli import main
 from mediflow.data.images import decode_image, load_image

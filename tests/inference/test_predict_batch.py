@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jpeg_bytes, xray_like
 from PIL import Image
 
-from conftest import jpeg_bytes, xray_like
 from mediflow.cli import main
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.batch import prefetched_batches

@@ -7,10 +7,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
-
 from conftest import jpeg_bytes, xray_like
 from db_fixtures import add_fake_study, make_client, tiny_predictor  # noqa: F401  (fixtures)
+from fastapi.testclient import TestClient
+
 from mediflow.serving.app import create_app
 from mediflow.serving.dependencies import current_user, get_optional_store
 from mediflow.serving.settings import Settings

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from conftest import jpeg_bytes, xray_like
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
+
 from mediflow.cli import main
 from mediflow.serving.auth import MIN_KEY_LENGTH, parse_keys
 
@@ -27,7 +28,7 @@ def bearer(key: str) -> dict[str, str]:
 def test_audit_endpoint_and_command_filter_page_and_agree(make_client, database_url, capsys):
     client = make_client(database_url=database_url, api_keys=KEYS)
     files = {"file": ("x.jpeg", jpeg_bytes(xray_like(1, seed=1)), "image/jpeg")}
-    start = datetime.now(timezone.utc) - timedelta(seconds=1)
+    start = datetime.now(UTC) - timedelta(seconds=1)
     sid = client.post("/api/vision/analyze", files=files, headers=bearer(ALICE)).json()["study_id"]
     assert UUID_WITH_DASHES.match(sid)
     assert client.post(f"/api/studies/{sid}/review", json={"label": "NORMAL"}, headers=bearer(BOB)).status_code == 200
@@ -50,7 +51,7 @@ def test_audit_endpoint_and_command_filter_page_and_agree(make_client, database_
     for form in (sid, sid.replace("-", "")):
         got = client.get("/api/audit", params={"study": form}, headers=bearer(BOB)).json()
         assert [r["actor"] for r in got["items"]] == ["dr_bob", "dr_alice"]
-    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert client.get("/api/audit", params={"since": later}, headers=bearer(BOB)).json()["total"] == 0
     assert client.get("/api/audit", params={"until": start.isoformat()}, headers=bearer(BOB)).json()["total"] == 0
     paged = client.get("/api/audit", params={"study": sid, "limit": 1, "offset": 1}, headers=bearer(BOB)).json()

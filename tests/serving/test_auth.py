@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import jpeg_bytes, xray_like
 from db_fixtures import make_client, tiny_predictor  # noqa: F401  (fixtures)
+
 from mediflow.cli import main
 from mediflow.errors import MediFlowError
 from mediflow.serving.auth import ApiKeys, check_exposure, is_loopback, load_api_keys, parse_keys

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_bytes, xray_like
 from PIL import Image
 
-from conftest import png_bytes, xray_like
 from mediflow.checkpoint import load_checkpoint, save_checkpoint
 from mediflow.cli import main
 

@@ -8,11 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import png_bytes, xray_like
 from db_fixtures import make_client, tiny_predictor  # noqa: F401  (fixtures)
 from dicom_factory import dicom_bytes, gradient, structured_report_bytes
+from PIL import Image
 
 from mediflow.data.images import decode_image
 

@@ -9,9 +9,9 @@ import uuid
 import numpy as np
 import pydicom
 import pytest
+from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from sqlalchemy import select
 
-from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from mediflow.store.models import Study
 
 PATIENT_NAME = "Doe^Jane"

@@ -4,7 +4,6 @@ analysis response, the worklist and the study, not stored as an unrelated new st
 from __future__ import annotations
 
 import pytest
-
 from conftest import jpeg_bytes, xray_like
 from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 
@@ -46,10 +45,10 @@ def test_without_a_store_nothing_is_linked(make_client):
 @pytest.mark.browser
 def test_the_worklist_shows_repeats_of_an_image(browser, thread_server, tiny_predictor, tmp_path):
     import httpx
+    from webapp_helpers import axe_violations, open_page
 
     from mediflow.serving.app import create_app
     from mediflow.serving.settings import Settings
-    from webapp_helpers import axe_violations, open_page
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'w.db'}", api_keys=None, api_keys_file=None)
     url = thread_server(create_app(settings, predictor=tiny_predictor))

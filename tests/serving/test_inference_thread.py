@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
+from conftest import jpeg_bytes, xray_like
 from fastapi.testclient import TestClient
 
-from conftest import jpeg_bytes, xray_like
 from mediflow.inference.predictor import Predictor
 from mediflow.serving.app import create_app
 from mediflow.serving.inference_thread import InferenceThread

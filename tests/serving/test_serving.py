@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from conftest import jpeg_bytes, xray_like
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -18,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from conftest import jpeg_bytes, xray_like
 from mediflow import DISCLAIMER
 from mediflow.inference.predictor import Predictor
 from mediflow.serving import app as app_module

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
+from conftest import jpeg_bytes, png_bytes, xray_like
+from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from PIL import Image
 from sqlalchemy import select
 
-from conftest import jpeg_bytes, png_bytes, xray_like
-from db_fixtures import database_url, make_client, tiny_predictor  # noqa: F401  (fixtures)
 from mediflow.store import repository
 from mediflow.store.models import Study, StudyImage
 
@@ -50,7 +50,7 @@ def test_analysis_creates_a_study_without_pixels_or_file_name(make_client, datab
     import hashlib
     assert detail["image_sha256"] == hashlib.sha256(data).hexdigest()
     received = datetime.fromisoformat(detail["received_at"])
-    assert abs(received - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(received - datetime.now(UTC)) < timedelta(minutes=1)
 
     r = client.get(f"/api/studies/{sid}/image")
     assert r.status_code == 404 and "--store-images" in r.json()["detail"]
@@ -101,7 +101,7 @@ def test_worklist_sorted_by_suspicion_and_by_uncertainty(make_client, database_u
 def test_review_records_reviewer_and_time_and_leaves_the_worklist(make_client, database_url):
     client = make_client(database_url=database_url)
     sids = [upload(client, d).json()["study_id"] for d in films(2)]
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     prediction = client.get(f"/api/studies/{sids[0]}").json()["prediction"]
     other = "NORMAL" if prediction == "PNEUMONIA" else "PNEUMONIA"
 
@@ -110,7 +110,7 @@ def test_review_records_reviewer_and_time_and_leaves_the_worklist(make_client, d
     d = r.json()
     assert (d["review_state"], d["review_label"], d["reviewer"], d["review_note"]) == (
         "corrected", other, "anonymous", "no consolidation")
-    assert before <= datetime.fromisoformat(d["reviewed_at"]) <= datetime.now(timezone.utc)
+    assert before <= datetime.fromisoformat(d["reviewed_at"]) <= datetime.now(UTC)
     r = client.post(f"/api/studies/{sids[0]}/review", json={"label": prediction})
     d = r.json()
     assert d["review_state"] == "confirmed" and [x["label"] for x in d["reviews"]] == [other, prediction]

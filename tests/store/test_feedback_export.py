@@ -6,11 +6,13 @@ import csv
 
 from conftest import jpeg_bytes, png_bytes, xray_like
 from db_fixtures import add_fake_study, database_url, store  # noqa: F401  (fixtures)
+
 from mediflow.cli import main
 from mediflow.data.dataset import check_images, scan_class_folders
 from mediflow.store import repository
 from mediflow.training.config import TrainConfig
 from mediflow.training.train import load_splits
+
 
 def add(store, p: float, data: bytes | None, fmt: str = "jpeg"):
     return add_fake_study(store, p, image=data, fmt=fmt, threshold=0.5)

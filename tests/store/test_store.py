@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from db_fixtures import add_fake_study, database_url, fake_result, store  # noqa: F401  (fixtures)
 from sqlalchemy import select
 
-from db_fixtures import add_fake_study, database_url, fake_result, store  # noqa: F401  (fixtures)
 from mediflow.errors import MediFlowError
 from mediflow.store import repository
 from mediflow.store.db import Store, current_revision, head_revision, upgrade
 from mediflow.store.models import AuditEntry, Base, Review, StudyImage
 from mediflow.store.triage import triage_scores
-
 
 
 def add(store: Store, p: float, *, image: bytes | None = None):
@@ -60,7 +59,7 @@ def test_worklist_orders_by_suspicion_and_by_uncertainty(store):
 
 def test_review_flow_keeps_every_review_and_the_latest_is_current(store):
     sid = add(store, 0.9)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with store.session() as s:
         first = repository.add_review(s, sid, label="PNEUMONIA", note="RLL consolidation", reviewer="dr_a")
         assert first.state == "confirmed"
@@ -70,7 +69,7 @@ def test_review_flow_keeps_every_review_and_the_latest_is_current(store):
     with store.session() as s:
         study = repository.get_study(s, sid)
         assert (study.review_state, study.review_label, study.reviewer) == ("corrected", "NORMAL", "dr_b")
-        assert before <= study.reviewed_at <= datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert before <= study.reviewed_at <= datetime.now(UTC) + timedelta(seconds=1)
         assert study.current_review_id == second.id
         assert [(r.reviewer, r.label) for r in repository.reviews_of(s, sid)] == [("dr_a", "PNEUMONIA"),
                                                                                  ("dr_b", "NORMAL")]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_dataset
+
 from mediflow.checkpoint import load_checkpoint
 from mediflow.cli import main
 
@@ -145,10 +145,11 @@ def test_an_adult_film_is_still_flagged_after_calibrate(tmp_path, where):
     (fitted on those weights) must keep flagging adult films, whether the calibrated model replaces the
     original or is written elsewhere."""
     from conftest import REAL_224, SHARED_DATA
+
     from mediflow.inference.bundled import default_model_path
     from mediflow.inference.input_check import InputRejected, stats_path
-    from mediflow.inference.predictor import Predictor
     from mediflow.inference.input_check_fit import adult_halves
+    from mediflow.inference.predictor import Predictor
 
     adult_dir = SHARED_DATA / "nih_adult"
     if not (REAL_224.is_dir() and adult_dir.is_dir()):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import jpeg_bytes, xray_like
+
 from mediflow.checkpoint import checkpoint_members, load_checkpoint
 from mediflow.cli import main
 from mediflow.data.images import decode_image

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, jpeg_bytes, make_dataset, xray_like
+
 from mediflow.checkpoint import load_checkpoint
 from mediflow.cli import main
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset
+
 from mediflow.checkpoint import load_checkpoint
 from mediflow.cli import build_parser, main
 

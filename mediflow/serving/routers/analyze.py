@@ -13,8 +13,15 @@ from mediflow.data.images import sniff_format
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.input_check import InputRejected
 from mediflow.inference.predictor import Predictor
-from mediflow.serving.dependencies import (authenticated, get_inference, get_optional_store, get_predictor,
-                                           get_settings, get_store_health, model_loaded)
+from mediflow.serving.dependencies import (
+    authenticated,
+    get_inference,
+    get_optional_store,
+    get_predictor,
+    get_settings,
+    get_store_health,
+    model_loaded,
+)
 from mediflow.serving.health import StoreHealth
 from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.schemas import AnalysisResponse, ErrorResponse, RejectedResponse

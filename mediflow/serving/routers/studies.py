@@ -14,15 +14,29 @@ from mediflow import DISCLAIMER
 from mediflow.decision import REPORTED_SCALE, positive_index
 from mediflow.errors import ImageDecodeError
 from mediflow.inference.predictor import Predictor
-from mediflow.serving.dependencies import (authenticated, get_inference, get_predictor, get_settings, get_store,
-                                           model_loaded)
+from mediflow.serving.dependencies import (
+    authenticated,
+    get_inference,
+    get_predictor,
+    get_settings,
+    get_store,
+    model_loaded,
+)
 from mediflow.serving.errors import excerpt
 from mediflow.serving.inference_thread import InferenceThread
 from mediflow.serving.schemas import ErrorResponse, ModelRef
 from mediflow.serving.settings import Settings
 from mediflow.serving.studies import render_preview
-from mediflow.serving.study_schemas import (RefusalList, RefusedInput, ReviewOut, ReviewRequest, StudyDetail,
-                                            StudyHeatmap, StudyList, StudySummary)
+from mediflow.serving.study_schemas import (
+    RefusalList,
+    RefusedInput,
+    ReviewOut,
+    ReviewRequest,
+    StudyDetail,
+    StudyHeatmap,
+    StudyList,
+    StudySummary,
+)
 from mediflow.store import repository
 from mediflow.store.db import Store
 from mediflow.store.duplicates import link_fields, same_images
