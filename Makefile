@@ -15,7 +15,7 @@ PORT ?= 8000
 BUNDLED := mediflow/bundled/mediflow_lungs_best
 DATA ?= ../shared/data/chest_xray224
 
-.PHONY: run test setup clean onnx frontend fuzz
+.PHONY: lint run test setup clean onnx frontend fuzz
 
 # One venv, two stamps: `make run` installs the core only; `make test` (or any target that trains or
 # exports) adds every extra, also after a `make run` made the venv. The full install holds the core.
@@ -35,8 +35,12 @@ setup: $(VENV)/.installed-all
 run: $(VENV)/.installed-core
 	$(VENV)/bin/mediflow serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-all
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The style and bug rules of pyproject.toml's [tool.ruff]; `make test` (and so CI) runs it first.
+lint: $(VENV)/.installed-all
+	$(VENV)/bin/ruff check .
 
 fuzz: $(VENV)/.installed-all
 	MEDIFLOW_FUZZ_PROFILE=long $(PY) -m pytest -q tests/data/test_fuzz_decode.py $(PYTEST_ARGS)
