@@ -1,4 +1,4 @@
-"""Issue 10's decoding faults, each rebuilt from its description around a real NORMAL test_dev
+"""Decoding faults seen in films sent by hospitals, each rebuilt from its description around a real NORMAL test_dev
 film, must get the plain film's call with P(PNEUMONIA) within 0.05 from the bundled model, through
 the served path (`Predictor.predict_bytes`), and say what was corrected (notes and flag codes).
 Each case also checks that the fault matters: the picture the file would give if the fault were
