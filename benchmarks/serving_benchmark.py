@@ -168,7 +168,7 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
     for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
         # ONNX Runtime's thread pool as `mediflow serve` sets it (serving/app.py's load_predictor).
         p = Predictor.load(path, backend=backend, threads=serving_threads(), serving=True)
-        res[name] = median_ms(lambda: p.backend.run(one()), n)
+        res[name] = median_ms(lambda p=p: p.backend.run(one()), n)
     served = Predictor.load(pth).backend
     deferred = float("nan")
     if isinstance(served, GuardedInt8Backend):

@@ -238,7 +238,7 @@ class Audit(Strategy):
                 "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype} for r in c.array_records.values()
                            for k, a in r.items()},
                 "array_bytes": sum(r.count_bytes() for r in c.array_records.values()),
-                "metrics": {k: ("list[%d]" % len(v) if isinstance(v, list) else type(v).__name__)
+                "metrics": {k: (f"list[{len(v)}]" if isinstance(v, list) else type(v).__name__)
                             for r in c.metric_records.values() for k, v in r.items()},
                 "metric_bytes": sum(r.count_bytes() for r in c.metric_records.values()),
                 "config_records": sorted(c.config_records.keys()),

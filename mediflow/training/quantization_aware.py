@@ -120,10 +120,11 @@ class OnnxGraphModule(nn.Module):
             v = [self._value(i, env) if i else None for i in inputs]
             if op == "Conv":
                 w = self._weight(inputs[1], v[1])
-                t, l, b, r = at.get("pads", [0, 0, 0, 0])
-                h = v[0] if (t, l) == (b, r) else F.pad(v[0], (l, r, t, b))
+                top, left, bottom, right = at.get("pads", [0, 0, 0, 0])
+                h = v[0] if (top, left) == (bottom, right) else F.pad(v[0], (left, right, top, bottom))
                 y = F.conv2d(h, w, v[2] if len(v) > 2 else None, tuple(at.get("strides", (1, 1))),
-                             (t, l) if (t, l) == (b, r) else 0, tuple(at.get("dilations", (1, 1))), at.get("group", 1))
+                             (top, left) if (top, left) == (bottom, right) else 0,
+                             tuple(at.get("dilations", (1, 1))), at.get("group", 1))
             elif op == "Clip":
                 y = torch.clamp(v[0], float(v[1]), float(v[2]))
             elif op == "Add":

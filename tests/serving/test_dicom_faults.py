@@ -59,7 +59,7 @@ def modality_lut(descriptor: list[int], data: bytes) -> bytes:
 
 def palette(bits: int) -> bytes:
     ds = image_dataset(gradient(top=255, dtype=np.uint8), photometric="PALETTE COLOR")
-    for i, color in enumerate(("Red", "Green", "Blue")):
+    for i, _color in enumerate(("Red", "Green", "Blue")):
         ds.add_new(0x00281101 + i, "US", [256, 0, bits])
         ds.add_new(0x00281201 + i, "OW", bytes(512))
     return to_bytes(ds)
