@@ -225,7 +225,8 @@ def machine() -> str:
         flags = next(line for line in info.splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
-    isa = "AVX-512 + VNNI" if "avx512_vnni" in flags else ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
+    isa = ("AVX-512 + VNNI" if "avx512_vnni" in flags
+           else ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""))
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {isa}, Python {platform.python_version()}"
 
 

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             before = compute_metrics(labels[judge], stored[judge], names, threshold=ckpt.get("threshold"))
             after = compute_metrics(labels[judge], refit, names, threshold=fit["threshold"])
             rows.append((len(fit_on), len(judge), before, after))
-    print(f"machine: {machine_description()}; model {path.name}; site = {site} ({len(films)} films), {args.splits} patient-grouped half "
-          f"splits x 2 directions; {time.perf_counter() - t0:.0f} s\n")
+    print(f"machine: {machine_description()}; model {path.name}; site = {site} ({len(films)} films), "
+          f"{args.splits} patient-grouped half splits x 2 directions; {time.perf_counter() - t0:.0f} s\n")
     print("| operating point, judged on the other half | " + " | ".join(KEYS) + " |")
     print("|---|" + "---|" * len(KEYS))
     for label, k in (("stored (training site's validation)", 2), ("refitted on the site's half (sens. >= "
