@@ -34,11 +34,11 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "harness"))
-from datetime import UTC
 
 from dicom_node_process import NodeProcess, PostgresDatabase, dcmtk, film_dataset, write  # noqa: E402
 from orthanc_process import OrthancProcess, free_port  # noqa: E402

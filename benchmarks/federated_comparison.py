@@ -50,7 +50,8 @@ def run(cmd: list[str], log: Path) -> float:
 def scores(eval_dir: Path) -> dict[str, tuple[int, float]]:
     """file -> (label 1 for PNEUMONIA, P(PNEUMONIA)) from `mediflow evaluate`'s predictions.csv."""
     with (eval_dir / "predictions.csv").open() as f:
-        return {r["file"]: (int(r["label"] == "PNEUMONIA"), float(r["probability_PNEUMONIA"])) for r in csv.DictReader(f)}
+        return {r["file"]: (int(r["label"] == "PNEUMONIA"), float(r["probability_PNEUMONIA"]))
+                for r in csv.DictReader(f)}
 
 
 def main() -> int:
@@ -105,8 +106,9 @@ def main() -> int:
         else:
             d = [roc_auc_score(y[b], p[b]) - roc_auc_score(y[b], p0[b]) for b in boots]
             diff = f"{auc - roc_auc_score(y, p0):+.4f} ({np.percentile(d, 2.5):+.4f} .. {np.percentile(d, 97.5):+.4f})"
-        label = "centralized" if config is None else f"federated, {config.split(':')[0]} sites, {config.split(':')[1]}" + (
-            f", {config.split(':')[2]} rounds" if config.count(":") > 1 else "")
+        label = "centralized" if config is None else (
+            f"federated, {config.split(':')[0]} sites, {config.split(':')[1]}"
+            + (f", {config.split(':')[2]} rounds" if config.count(":") > 1 else ""))
         wall = times.get(name)
         print(f"| {label} | {val_auc:.4f} | {auc:.4f} | {diff} | {'–' if wall is None else f'{wall:.0f}'} |")
     return 0

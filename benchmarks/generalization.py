@@ -239,7 +239,8 @@ def thumbnail_baseline(x_train: np.ndarray, y_train: np.ndarray,
     return {name: float(roc_auc_score(y, clf.predict_proba(x)[:, 1])) for name, (x, y) in sets.items()}
 
 
-def variant_transform(p: Predictor, variant: Callable[[Image.Image], Image.Image]) -> Callable[[Image.Image], Image.Image]:
+def variant_transform(p: Predictor, variant: Callable[[Image.Image], Image.Image]
+                      ) -> Callable[[Image.Image], Image.Image]:
     """The variant as the server would receive it: a variant that produces a file is decoded the
     server's way (JPEG draft mode), the others hand over their image."""
     if isinstance(variant, EncodedVariant):
@@ -445,7 +446,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"| balanced accuracy | {v['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} |",
         f"| sensitivity ({t['positive_class']}) | {v['sensitivity']:.3f} | {t['sensitivity']:.3f} |",
         f"| specificity | {v['specificity']:.3f} | {t['specificity']:.3f} |",
-        f"| floor: {THUMB}x{THUMB} thumbnail logistic regression AUC | {f['validation_auc']:.3f} | {f['test_dev_auc']:.3f} |",
+        f"| floor: {THUMB}x{THUMB} thumbnail logistic regression AUC | {f['validation_auc']:.3f} "
+        f"| {f['test_dev_auc']:.3f} |",
     ]
     for row in r["invariance"]:
         lines.append(f"| flips: {row['variant']} | | {row['flips']}/{row['n']} ({_pct(row['flip_rate'])}); "
@@ -454,13 +456,16 @@ def format_table(r: dict[str, Any]) -> str:
                  f"{o['worst_variant']} ({_pct(o['worst_flip_rate'])}) |")
     ovc = r.get("original_vs_copy") or []
     if ovc:
-        lines += ["", f"original vs copy: training films' full-resolution originals ({', '.join(r['original_vs_copy_folders'])}) "
+        lines += ["", f"original vs copy: training films' full-resolution originals "
+                      f"({', '.join(r['original_vs_copy_folders'])}) "
                       f"against their 224 px copies (PIL bilinear squash, JPEG q75), {ovc[0]['n']} films, "
                       f"{ovc[0]['n_positive']} {t['positive_class']}",
-                  "", f"| form | calls agreeing with the copy's | {t['positive_class']} called on {t['positive_class']} films "
+                  "", f"| form | calls agreeing with the copy's | {t['positive_class']} called on "
+                      f"{t['positive_class']} films "
                       f"(copies: {_pct(ovc[0]['copy_positive_rate'])}) | \\|dP\\| mean |", "|---|---|---|---|"]
         for row in ovc:
-            lines.append(f"| {row['form']} | {_pct(row['agree'])} | {_pct(row['positive_rate'])} | {row['mean_abs_dp']:.3f} |")
+            lines.append(f"| {row['form']} | {_pct(row['agree'])} | {_pct(row['positive_rate'])} "
+                         f"| {row['mean_abs_dp']:.3f} |")
     return "\n".join(lines)
 
 

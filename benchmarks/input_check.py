@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         held_out = list(natural_images(scikit_image_samples(), kind="natural, scikit-image"))
         if held_out:
             rows.append(row("confirmation: scikit-image sample pictures", verdicts(
-                predictor, [(f"corpus:skimage/{name}", data) for name, _, data in held_out], None), ">= 99%", "rejected"))
+                predictor, [(f"corpus:skimage/{name}", data) for name, _, data in held_out], None),
+                ">= 99%", "rejected"))
             faces = [(f"corpus:lfw/{name}", data) for name, _, data in scikit_image_lfw()]
             rows.append(row("confirmation: scikit-image lfw_subset (100 faces, 100 other patches, 25 px enlarged)",
                             verdicts(predictor, faces, None), ">= 99%", "rejected"))

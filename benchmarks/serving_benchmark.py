@@ -168,7 +168,7 @@ def model_only(pth: Path, onnx: Path, inputs: np.ndarray, n: int) -> tuple[dict[
     for name, path, backend in (("torch", pth, "torch"), ("onnx", onnx, "onnx"), ("default", pth, "auto")):
         # ONNX Runtime's thread pool as `mediflow serve` sets it (serving/app.py's load_predictor).
         p = Predictor.load(path, backend=backend, threads=serving_threads(), serving=True)
-        res[name] = median_ms(lambda: p.backend.run(one()), n)
+        res[name] = median_ms(lambda p=p: p.backend.run(one()), n)
     served = Predictor.load(pth).backend
     deferred = float("nan")
     if isinstance(served, GuardedInt8Backend):
@@ -225,7 +225,8 @@ def machine() -> str:
         flags = next(line for line in info.splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
-    isa = "AVX-512 + VNNI" if "avx512_vnni" in flags else ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
+    isa = ("AVX-512 + VNNI" if "avx512_vnni" in flags
+           else ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""))
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {isa}, Python {platform.python_version()}"
 
 

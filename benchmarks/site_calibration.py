@@ -20,7 +20,7 @@ from generalization import machine_description  # benchmarks/ is on sys.path whe
 
 from mediflow.checkpoint import load_checkpoint
 from mediflow.data.dataset import grouped_split, scan_class_folders
-from mediflow.decision import positive_index, softmax
+from mediflow.decision import softmax
 from mediflow.inference.bundled import default_model_path
 from mediflow.metrics import compute_metrics
 from mediflow.training.site_calibration import fit_operating_point, samples_logits
@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     path = default_model_path(args.model)
     ckpt = load_checkpoint(path)
     names = list(ckpt["class_names"])
-    pos = positive_index(names)
     films = scan_class_folders(site)
     logits = samples_logits(ckpt, films)
     labels = np.asarray([names.index(films.class_names[y]) for y in films.labels])
@@ -59,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             before = compute_metrics(labels[judge], stored[judge], names, threshold=ckpt.get("threshold"))
             after = compute_metrics(labels[judge], refit, names, threshold=fit["threshold"])
             rows.append((len(fit_on), len(judge), before, after))
-    print(f"machine: {machine_description()}; model {path.name}; site = {site} ({len(films)} films), {args.splits} patient-grouped half "
-          f"splits x 2 directions; {time.perf_counter() - t0:.0f} s\n")
+    print(f"machine: {machine_description()}; model {path.name}; site = {site} ({len(films)} films), "
+          f"{args.splits} patient-grouped half splits x 2 directions; {time.perf_counter() - t0:.0f} s\n")
     print("| operating point, judged on the other half | " + " | ".join(KEYS) + " |")
     print("|---|" + "---|" * len(KEYS))
     for label, k in (("stored (training site's validation)", 2), ("refitted on the site's half (sens. >= "

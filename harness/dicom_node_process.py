@@ -236,7 +236,7 @@ class PostgresDatabase:
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
 
-        for attempt in range(10):
+        for _attempt in range(10):
             try:
                 with self.admin.connect() as conn:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}"'))

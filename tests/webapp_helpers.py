@@ -46,7 +46,8 @@ def axe_violations(page) -> list[dict]:
     # scanner needs no weakening of the policy that the app is tested under.
     page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
     result = page.evaluate("""async () => {
-        const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21aa", "best-practice"]}});
+        const r = await axe.run(document, {
+            runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21aa", "best-practice"]}});
         return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
                                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}));
     }""")

@@ -8,13 +8,13 @@ import sys
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse a folder of images into a CSV (resumable)",
-                       description="Analyse every JPEG, PNG, WebP, TIFF and DICOM file under DIR (recursively) and append "
-                                   "one CSV row per file: file, prediction, confidence, p_<class>, needs_review, "
-                                   "input_check (ok, warning or rejected: no finding), input_check_reasons, notes, "
-                                   "error. Re-running skips files already in the CSV, so an interrupted "
-                                   "run picks up where it stopped, and tries the files with an error row again. "
-                                   "Unreadable files get an error row; files that are not images are counted and "
-                                   "named with the reason. OUT.provenance.json records the model (SHA-256, "
+                       description="Analyse every JPEG, PNG, WebP, TIFF and DICOM file under DIR (recursively) and "
+                                   "append one CSV row per file: file, prediction, confidence, p_<class>, "
+                                   "needs_review, input_check (ok, warning or rejected: no finding), "
+                                   "input_check_reasons, notes, error. Re-running skips files already in the CSV, so "
+                                   "an interrupted run picks up where it stopped, and tries the files with an error "
+                                   "row again. Unreadable files get an error row; files that are not images are "
+                                   "counted and named with the reason. OUT.provenance.json records the model (SHA-256, "
                                    "version), its operating point and each run. Exit status is non-zero only when "
                                    "nothing could be analysed.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
           f"{s.skipped} already in {args.out}" + (f" ({s.retried} error rows tried again)" if s.retried else ""))
     for line in skipped_lines(s):
         print(line)
-    print(f"model {predictor.info.architecture} version {predictor.info.version}, SHA-256 {predictor.info.sha256[:16]}...: "
-          f"recorded in {s.provenance}")
+    print(f"model {predictor.info.architecture} version {predictor.info.version}, "
+          f"SHA-256 {predictor.info.sha256[:16]}...: recorded in {s.provenance}")
     if s.ok_in_csv == 0:
         print(f"mediflow analyze: error: no file under {args.dir} could be analysed (see the error column of "
               f"{args.out})", file=sys.stderr)

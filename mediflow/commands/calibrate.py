@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                               skip_bad=args.skip_bad, site=args.site)
     print(f"wrote {out}: version {ckpt['version']} (weights unchanged; calibrated from "
           f"{ckpt['calibration']['base_model_sha256'][:12]}..., site {ckpt['calibration']['site']}); "
-          f"threshold {ckpt['threshold'] if ckpt['threshold'] is None else round(ckpt['threshold'], 4)}; re-export it (mediflow export --model {out}) before serving ONNX")
+          f"threshold {ckpt['threshold'] if ckpt['threshold'] is None else round(ckpt['threshold'], 4)}; "
+          f"re-export it (mediflow export --model {out}) before serving ONNX")
     # The weights are unchanged, so the input check's statistics still hold: keep them beside the copy.
     carried = carry_statistics(args.model, out)
     if carried is not None:

@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
         q = int8_path(out)
         minutes = args.distill_steps * SECONDS_PER_DISTILL_STEP / 60
-        say(f"writing {q}: quantization" + (f", then {args.distill_steps} batches of distillation (about "
-                                             f"{SECONDS_PER_DISTILL_STEP:.0f} s each on 2 CPU cores: ~{minutes:.0f} min)"
-                                             if args.distill_steps else "") +
+        say(f"writing {q}: quantization"
+            + (f", then {args.distill_steps} batches of distillation (about "
+               f"{SECONDS_PER_DISTILL_STEP:.0f} s each on 2 CPU cores: ~{minutes:.0f} min)"
+               if args.distill_steps else "") +
             ", then measuring it against fp32. Interrupting leaves no partial int8 file; run the same command again.")
         refine = None
         if args.distill_steps:

@@ -83,7 +83,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                   "(or until --max-wait-time without reaching the server).")
     c.add_argument("--data", required=True, help="this site's dataset root (train/ or class folders)")
     c.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's --listen address")
-    c.add_argument("--cache-dir", help="keep this site's feature cache here (default: a temporary folder removed on exit)")
+    c.add_argument("--cache-dir",
+                   help="keep this site's feature cache here (default: a temporary folder removed on exit)")
     c.add_argument("--max-wait-time", type=float,
                    help="give up after this many seconds without reaching the server (default: keep trying)")
     _app_start_arg(c)
@@ -126,8 +127,8 @@ def _settings(args: argparse.Namespace, class_names: list[str], describe: dict, 
 
     cfg = TrainConfig(recipe=args.recipe, progress=False)
     explicit = set()
-    for f in ("arch", "weights", "unfreeze", "image_size", "lr", "batch_size", "feature_views", "seed", "min_sensitivity",
-              "augment", "framing", "intensity"):
+    for f in ("arch", "weights", "unfreeze", "image_size", "lr", "batch_size", "feature_views", "seed",
+              "min_sensitivity", "augment", "framing", "intensity"):
         v = getattr(args, f)
         if v is not None:
             setattr(cfg, f, v)

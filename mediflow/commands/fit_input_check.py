@@ -18,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--adult", required=True, help="folder of adult chest films (e.g. ../shared/data/nih_adult; "
                                                   "a labels.csv with age_years leaves out films of patients under 18)")
     p.add_argument("--out", help="statistics file (default: <model stem>.input_check.npz next to the model)")
-    p.add_argument("--cache", help="an .npz to keep pooled features in between runs (e.g. runs/input_check_features.npz)")
+    p.add_argument("--cache",
+                   help="an .npz to keep pooled features in between runs (e.g. runs/input_check_features.npz)")
     p.add_argument("--pediatric", type=int, default=1600, help="training films to fit on (at most and by default 1600)")
     return p
 

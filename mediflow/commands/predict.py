@@ -11,8 +11,8 @@ from pathlib import Path
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict images (JSON lines) or a folder (CSV)",
                        description="Image files: one JSON line per image on stdout. A folder (searched "
-                                   "recursively, JPEG/PNG/WebP/TIFF/DICOM) with --out: a CSV as `mediflow analyze` writes "
-                                   "it (resumable), decoding in parallel with inference, with a progress bar. "
+                                   "recursively, JPEG/PNG/WebP/TIFF/DICOM) with --out: a CSV as `mediflow analyze` "
+                                   "writes it (resumable), decoding in parallel with inference, with a progress bar. "
                                    "Unreadable images get an error (field or column) and make the exit status 1.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--model", help="checkpoint or .onnx export (default: the bundled model)")

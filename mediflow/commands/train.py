@@ -50,7 +50,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     recipe say so in their help (recipe_defaults) instead of a misleading `None`."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, []) or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+        if (action.default in (None, False, []) or action.default is argparse.SUPPRESS
+                or "default" in (action.help or "")):
             return action.help or ""
         return super()._get_help_string(action)
 

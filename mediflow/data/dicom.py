@@ -452,7 +452,8 @@ def decode_dicom(data: bytes, *, name: str, max_pixels: int) -> DecodedImage:
     found: list[tuple[str, str | None]] = []  # (note, flag) from decoding
     options: dict[str, Any] = {"correct_unused_bits": False}  # done by _stored_bits_only, for every syntax
     try:
-        if ts in (JPEGBaseline8Bit, JPEGExtended12Bit) and header.photometric == "RGB" and _jpeg_is_ycbcr(_first_frame(ds, header.frames)):
+        if (ts in (JPEGBaseline8Bit, JPEGExtended12Bit) and header.photometric == "RGB"
+                and _jpeg_is_ycbcr(_first_frame(ds, header.frames))):
             # A common modality mislabel: pydicom would show the YCbCr samples as RGB.
             options["force_rgb"] = True
             found.append(("the JPEG data is YCbCr (no Adobe marker saying RGB) although Photometric "

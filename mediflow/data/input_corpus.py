@@ -64,7 +64,8 @@ def _package_images() -> list[tuple[str, Image.Image]]:
             out.append((f"{name.split('.')[0]}-grey", Image.fromarray(g).convert("RGB")))
             import matplotlib.cm as cm
 
-            out.append((f"{name.split('.')[0]}-terrain", Image.fromarray((cm.terrain(g)[..., :3] * 255).astype(np.uint8))))
+            out.append((f"{name.split('.')[0]}-terrain",
+                        Image.fromarray((cm.terrain(g)[..., :3] * 255).astype(np.uint8))))
     return out
 
 
@@ -96,7 +97,8 @@ def scikit_image_lfw(size: int = 256) -> Iterator[Item]:
         return
     arr = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
     for i, a in enumerate(arr):
-        im = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+        im = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)).resize((size, size),
+                                                                                      Image.Resampling.BICUBIC)
         yield f"lfw-{'face' if i < 100 else 'other'}-{i:03d}.jpeg", "lfw", encode(im, "JPEG")
 
 
@@ -172,7 +174,8 @@ def ct_slice(seed: int, size: int = 512) -> np.ndarray:
     ry, rx = rng.uniform(0.28, 0.34), rng.uniform(0.38, 0.44)
     body = _ellipse(yy, xx, 0.5, 0.5, ry, rx)
     hu[body] = 40
-    hu[_ellipse(yy, xx, 0.5, 0.5, ry - 0.02, rx - 0.02) & ~_ellipse(yy, xx, 0.5, 0.5, ry - 0.04, rx - 0.04)] = -100  # fat
+    hu[_ellipse(yy, xx, 0.5, 0.5, ry - 0.02, rx - 0.02)
+       & ~_ellipse(yy, xx, 0.5, 0.5, ry - 0.04, rx - 0.04)] = -100  # fat
     for cx in (0.32, 0.68):
         lung = _ellipse(yy, xx, 0.47, cx, ry * rng.uniform(0.7, 0.85), rx * 0.35)
         hu[lung] = -850 + rng.normal(0, 30, lung.sum())
@@ -196,7 +199,8 @@ def ct_like(n: int = 20) -> Iterator[Item]:
     for i in range(n):
         hu = ct_slice(i)
         img = window(hu, -600, 1500) if i % 2 else window(hu, 40, 400)
-        yield f"ct-{i:02d}.{'png' if i % 3 else 'jpeg'}", "ct_like", encode(Image.fromarray(img), "PNG" if i % 3 else "JPEG")
+        yield (f"ct-{i:02d}.{'png' if i % 3 else 'jpeg'}", "ct_like",
+               encode(Image.fromarray(img), "PNG" if i % 3 else "JPEG"))
 
 
 def mr_slice(seed: int, size: int = 256) -> np.ndarray:
@@ -303,7 +307,8 @@ def other_modality_dicoms(film: np.ndarray | None = None) -> Iterator[Item]:
         yield f"mg-{i}.dcm", "other_modality_dicom", _dicom(mg, modality="MG", sop_class=MG_STORAGE, body_part="BREAST")
     if film is not None:
         yield "film-as-ct.dcm", "other_modality_dicom", _dicom(film, modality="CT", sop_class=CT_STORAGE)
-        yield "film-as-mg.dcm", "other_modality_dicom", _dicom(film, modality="MG", sop_class=MG_STORAGE, body_part=None)
+        yield "film-as-mg.dcm", "other_modality_dicom", _dicom(film, modality="MG", sop_class=MG_STORAGE,
+                                                                body_part=None)
         yield "film-as-knee.dcm", "other_modality_dicom", _dicom(film, modality="DX", sop_class=DX_STORAGE,
                                                                   body_part="KNEE")
         yield "film-as-us-secondary.dcm", "other_modality_dicom", _dicom(film, modality="US", sop_class=SC_STORAGE,

@@ -41,7 +41,8 @@ def evaluate(predictor: Predictor, data: str | Path, out_dir: str | Path | None,
             chunks.append(predictor.probabilities_from_tensors(x))
     probs = np.concatenate(chunks)
     metrics = compute_metrics(labels, probs, predictor.class_names, threshold=predictor.threshold,
-                              positive_class=predictor.class_names[predictor.pos] if predictor.pos is not None else None)
+                              positive_class=(predictor.class_names[predictor.pos]
+                                              if predictor.pos is not None else None))
     metrics["model"] = {"architecture": predictor.info.architecture, "sha256": predictor.info.sha256}
     metrics["data"] = str(data)
     if out_dir is not None:
@@ -50,6 +51,6 @@ def evaluate(predictor: Predictor, data: str | Path, out_dir: str | Path | None,
         # Plot titles name the model and the films: a PNG passed around alone still says what it shows.
         subject = (f"{predictor.info.architecture} {predictor.info.version} on "
                    f"{display_dataset(resolve_split_dir(data, 'test'))} ({len(labels)} films)")
-        write_report(out_dir, metrics, files, labels, probs, predictor.decide(probs), predictor.class_names, predictor.pos,
-                     subject=subject)
+        write_report(out_dir, metrics, files, labels, probs, predictor.decide(probs), predictor.class_names,
+                     predictor.pos, subject=subject)
     return metrics

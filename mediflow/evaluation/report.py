@@ -83,7 +83,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """The design's tables: headline metrics, per-class precision/recall/F1, confusion matrix."""
     names = metrics["class_names"]
     thr = metrics.get("threshold")
-    lines = [f"Evaluated {metrics['n']} images (threshold {'highest score' if thr is None else format(thr, '.4f')})", ""]
+    lines = [f"Evaluated {metrics['n']} images "
+             f"(threshold {'highest score' if thr is None else format(thr, '.4f')})", ""]
     for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         if key in metrics:
             lines.append(f"  {key:<18} {metrics[key]:.4f}")
@@ -91,7 +92,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for n in names:
         pc = metrics["per_class"][n]
         lines.append(f"  {n:<12} {pc['precision']:>9.4f} {pc['recall']:>9.4f} {pc['f1']:>9.4f} {pc['support']:>8d}")
-    lines += ["", "  confusion matrix (rows actual, columns predicted)", "  " + " " * 12 + "".join(f"{n:>12}" for n in names)]
+    lines += ["", "  confusion matrix (rows actual, columns predicted)",
+              "  " + " " * 12 + "".join(f"{n:>12}" for n in names)]
     for n, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"  {n:<12}" + "".join(f"{v:>12d}" for v in row))
     return "\n".join(lines)

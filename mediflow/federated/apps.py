@@ -207,9 +207,11 @@ class Audit(Strategy):
                         str(m.error.reason)[:200])
             return
         metrics = {k: v for r in m.content.metric_records.values() for k, v in r.items()}
-        what = (f"{int(metrics.get('num-examples', 0))} films, train loss {float(metrics.get('train-loss', math.nan)):.4f}"
+        what = (f"{int(metrics.get('num-examples', 0))} films, "
+                f"train loss {float(metrics.get('train-loss', math.nan)):.4f}"
                 if phase == "train" else
-                f"{int(metrics.get('num-examples', 0))} validation films, val loss {float(metrics.get('val-loss', math.nan)):.4f}")
+                f"{int(metrics.get('num-examples', 0))} validation films, "
+                f"val loss {float(metrics.get('val-loss', math.nan)):.4f}")
         log.info("round %d/%d %s: site %d done (%d of %d) after %.0f s: %s", rnd, self.rounds, phase, site,
                  n_replies, n_sent, took, what)
 
@@ -238,7 +240,7 @@ class Audit(Strategy):
                 "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype} for r in c.array_records.values()
                            for k, a in r.items()},
                 "array_bytes": sum(r.count_bytes() for r in c.array_records.values()),
-                "metrics": {k: ("list[%d]" % len(v) if isinstance(v, list) else type(v).__name__)
+                "metrics": {k: (f"list[{len(v)}]" if isinstance(v, list) else type(v).__name__)
                             for r in c.metric_records.values() for k, v in r.items()},
                 "metric_bytes": sum(r.count_bytes() for r in c.metric_records.values()),
                 "config_records": sorted(c.config_records.keys()),
@@ -329,7 +331,8 @@ def run_federation(grid: Grid, s: FedSettings) -> dict[str, Any]:
     pos = positive_index(names)
     n_sites = max(h["sites"] for h in history)
     rounds_run = max(done)
-    bytes_per_round = {"server_to_sites": int(np.mean(list(strategy.sent_bytes.values()))) if strategy.sent_bytes else 0,
+    bytes_per_round = {"server_to_sites": (int(np.mean(list(strategy.sent_bytes.values())))
+                                           if strategy.sent_bytes else 0),
                        "sites_to_server": int(sum(r.get("array_bytes", 0) + r.get("metric_bytes", 0)
                                                   for r in strategy.received) / max(rounds_run, 1))}
     dp = None

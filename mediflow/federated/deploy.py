@@ -38,7 +38,8 @@ def _site_data(context: Context, cfg: TrainConfig, class_names: list[str]) -> tu
 
     data = context.node_config.get("data-dir")
     if not data:
-        raise MediFlowError("this SuperNode has no data-dir in its node config (start it with mediflow federated client)")
+        raise MediFlowError("this SuperNode has no data-dir in its node config "
+                            "(start it with mediflow federated client)")
     cfg.data = str(data)
     train, val = load_splits(cfg)
     if train.class_names != class_names:

@@ -40,8 +40,9 @@ def partition(samples: Samples, n_sites: int, how: str = "patient", *, alpha: fl
     """`samples` -> n_sites disjoint Samples; every patient's films (and byte-identical copies)
     stay at one site. how: "patient" (IID: groups dealt at random), "label-skew" (class balance per
     site from `site_class_shares`; the same seed gives the same shares, so a site's train and
-    validation shards are skewed alike; a class with at least n_sites patients reaches every site) or "framing" (groups sorted by `border_darkness`, cut into
-    n_sites runs). Raises MediFlowError when there are fewer patients than sites."""
+    validation shards are skewed alike; a class with at least n_sites patients reaches every site)
+    or "framing" (groups sorted by `border_darkness`, cut into n_sites runs). Raises MediFlowError
+    when there are fewer patients than sites."""
     if how not in PARTITIONS:
         raise MediFlowError(f"unknown partition {how!r}; expected one of {', '.join(PARTITIONS)}")
     groups = _group_ids(samples)

@@ -79,7 +79,8 @@ class Site:
 
     def __init__(self, cfg: TrainConfig, train: Samples, val: Samples, cache_dir: str | Path | None = None):
         if val.class_names != train.class_names:
-            raise MediFlowError(f"validation classes {val.class_names} differ from training classes {train.class_names}")
+            raise MediFlowError(f"validation classes {val.class_names} differ from "
+                                f"training classes {train.class_names}")
         self.cfg, self.train, self.val = cfg, train, val
         self.device = resolve_device(cfg.device)
         self.progress = cfg.progress

@@ -147,7 +147,8 @@ def model_provenance(predictor: Predictor) -> dict[str, Any]:
     return {
         "model": {**info.ref(),
                   "weights_sha256": info.weights_sha256, "path": info.path, "backend": predictor.backend_name},
-        "operating_point": {**(predictor.rule.operating_point() or {}), "threshold_rule": predictor.ckpt.get("threshold_rule"),
+        "operating_point": {**(predictor.rule.operating_point() or {}),
+                            "threshold_rule": predictor.ckpt.get("threshold_rule"),
                             "temperature": predictor.temperature},
         "review_below_confidence": predictor.review_below,
         "input_check": predictor.input_check.describe(),

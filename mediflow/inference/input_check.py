@@ -394,7 +394,8 @@ class InputCheckStats:
             "adult_weights": self.adult_weights.astype(np.float32),
             "scalars": np.array([self.adult_bias, self.adult_threshold, self.warn_distance, self.reject_distance,
                                  self.k, self.reject_residual, self.outlier_bias, self.reject_outlier]),
-            **({"outlier_weights": self.outlier_weights.astype(np.float32)} if self.outlier_weights is not None else {}),
+            **({"outlier_weights": self.outlier_weights.astype(np.float32)}
+               if self.outlier_weights is not None else {}),
             "meta": np.array(json.dumps({**self.meta, "format": STATS_FORMAT, "format_version": STATS_VERSION})),
         }
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,8 +93,8 @@ def adult_halves(folder: str | Path, *, seed: int = SEED) -> tuple[list[Path], l
     patients = sorted({nih_patient(p) for p in adults})
     rng = np.random.default_rng(seed)
     fit_patients = set(rng.permutation(patients)[: len(patients) // 2])
-    return ([p for p in adults if nih_patient(p) in fit_patients], [p for p in adults if nih_patient(p) not in fit_patients],
-            minors)
+    return ([p for p in adults if nih_patient(p) in fit_patients],
+            [p for p in adults if nih_patient(p) not in fit_patients], minors)
 
 
 def pediatric_paths(predictor: Predictor, data: str | Path, n: int = N_PEDIATRIC, *, seed: int = SEED
@@ -380,7 +380,8 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
             "model_architecture": predictor.info.architecture,
             "pediatric_source": f"{len(ped_paths)} films of the training part of the checkpoint's split of {data} "
                                 f"(seed {seed})",
-            "adult_source": f"{len(adult_fit)} films of the fit half (by patient, seed {seed}) of {adult_dir}, age >= 18",
+            "adult_source": f"{len(adult_fit)} films of the fit half (by patient, seed {seed}) of {adult_dir}, "
+                            "age >= 18",
             "command": f"mediflow fit-input-check --data {data} --adult {adult_dir}"}
     meta["outlier_source"] = (f"{len(outliers)} generated non-radiographs (mediflow/data/input_corpus.py) that pass "
                               "the header and pixel checks")
@@ -391,7 +392,9 @@ def fit_for_model(predictor: Predictor, data: str | Path, adult_dir: str | Path,
 
 
 def describe(stats: InputCheckStats) -> str:
-    return json.dumps({"warn_distance": round(stats.warn_distance, 4), "reject_distance": round(stats.reject_distance, 4),
-                       "reject_residual": round(stats.reject_residual, 4), "reject_outlier": round(stats.reject_outlier, 4),
+    return json.dumps({"warn_distance": round(stats.warn_distance, 4),
+                       "reject_distance": round(stats.reject_distance, 4),
+                       "reject_residual": round(stats.reject_residual, 4),
+                       "reject_outlier": round(stats.reject_outlier, 4),
                        "adult_threshold": round(stats.adult_threshold, 4),
                        "heldout_distance_max": round(stats.meta.get("heldout_distance_max", float("nan")), 4)})

@@ -115,7 +115,8 @@ def matching_export(checkpoint: Path, **backend_kwargs) -> Backend | None:
         elif quant.get("fallback_band") is None:
             return int8  # an export from before the guarded rule: accepted on its own agreement
         elif fp32 is None:
-            log.info("not using %s: its fp32 original %s is missing", int8.path.name, checkpoint.with_suffix(".onnx").name)
+            log.info("not using %s: its fp32 original %s is missing", int8.path.name,
+                     checkpoint.with_suffix(".onnx").name)
         elif not GuardedInt8Backend.computes_as_recorded(int8, quant.get("probe_logits") or []):
             log.warning("not using %s: this CPU computes the int8 model differently from the CPU that measured it "
                         "(no VNNI?); serving fp32", int8.path.name)
@@ -147,7 +148,8 @@ class Predictor:
         self.draft_size: int | None = decode_size(self.prep) if fast_decode else None
         self.decode_threads = decode_threads
         sha = sha256 if sha256 is not None else (file_sha256(path) if path else "")
-        arch = ckpt["architecture"] if self.n_members == 1 else "ensemble(" + ",".join(m["architecture"] for m in members) + ")"
+        arch = (ckpt["architecture"] if self.n_members == 1
+                else "ensemble(" + ",".join(m["architecture"] for m in members) + ")")
         self.info = ModelInfo(architecture=arch, version=str(ckpt.get("version") or ckpt.get("created", "")),
                               sha256=sha, path=str(path or ""), weights_sha256=weights_sha256(ckpt, sha))
         # Header and pixel checks always; the feature checks when statistics fitted on this model's
@@ -402,7 +404,8 @@ class Predictor:
             "temperature": self.temperature,
             "review_below_confidence": self.review_below,
             "preprocessing": self.prep.to_dict(),
-            "training_data": c.get("training_data", "Kermany et al. 2018 pediatric chest X-rays (official train split), "
+            "training_data": c.get("training_data",
+                                   "Kermany et al. 2018 pediatric chest X-rays (official train split), "
                                    "patient-grouped validation split"),
             "validation_metrics": {k: v for k, v in (c.get("val_metrics") or {}).items()
                                    if k in ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")},

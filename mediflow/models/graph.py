@@ -34,7 +34,8 @@ def load_member(ckpt: dict[str, Any]) -> MediFlowNet:
         model = build_model(ckpt["architecture"], len(ckpt["class_names"]), weights=None)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint does not match its architecture ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"checkpoint does not match its architecture "
+                              f"({str(exc).splitlines()[0][:200]})") from None
     return model.eval()
 
 

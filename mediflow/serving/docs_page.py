@@ -1,5 +1,6 @@
 """`/docs`: Swagger UI 5 from files installed with the server (the fastapi-offline package ships
-them; its own pages are not used, they start Swagger UI with an inline script), never from a CDN, under a CSP that allows nothing from elsewhere and no inline script.
+them; its own pages are not used, they start Swagger UI with an inline script), never from a CDN,
+under a CSP that allows nothing from elsewhere and no inline script.
 
 FastAPI's own /docs page loads swagger-ui from a public CDN, unpinned and without integrity hashes,
 on the app's own origin, and starts it with an inline script. When API keys are set, /docs and

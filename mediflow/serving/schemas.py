@@ -54,8 +54,9 @@ class InputCheckResult(BaseModel):
 class RejectedResponse(BaseModel):
     detail: str = Field(description="one sentence: why no finding was given")
     input_check: InputCheckResult
-    refusal_id: str | None = Field(default=None, description="the worklist's record of the refusal (GET "
-                                                              "/api/studies/refused), when the server keeps a study store")
+    refusal_id: str | None = Field(default=None,
+                                   description="the worklist's record of the refusal (GET "
+                                               "/api/studies/refused), when the server keeps a study store")
 
 
 class AnalysisResponse(BaseModel):

@@ -31,7 +31,8 @@ def parse_time(text: str, what: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise MediFlowError(f"{what} {text!r}: not an ISO 8601 time (e.g. 2026-12-07T09:00:00Z or 2026-12-07)") from None
+        raise MediFlowError(f"{what} {text!r}: not an ISO 8601 time "
+                            f"(e.g. 2026-12-07T09:00:00Z or 2026-12-07)") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

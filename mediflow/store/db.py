@@ -202,7 +202,8 @@ def make_engine(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
-        raise StoreError(f"no driver for {parsed.drivername} ({exc}); use sqlite:/// or postgresql+psycopg://") from None
+        raise StoreError(f"no driver for {parsed.drivername} ({exc}); "
+                         f"use sqlite:/// or postgresql+psycopg://") from None
     if parsed.get_backend_name() == "sqlite":
         _sqlite_setup(engine, timeout_s)
     elif parsed.get_backend_name() == "postgresql" and engine.dialect.driver == "psycopg":

@@ -54,7 +54,8 @@ def qdq_quantization(int8_path: Path) -> Quantization:
         if node.op_type == "QuantizeLinear" and node.input[0] not in init:
             name = node.input[0].removesuffix("_QuantizeLinear_Input")
             acts[name] = (float(init[node.input[1]]), int(init[node.input[2]]))
-        elif node.op_type == "DequantizeLinear" and node.input[0].endswith("weight_quantized") and node.input[0] in init:
+        elif (node.op_type == "DequantizeLinear" and node.input[0].endswith("weight_quantized")
+              and node.input[0] in init):
             weights.add(node.input[0].removesuffix("_quantized"))
     return acts, weights
 
@@ -120,10 +121,11 @@ class OnnxGraphModule(nn.Module):
             v = [self._value(i, env) if i else None for i in inputs]
             if op == "Conv":
                 w = self._weight(inputs[1], v[1])
-                t, l, b, r = at.get("pads", [0, 0, 0, 0])
-                h = v[0] if (t, l) == (b, r) else F.pad(v[0], (l, r, t, b))
+                top, left, bottom, right = at.get("pads", [0, 0, 0, 0])
+                h = v[0] if (top, left) == (bottom, right) else F.pad(v[0], (left, right, top, bottom))
                 y = F.conv2d(h, w, v[2] if len(v) > 2 else None, tuple(at.get("strides", (1, 1))),
-                             (t, l) if (t, l) == (b, r) else 0, tuple(at.get("dilations", (1, 1))), at.get("group", 1))
+                             (top, left) if (top, left) == (bottom, right) else 0,
+                             tuple(at.get("dilations", (1, 1))), at.get("group", 1))
             elif op == "Clip":
                 y = torch.clamp(v[0], float(v[1]), float(v[2]))
             elif op == "Add":
@@ -220,7 +222,8 @@ def distill_for_int8(fp32: Path, quantization: Quantization, images: np.ndarray,
 
 
 def int8_refiner(prep: PreprocessConfig, temperature: float, *, steps: int, progress: bool = False
-                 ) -> Callable[[Path, Path, np.ndarray, Path], tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]:
+                 ) -> Callable[[Path, Path, np.ndarray, Path],
+                               tuple[Path, dict[str, tuple[float, int]], dict[str, Any]]]:
     """What `mediflow export --int8` passes to `int8_export` as `refine` (inference/quantize.py's
     `Refiner`, which hands it the training films as the server decodes them): distil `steps` batches
     on them, and keep the post-training model's activation scales, which the distillation trained

@@ -104,13 +104,15 @@ def site_calibrate(path: str | Path, site_dir: str | Path, out: str | Path, *, m
     ckpt.update(temperature=fit["temperature"], logit_bias=fit["logit_bias"], threshold=fit["threshold"],
                 threshold_rule=f"highest threshold on calibrated P({names[pos] if pos is not None else '-'}) keeping "
                                f"sensitivity >= {min_sensitivity} on {len(samples)} labelled films of the site",
-                site_calibration={"n": len(samples), "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
+                site_calibration={"n": len(samples),
+                                  "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
                                   "file_list_sha256": samples.file_list_sha256(), "min_sensitivity": min_sensitivity,
                                   "threshold": fit["threshold"],
                                   "metrics": {k: m.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity")}})
     mark_calibrated(ckpt, path, site or Path(site_dir).resolve().name)
     save_checkpoint(ckpt, out)
-    log.info("site-calibrated %s on %d films: T %.3f thr %.4f | AUC %.4f sens %.4f spec %.4f (on the fitted films) -> %s",
+    log.info("site-calibrated %s on %d films: T %.3f thr %.4f | AUC %.4f sens %.4f spec %.4f "
+             "(on the fitted films) -> %s",
              path, len(samples), fit["temperature"], fit["threshold"] or float("nan"), m["auc"],
              m.get("sensitivity", float("nan")), m.get("specificity", float("nan")), out)
     return ckpt

@@ -203,7 +203,8 @@ class Trainer:
         if self.main:
             save_checkpoint(ckpt, cfg.out)
             # The same metric names as the epoch lines, each naming the operating point it is measured at.
-            point = (f"at the operating point, calibrated P({class_names[pos]}) >= {threshold:.4f} (T {temperature:.3f})"
+            point = (f"at the operating point, calibrated P({class_names[pos]}) >= {threshold:.4f} "
+                     f"(T {temperature:.3f})"
                      if pos is not None and threshold is not None else "at the highest score")
             log.info("saved %s: epoch %d  val AUC %.4f  val balanced acc %.4f  val sensitivity %.4f  val specificity "
                      "%.4f (%s) in %.0fs", cfg.out, best["epoch"], metrics["auc"], metrics["balanced_accuracy"],

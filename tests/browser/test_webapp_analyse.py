@@ -178,7 +178,8 @@ def test_window_level_zoom_and_heatmap_change_the_rendered_pixels(browser, live_
         api = choose(page, xray_file)
         assert api["heatmap"].startswith("data:image/png;base64,")
         canvas = page.get_by_test_id("viewer-canvas")
-        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')?.dataset.heatmap === 'shown'")
+        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')"
+                               "?.dataset.heatmap === 'shown'")
         with_map = canvas_pixels(page)
 
         # The heatmap: on/off and opacity, by keyboard too.
@@ -297,7 +298,8 @@ def test_layout_fits_the_screen_and_passes_axe(browser, live_server, xray_file, 
         assert axe_violations(page) == []
         choose(page, xray_file)
         page.locator(CARD).wait_for(timeout=120_000)
-        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')?.dataset.heatmap === 'shown'")
+        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')"
+                               "?.dataset.heatmap === 'shown'")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         for test_id in ("choose-button", "finding", "confidence-bar", "disclaimer", "viewer-canvas"):
             if page.get_by_test_id(test_id).count():
@@ -354,7 +356,8 @@ def test_a_real_film_read_by_the_bundled_model(browser, thread_server):
         page.goto(url + "/")
         api = choose(page, film)
         page.locator(CARD).wait_for(timeout=120_000)
-        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')?.dataset.heatmap === 'shown'")
+        page.wait_for_function("() => document.querySelector('[data-testid=viewer-canvas]')"
+                               "?.dataset.heatmap === 'shown'")
         assert page.get_by_test_id("finding").inner_text() == expected_finding(api)
         card = page.locator(CARD).inner_text()
         assert predictor.info.version in card and api["model"]["version"] == predictor.info.version

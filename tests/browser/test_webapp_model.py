@@ -126,7 +126,8 @@ def test_a_calibrated_model_has_a_new_version_and_the_model_view_shows_its_opera
     assert lineage["base_model_sha256"] == file_sha256(base) and lineage["site"] == "St Elsewhere"
     assert lineage["base_version"] == base_version and lineage["date"].endswith("+00:00")
     predictor = Predictor.load(out)
-    assert predictor.info.version != base_version and predictor.info.version.startswith(base_version + "+cal.St-Elsewhere.")
+    assert (predictor.info.version != base_version
+            and predictor.info.version.startswith(base_version + "+cal.St-Elsewhere."))
     card = predictor.model_card()
     assert card["calibration"] == lineage and card["site_calibration"]["n"] == 16
     with TestClient(create_app(Settings(), predictor=predictor)) as client:

@@ -71,7 +71,8 @@ def pixel_loads(monkeypatch) -> list:
 
 def test_pixel_spy_sees_an_ordinary_decode(pixel_loads):
     decode_image(jpeg_bytes(xray_like(0, 1, size=64)))
-    assert set(pixel_loads) == {(64, 64)}  # (load() runs again, as a no-op, on convert) so an empty list below means "never decoded", not "spy blind"
+    # (load() runs again, as a no-op, on convert) so an empty list below means "never decoded", not "spy blind"
+    assert set(pixel_loads) == {(64, 64)}
 
 
 # Pillow warns above Image.MAX_IMAGE_PIXELS (89.5 M) and MediFlow turns that warning into a refusal;
@@ -175,4 +176,5 @@ def test_a_checkpoints_split_is_the_one_it_trained_on(tmp_path: Path):
         rebuilt = checkpoint_split({"train_config": cfg.to_dict(), "seed": cfg.seed}, data)
         assert [(s.paths, s.labels) for s in rebuilt] == [(train.paths, train.labels), (val.paths, val.labels)]
     assert len(train) == 20 and len(val) == 8
-    assert any(p.is_relative_to(extra) for p in load_splits(TrainConfig(data=str(data), extra_data=[str(extra)]))[0].paths)
+    assert any(p.is_relative_to(extra)
+               for p in load_splits(TrainConfig(data=str(data), extra_data=[str(extra)]))[0].paths)

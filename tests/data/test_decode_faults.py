@@ -175,7 +175,8 @@ def test_signed_values_are_sign_extended_by_every_decoder(syntax):
     (0x0FFF = -1) is the same as with them set (0xFFFF = -1); the decoded films must agree."""
     signed = (twelve_bit(synthetic_film()).astype(np.int32) - 2048).astype(np.int16)  # -2040..2047
     low12 = (signed.view(np.uint16) & 0x0FFF).astype(np.uint16)  # upper bits clear, as some writers do
-    reference = np.asarray(decode_image(to_bytes(image_dataset(signed, bits_stored=12, signed=True))).image.convert("L"))
+    reference = np.asarray(decode_image(to_bytes(image_dataset(signed, bits_stored=12, signed=True)))
+                           .image.convert("L"))
     ds = image_dataset(low12, bits_stored=16)
     if SYNTAXES[syntax] is not None:
         ds.compress(SYNTAXES[syntax])
@@ -204,7 +205,8 @@ def test_window_leaving_nearly_every_pixel_saturated_falls_back_to_percentiles()
 
 def test_monochrome1_fallback_keeps_its_inversion():
     stored = twelve_bit(synthetic_film())
-    m2 = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12, window=(9000, 100)))).image.convert("L"))
+    m2 = np.asarray(decode_image(to_bytes(image_dataset(stored, bits_stored=12,
+                                                        window=(9000, 100)))).image.convert("L"))
     m1 = np.asarray(decode_image(to_bytes(image_dataset(4095 - stored, bits_stored=12, photometric="MONOCHROME1",
                                                         window=(9000, 100)))).image.convert("L"))
     assert np.corrcoef(m1.ravel().astype(float), m2.ravel().astype(float))[0, 1] >= 0.99

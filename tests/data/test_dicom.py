@@ -346,7 +346,8 @@ def test_compressed_without_installed_plugin_names_the_syntax(monkeypatch):
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 64])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    with pytest.raises(ImageDecodeError, match=r"no decoder installed for DICOM transfer syntax JPEG-LS Lossless.*pylibjpeg-libjpeg"):
+    with pytest.raises(ImageDecodeError,
+                       match=r"no decoder installed for DICOM transfer syntax JPEG-LS Lossless.*pylibjpeg-libjpeg"):
         decode_image(to_bytes(ds))
 
 

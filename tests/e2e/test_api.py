@@ -141,7 +141,8 @@ def test_analyze_returns_the_designs_response_field_for_field(live_server):
     card = httpx.get(live_server.url + "/api/model").json()
 
     assert set(body) == RESPONSE_FIELDS | EXTRA_FIELDS
-    assert body["notes"] == [] and isinstance(body["study_id"], str) and body["preview"] is None and body["heatmap"] is None
+    assert (body["notes"] == [] and isinstance(body["study_id"], str) and body["preview"] is None
+            and body["heatmap"] is None)
     assert body["prediction"] in card["classes"]
     assert set(body["probabilities"]) == set(card["classes"])
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -197,7 +198,8 @@ def test_health(live_server):
 
 # -- bad input ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("make", "status", "words"), [row[1:] for row in BAD_INPUTS], ids=[row[0] for row in BAD_INPUTS])
+@pytest.mark.parametrize(("make", "status", "words"), [row[1:] for row in BAD_INPUTS],
+                         ids=[row[0] for row in BAD_INPUTS])
 def test_bad_input_gets_a_clear_4xx(live_server, make, status, words):
     r = post_analyze(live_server.url, **make())
     assert r.status_code == status, r.text

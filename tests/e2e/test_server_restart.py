@@ -24,7 +24,8 @@ def test_data_survives_a_server_restart(tiny_model, tmp_path):
     try:
         server.start()
         with httpx.Client(base_url=server.url, headers=auth, timeout=60) as c:
-            ids = [c.post("/api/vision/analyze", files={"file": (PATIENT_FILE_NAME, f, "image/jpeg")}).json()["study_id"]
+            ids = [c.post("/api/vision/analyze",
+                          files={"file": (PATIENT_FILE_NAME, f, "image/jpeg")}).json()["study_id"]
                    for f in films]
             r = c.post(f"/api/studies/{ids[1]}/review", json={"label": "NORMAL", "note": "clear"})
             assert r.status_code == 200

@@ -180,7 +180,8 @@ def test_cli_analyze_csv_carries_the_check(tmp_path, tiny_model):
     assert main(["analyze", str(root), "--out", str(out), "--model", str(tiny_model), "--no-progress"]) == 0
     rows = {r["file"]: r for r in csv.DictReader(open(out, newline=""))}
     assert rows["film.png"]["input_check"] == "ok" and rows["film.png"]["prediction"]
-    assert rows["small.png"]["input_check"] == "warning" and rows["small.png"]["input_check_reasons"] == "low_resolution"
+    assert (rows["small.png"]["input_check"] == "warning"
+            and rows["small.png"]["input_check_reasons"] == "low_resolution")
     assert rows["small.png"]["needs_review"] == "True"
     assert rows["blank.png"]["input_check"] == "rejected" and rows["blank.png"]["prediction"] == ""
     assert rows["blank.png"]["input_check_reasons"] == "blank_image" and rows["blank.png"]["error"] == ""
@@ -202,7 +203,8 @@ def bundled():
     from mediflow.inference.predictor import Predictor
 
     p = Predictor.load()
-    assert p.input_check.uses_features, f"no input-check statistics beside the bundled model ({stats_path(p.info.path)})"
+    assert p.input_check.uses_features, (f"no input-check statistics beside the bundled model "
+                                         f"({stats_path(p.info.path)})")
     return p
 
 
@@ -289,7 +291,8 @@ def synthetic_stats():
     from mediflow.inference.input_check_fit import fit_stats
 
     outliers = synthetic_outliers(60, 4)
-    return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3, meta={"model_sha256": "x"},
+    return fit_stats(synthetic_chest_features(300, 1), synthetic_chest_features(120, 3) * 1.3,
+                     meta={"model_sha256": "x"},
                      outliers=outliers, outlier_groups=[f"source{i // 6}" for i in range(len(outliers))])
 
 

@@ -437,7 +437,8 @@ def test_int8_export_reports_decision_agreement_and_is_default_only_when_accepte
     chosen = Predictor.load(pth)
     assert chosen.backend.path == (int8 if q["accepted"] else onnx)
     if q["accepted"]:
-        assert isinstance(chosen.backend, GuardedInt8Backend) and "fp32 near the operating point" in chosen.info.architecture
+        assert (isinstance(chosen.backend, GuardedInt8Backend)
+                and "fp32 near the operating point" in chosen.info.architecture)
     # Accepted, but this CPU computes other logits on the probe than the exporting one: fp32 is served.
     record_quantization(int8, {"accepted": True, "probe_logits": (np.asarray(q["probe_logits"]) + 0.5).tolist()})
     assert Predictor.load(pth).backend.path == onnx
@@ -459,7 +460,8 @@ def test_guarded_int8_reruns_in_fp32_exactly_the_images_near_the_operating_point
     b32, b8 = OnnxBackend(onnx), OnnxBackend(pth.with_suffix(".int8.onnx"))
     rule = Predictor.from_onnx(b32).rule
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (12, 3, 64, 64)).astype(np.float32) * np.linspace(0.2, 1.0, 12, dtype=np.float32)[:, None, None, None]
+    x = (rng.uniform(-1, 1, (12, 3, 64, 64)).astype(np.float32)
+         * np.linspace(0.2, 1.0, 12, dtype=np.float32)[:, None, None, None])
     z32, z8 = b32.run(x, ("logits", "cam")), b8.run(x, ("logits", "cam"))
     m8 = np.abs(rule.margin(z8["logits"]))
     band = float(np.median(m8))

@@ -43,7 +43,8 @@ def test_folder_to_csv_with_bad_file(tiny_model: Path, folder: Path, tmp_path: P
         assert float(r["p_NORMAL"]) + float(r["p_PNEUMONIA"]) == pytest.approx(1, abs=2e-4)
         assert float(r["confidence"]) == pytest.approx(float(r[f"p_{r['prediction']}"]), abs=1e-4)
     err = capsys.readouterr().err
-    assert "11 image files: 10 predicted, 0 refused by the input check (no finding), 1 unreadable" in err and "1 image(s) could not be read" in err
+    assert ("11 image files: 10 predicted, 0 refused by the input check (no finding), 1 unreadable" in err
+            and "1 image(s) could not be read" in err)
 
 
 def test_csv_matches_single_image_answers(tiny_model: Path, folder: Path, tmp_path: Path, capsys):

@@ -202,7 +202,7 @@ def test_old_studies_are_re_expressed_on_the_centred_scale(tmp_path):
     with store.session() as session:
         studies = {st.id.int - 1: st for st in session.query(Study).all()}
     store.dispose()
-    for i, (pred, _, p, t) in enumerate(OLD_ROWS):
+    for i, (pred, _, _p, t) in enumerate(OLD_ROWS):
         st = studies[i]
         assert st.prediction == pred and st.threshold == 0.5 and st.calibrated_threshold == t
         assert st.confidence == st.probabilities[pred] >= 0.5

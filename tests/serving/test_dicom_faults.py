@@ -59,7 +59,7 @@ def modality_lut(descriptor: list[int], data: bytes) -> bytes:
 
 def palette(bits: int) -> bytes:
     ds = image_dataset(gradient(top=255, dtype=np.uint8), photometric="PALETTE COLOR")
-    for i, color in enumerate(("Red", "Green", "Blue")):
+    for i, _color in enumerate(("Red", "Green", "Blue")):
         ds.add_new(0x00281101 + i, "US", [256, 0, bits])
         ds.add_new(0x00281201 + i, "OW", bytes(512))
     return to_bytes(ds)
@@ -82,7 +82,8 @@ FAULTS = {
                              "Photometric Interpretation (0028,0004) holds bytes"),
     "no bits allocated": (raw_with(drop=("BitsAllocated",)), "lacks Bits Allocated (0028,0100)"),
     "bits allocated 13": (raw_with(BitsAllocated=("US", us(13))), "Bits Allocated (0028,0100) is 13"),
-    "bits allocated as text": (raw_with(BitsAllocated=("LO", text("eight"))), "Bits Allocated (0028,0100) is not a number"),
+    "bits allocated as text": (raw_with(BitsAllocated=("LO", text("eight"))),
+                               "Bits Allocated (0028,0100) is not a number"),
     "bits allocated 8.5": (raw_with(BitsAllocated=("DS", b"8.5")), "Bits Allocated (0028,0100) is not a whole number"),
     "no bits stored": (raw_with(drop=("BitsStored",)), "lacks Bits Stored (0028,0101)"),
     "bits stored above allocated": (raw_with(BitsStored=("US", us(12))), "Bits Stored (0028,0101) is 12"),
@@ -115,9 +116,11 @@ FAULTS = {
                            "Rescale Slope (0028,1053) is 0"),
     "rescale intercept nan": (raw_with(RescaleSlope=("DS", b"1"), RescaleIntercept=("DS", b"nan")),
                               "Rescale Intercept (0028,1052) is not a finite number"),
-    "voi lut without descriptor": (voi_lut(None, list(range(256))), "VOI LUT Sequence (0028,3010) item lacks LUT Descriptor"),
+    "voi lut without descriptor": (voi_lut(None, list(range(256))),
+                                   "VOI LUT Sequence (0028,3010) item lacks LUT Descriptor"),
     "voi lut without data": (voi_lut([256, 0, 8], None), "VOI LUT Sequence (0028,3010) item lacks LUT Data"),
-    "voi lut descriptor of one value": (voi_lut([256], list(range(256))), "LUT Descriptor (0028,3002) does not have 3 values"),
+    "voi lut descriptor of one value": (voi_lut([256], list(range(256))),
+                                        "LUT Descriptor (0028,3002) does not have 3 values"),
     "voi lut 0 bits": (voi_lut([256, 0, 0], list(range(256))), "LUT Descriptor (0028,3002) gives 0 bits per entry"),
     "voi lut shorter than declared": (voi_lut([256, 0, 8], list(range(10))), "LUT Data (0028,3006) holds 10 entries"),
     "modality lut 12 bits": (modality_lut([256, 0, 12], bytes(512)), "Modality LUT Sequence (0028,3000) item LUT "

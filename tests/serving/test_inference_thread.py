@@ -109,7 +109,8 @@ def test_the_server_runs_every_analysis_on_its_one_inference_thread(predictor, m
     app = create_app(Settings(), predictor=predictor)
     with TestClient(app) as client:
         for seed in range(3):
-            r = client.post("/api/vision/analyze", files={"file": ("x.jpeg", jpeg_bytes(xray_like(seed % 2, seed, 64)))})
+            r = client.post("/api/vision/analyze",
+                            files={"file": ("x.jpeg", jpeg_bytes(xray_like(seed % 2, seed, 64)))})
             assert r.status_code == 200, r.text
     assert len(seen) == 3 and len(set(seen)) == 1 and seen[0].startswith("mediflow-inference")
     # Shut down with the app, and started again by a second start of the same app.

@@ -92,12 +92,14 @@ def test_distillation_brings_int8_closer_to_fp32_on_films_it_did_not_see(tiny_in
         sim_before = error(OnnxGraphModule(tiny_int8["fp32"], quant)(torch.from_numpy(x), ("logits",))[0])
         sim_after = error(OnnxGraphModule(folder / "student.onnx", quant)(torch.from_numpy(x), ("logits",))[0])
     assert sim_after < 0.8 * sim_before, (sim_before, sim_after)
-    distilled = quantize_int8(tiny_int8["fp32"], folder / "distilled.int8.onnx", [normalize_pixels(tiny_int8["train"], prep)],
+    distilled = quantize_int8(tiny_int8["fp32"], folder / "distilled.int8.onnx",
+                              [normalize_pixels(tiny_int8["train"], prep)],
                               weights_from=folder / "student.onnx", activations=quant[0])
     before, after = error(_logits(tiny_int8["ptq"], x)), error(_logits(distilled, x))
     assert after < 0.9 * before, (before, after)
     # The int8 model keeps the fp32 export's metadata (decision rule, source checkpoint).
-    assert OnnxBackend(distilled).metadata["source_checkpoint"] == OnnxBackend(tiny_int8["fp32"]).metadata["source_checkpoint"]
+    assert (OnnxBackend(distilled).metadata["source_checkpoint"]
+            == OnnxBackend(tiny_int8["fp32"]).metadata["source_checkpoint"])
 
 
 def test_export_records_the_distillation(tiny_model: Path, tmp_path: Path, capsys):
@@ -124,7 +126,8 @@ def test_serving_pixels_are_the_servers_model_input_in_order(tmp_path: Path):
         paths.append(p)
     pixels = serving_pixels(paths, prep)
     assert pixels.shape == (4, 64, 64, 3) and pixels.dtype == np.uint8
-    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True).image, prep) for p in paths])
+    served = np.stack([eval_array(decode_image(p.read_bytes(), draft_size=64, keep_gray=True).image, prep)
+                       for p in paths])
     assert np.array_equal(normalize_pixels(pixels, prep), served)
     assert np.array_equal(serving_pixels(paths[::-1], prep), pixels[::-1])
     (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")

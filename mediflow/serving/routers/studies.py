@@ -139,8 +139,8 @@ def get_study(study_id: uuid.UUID, store: Store = Depends(get_store)) -> StudyDe
 
 
 @router.get("/{study_id}/image", response_class=Response, summary="the study's stored image",
-            responses={200: {"description": "the uploaded bytes (JPEG, PNG, WebP, TIFF or DICOM), or with ?preview=true a "
-                                            "PNG", "content": IMAGE_CONTENT},
+            responses={200: {"description": "the uploaded bytes (JPEG, PNG, WebP, TIFF or DICOM), "
+                                            "or with ?preview=true a PNG", "content": IMAGE_CONTENT},
                        404: {"model": ErrorResponse, "description": "no such study, or no image stored"},
                        422: {"model": ErrorResponse, "description": "the stored image cannot be rendered"}})
 async def get_image(study_id: uuid.UUID,
