@@ -114,7 +114,8 @@ def post(client, server: Server, name: str, data: bytes, heatmap: bool, gap_s: f
 
 def ensure_exports(model: Path, work: Path) -> tuple[Path, Path]:
     """model.pth and model.onnx in `work`, with model.int8.onnx when one made from `model` sits next
-    to it (`mediflow export --int8`; served by default only if its export was accepted)."""
+    to it (`mediflow export --int8`; served by default only if its export was accepted), and the
+    model's input-check statistics when it has them."""
     work.mkdir(parents=True, exist_ok=True)
     from mediflow.checkpoint import file_sha256, load_checkpoint
     from mediflow.inference.backends import OnnxBackend
@@ -127,6 +128,10 @@ def ensure_exports(model: Path, work: Path) -> tuple[Path, Path]:
         src = model.with_suffix(suffix)
         if src.is_file() and (OnnxBackend(src).metadata.get("source_checkpoint") or {}).get("sha256") == sha:
             shutil.copy(src, work / f"model{suffix}")
+    # The input check's statistics travel with the model, so the servers run the check as served.
+    stats = model.with_suffix(".input_check.npz")
+    if stats.is_file():
+        shutil.copy(stats, work / "model.input_check.npz")
     if not (work / "model.onnx").is_file():
         print("exporting fp32 ONNX ...", file=sys.stderr)
         export_checkpoint(load_checkpoint(pth), pth, work / "model.onnx")
