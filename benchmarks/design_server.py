@@ -1,4 +1,5 @@
-"""The design document's serving code path, rebuilt as the baseline for serving_benchmark.py.
+"""The original design's serving code path (README, "Where MediFlow started"): torchvision
+EfficientNet-B0 in eager PyTorch after a full JPEG decode, rebuilt as the baseline for serving_benchmark.py.
 
 torchvision EfficientNet-B0 (classifier -> Linear(1280, 2)) in eager PyTorch, the upload decoded at
 full resolution with PIL, Resize((224, 224)) + ToTensor + Normalize(ImageNet), behind a FastAPI

@@ -1,6 +1,7 @@
-"""Serving benchmark: the design's code path vs MediFlow's torch and fp32 ONNX backends and the served
-default (`mediflow serve --model M.pth`: int8 with fp32 near the operating point when its export was
-accepted and this CPU computes it as recorded, else fp32), in one run.
+"""Serving benchmark: the original design's code path (design_server.py) vs MediFlow's torch and fp32
+ONNX backends and the served default (`mediflow serve --model M.pth`: int8 with fp32 near the
+operating point when its export was accepted and this CPU computes it as recorded, else fp32), in
+one run.
 
 For each configuration it measures, on the same full-resolution JPEGs:
 - model-only latency (one preprocessed upload at a time, median, with the server's thread settings;
@@ -274,7 +275,7 @@ def main() -> int:
         inputs = np.stack([default.preprocess_array(default.load_image(p).image) for p in images])
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        # --no-store: like the design, keep no studies (and never write to the user's default store);
+        # --no-store: like the original design's server, keep no studies (and never write to the user's default store);
         # the last row adds serve's default study store (SQLite, in the temporary folder) to show its cost.
         serve = [py, "-m", "mediflow", "serve", "--host", "127.0.0.1"]
         servers = [

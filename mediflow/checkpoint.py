@@ -3,7 +3,8 @@
 A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always loaded with
 `torch.load(..., weights_only=True)`: a checkpoint from elsewhere cannot run code.
 
-Keys: the design's (`epoch`, `state_dict`, `class_names`, `best_val_acc`, `architecture`) plus
+Keys: those of the original design's checkpoint (`epoch`, `state_dict`, `class_names`, `best_val_acc`,
+`architecture`) plus
 `preprocessing`, `positive_class`, `threshold`, `temperature`, `val_metrics`, `train_config`,
 `seed`, `versions`, `file_list_sha256`, `created`; after `mediflow calibrate` also `weights_sha256`
 (see weights_sha256()). An ensemble is `{"format": ENSEMBLE_FORMAT,
@@ -125,7 +126,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a loadable MediFlow checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT):
         if isinstance(ckpt, dict) and {"state_dict", "architecture", "class_names"} <= ckpt.keys():
-            ckpt.setdefault("format", CHECKPOINT_FORMAT)  # the design's bare checkpoint layout
+            ckpt.setdefault("format", CHECKPOINT_FORMAT)  # a bare checkpoint as the original design wrote it
         else:
             raise CheckpointError(f"{path}: not a MediFlow checkpoint (missing architecture/class_names/state_dict)")
     return ckpt

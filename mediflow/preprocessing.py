@@ -29,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    # Squash to a square as the design did (Resize((224, 224))): the training data was squashed too.
+    # Squash to a square (Resize((224, 224))): the training data was squashed too.
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -39,7 +39,7 @@ class PreprocessConfig:
     # through the same JPEG encoding, so a full-resolution upload reaches the model looking like
     # what it learnt from: the model picks up the copies' JPEG texture. None: no such step.
     source_jpeg_quality: int | None = None
-    # Framing normalisation: "squash" resizes the whole input (the design); "trim" first removes
+    # Framing normalisation: "squash" resizes the whole input, as the training copies were made; "trim" first removes
     # uniform borders (a dark viewer frame, padding to a square, collimator bands), so where the
     # film sits in its canvas cannot inform the model.
     framing: str = "squash"
@@ -70,7 +70,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation. `design` is the design document's recipe."""
+    """Training-time augmentation. `design` is the original design's recipe (flip and rotation)."""
 
     hflip: float = 0.5
     rotation: float = 10.0
@@ -278,7 +278,7 @@ def harmonize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     when the training copies were JPEGs, re-encoded the same way). Then, with `framing="trim"`,
     uniform borders are cut off (`content_box`) and the rest squashed back to the model's size; with
     `intensity="equalize"` the grey levels are histogram-equalised on the model-sized image, so the
-    result does not depend on the upload's resolution. With the defaults (the design's squash, no
+    result does not depend on the upload's resolution. With the defaults (squash, no
     equalisation) inputs already at the model's size pass untouched. Grayscale ("L") inputs are
     resized before becoming RGB: the same pixels for a third of the work.
 

@@ -80,7 +80,7 @@ def _plot_roc(path: Path, is_pos: np.ndarray, score: np.ndarray, metrics: dict[s
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """The design's tables: headline metrics, per-class precision/recall/F1, confusion matrix."""
+    """The tables the original design printed: headline metrics, per-class precision/recall/F1, confusion matrix."""
     names = metrics["class_names"]
     thr = metrics.get("threshold")
     lines = [f"Evaluated {metrics['n']} images "

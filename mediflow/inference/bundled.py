@@ -1,4 +1,4 @@
-"""The model that ships inside the package (the design's `mediflow_lungs_best.pth`)."""
+"""The model that ships inside the package (`mediflow_lungs_best.pth`, the file name the original design gave it)."""
 
 from __future__ import annotations
 

@@ -282,7 +282,7 @@ class Predictor:
     # -- responses -------------------------------------------------------------------------------
     def response(self, probs: np.ndarray, inference_ms: float,
                  input_check: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One image's calibrated probabilities (K,) -> the design's response plus MediFlow's extra
+        """One image's calibrated probabilities (K,) -> `prediction`, `confidence`, `disclaimer` plus MediFlow's extra
         fields. Probabilities are reported centred on the operating point (see decision.py), so the
         called class is the one with the larger reported probability and `confidence` is that value.
         `input_check`: the check's verdict (status ok or warning), added as `input_check`; a warning

@@ -122,7 +122,7 @@ def _load_backbone_file(module: nn.Module, path: Path, strip_prefixes: tuple[str
     module.load_state_dict(usable)
 
 
-# --- torchvision EfficientNet-B0: the design's architecture ------------------------------------
+# --- torchvision EfficientNet-B0: the original design's architecture -----------------------------------
 
 def _efficientnet_b0(weights: str | Path | None) -> tuple[nn.Module, list[nn.Module]]:
     from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
@@ -149,7 +149,8 @@ register(ArchSpec(
     feature_dim=1280,
     build_backbone=_efficientnet_b0,
     default_weights="imagenet",
-    description="torchvision EfficientNet-B0 (the design's architecture); ImageNet weights download from PyTorch's hub",
+    description="torchvision EfficientNet-B0 (the original design's architecture); ImageNet weights download "
+                "from PyTorch's hub",
 ))
 
 

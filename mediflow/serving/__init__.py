@@ -1,1 +1,1 @@
-"""The FastAPI service: the design's API and the doctor's web page, in one process."""
+"""The FastAPI service: the analysis API, the study store's routes and the doctor's web page, in one process."""

@@ -67,7 +67,8 @@ class TrainConfig:
         return asdict(self)
 
 
-# Named presets. `frozen` is the design document's recipe; `finetune` is the accuracy recipe.
+# Named presets. `frozen` is the original design's recipe (frozen backbone, new
+# head); `finetune` is the accuracy recipe.
 RECIPES: dict[str, dict[str, Any]] = {
     "frozen": dict(epochs=5, lr=1e-3, batch_size=32, augment="design", weight_decay=0.0, label_smoothing=0.0),
     # The last `unfreeze` stages fine-tuned on cached activations of the frozen ones: most of

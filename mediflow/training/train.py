@@ -177,7 +177,7 @@ class Trainer:
             "epoch": best["epoch"],
             "state_dict": _cpu(model.state_dict()),
             "class_names": class_names,
-            # The design's key; here it is balanced accuracy at the stored threshold, which a
+            # The original design's checkpoint key; here it is balanced accuracy at the stored threshold, which a
             # 74%-PNEUMONIA data set cannot inflate the way plain accuracy can.
             "best_val_acc": metrics["balanced_accuracy"],
             "architecture": cfg.arch,
