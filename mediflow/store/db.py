@@ -202,6 +202,10 @@ def make_engine(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
+        if parsed.get_backend_name() == "postgresql" and isinstance(exc, ImportError):
+            # The dialect is known and only its driver is missing: the core install leaves it out.
+            raise StoreError(f"a PostgreSQL study store needs the [postgres] extra: "
+                             f"pip install 'mediflow[postgres]' ({exc})") from None
         raise StoreError(f"no driver for {parsed.drivername} ({exc}); "
                          f"use sqlite:/// or postgresql+psycopg://") from None
     if parsed.get_backend_name() == "sqlite":

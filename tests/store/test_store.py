@@ -162,3 +162,16 @@ def test_bad_database_urls_are_one_line_errors(tmp_path):
     with pytest.raises(MediFlowError, match="cannot open the database"):
         Store.open("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
 
+
+
+def test_a_postgres_url_without_its_driver_names_the_extra(monkeypatch):
+    # The core install has no psycopg: importing it fails as it would there.
+    import sys
+
+    from mediflow.store.db import StoreError
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreError) as err:
+        Store("postgresql+psycopg://mediflow:mediflow@127.0.0.1:1/postgres")
+    message = str(err.value)
+    assert "[postgres]" in message and "\n" not in message
