@@ -113,23 +113,36 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def torch_load_safely(path: str | Path, missing: str = "no such model file") -> Any:
+    """What `path` holds, loaded with torch.load(weights_only=True) on the CPU. Raises
+    CheckpointError ("PATH: `missing`" when there is no file; "not a loadable MediFlow checkpoint"
+    for anything weights_only refuses or cannot read)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file")
+        raise CheckpointError(f"{path}: {missing}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals: all "not a safe checkpoint"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable MediFlow checkpoint ({first[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT):
-        if isinstance(ckpt, dict) and {"state_dict", "architecture", "class_names"} <= ckpt.keys():
-            ckpt.setdefault("format", CHECKPOINT_FORMAT)  # a bare checkpoint as the original design wrote it
+
+
+def as_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
+    """`obj` (loaded from `path`) as a MediFlow checkpoint or ensemble dict; raises CheckpointError
+    when it is neither."""
+    if not isinstance(obj, dict) or obj.get("format") not in (CHECKPOINT_FORMAT, ENSEMBLE_FORMAT):
+        if isinstance(obj, dict) and {"state_dict", "architecture", "class_names"} <= obj.keys():
+            obj.setdefault("format", CHECKPOINT_FORMAT)  # a bare checkpoint as the original design wrote it
         else:
             raise CheckpointError(f"{path}: not a MediFlow checkpoint (missing architecture/class_names/state_dict)")
-    return ckpt
+    return obj
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint (or ensemble) at `path`, loaded with weights_only=True; raises CheckpointError."""
+    return as_checkpoint(torch_load_safely(path), path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mediflow.checkpoint import atomic_torch_save, load_checkpoint, plain, utc_now
-from mediflow.errors import CheckpointError
+from mediflow.checkpoint import as_checkpoint, atomic_torch_save, plain, torch_load_safely, utc_now
 
 TRAINING_STATE_FORMAT = "mediflow-training-state"
 
@@ -90,14 +89,7 @@ def is_training_state(ckpt: dict[str, Any]) -> bool:
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """A per-epoch training state or a shipped checkpoint (weights only: training restarts after
     its epoch with a fresh optimizer), loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint to resume from")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, refused globals: all "not a safe checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable MediFlow checkpoint ({first[:200]})") from None
+    state = torch_load_safely(path, "no such checkpoint to resume from")
     if isinstance(state, dict) and is_training_state(state):
         return state
-    return load_checkpoint(path)
+    return as_checkpoint(state, path)

@@ -48,6 +48,15 @@ def expected_finding(api: dict) -> str:
             else "No findings suggestive of pneumonia")
 
 
+
+def canvas_spread(page) -> int:
+    """Brightest minus darkest red value drawn on the viewer's canvas: 0 for one flat grey."""
+    return page.get_by_test_id("viewer-canvas").evaluate("""c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lo = 255, hi = 0;
+        for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+        return hi - lo; }""")
+
 def test_upload_shows_one_consistent_finding_the_image_and_the_disclaimer(browser, live_server, xray_file):
     with open_page(browser) as page:
         page.goto(live_server.url + "/")
@@ -250,11 +259,7 @@ def test_dicom_upload_shows_the_server_decoded_image(browser, live_server, tmp_p
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
         page.get_by_label("Show heatmap").uncheck()
         # The canvas shows the server's rendering: a gradient, so not one flat grey.
-        spread = page.get_by_test_id("viewer-canvas").evaluate("""c => {
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let lo = 255, hi = 0;
-            for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
-            return hi - lo; }""")
+        spread = canvas_spread(page)
         assert spread > 100
         assert page.get_by_test_id("viewer-failed").count() == 0
 
@@ -281,11 +286,7 @@ def test_tiff_and_webp_uploads_are_offered_analysed_and_shown(browser, live_serv
         page.locator(CARD).wait_for(timeout=120_000)
         assert page.get_by_test_id("finding").inner_text() in FINDINGS
         page.get_by_label("Show heatmap").uncheck()
-        spread = page.get_by_test_id("viewer-canvas").evaluate("""c => {
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let lo = 255, hi = 0;
-            for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
-            return hi - lo; }""")
+        spread = canvas_spread(page)
         assert spread > 100
         assert page.get_by_test_id("viewer-failed").count() == 0
 
