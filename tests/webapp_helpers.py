@@ -68,6 +68,15 @@ def canvas_pixels(page, selector: str = "[data-testid=viewer-canvas]") -> str:
     return page.locator(selector).evaluate("c => c.toDataURL('image/png')")
 
 
+def canvas_spread(page, selector: str = "[data-testid=viewer-canvas]") -> int:
+    """Brightest minus darkest red value drawn on the viewer canvas: 0 for one flat grey."""
+    return page.locator(selector).evaluate("""c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lo = 255, hi = 0;
+        for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+        return hi - lo; }""")
+
+
 def canvas_mean(page, selector: str = "[data-testid=viewer-canvas]") -> list[float]:
     """Mean R, G, B of the viewer canvas."""
     page.wait_for_function("s => document.querySelector(s)?.dataset.ready === 'true'", arg=selector)

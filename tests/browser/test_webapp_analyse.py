@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 from conftest import jpeg_bytes, xray_like
 from PIL import Image
-from webapp_helpers import FINDINGS, LAPTOP, TABLET, axe_violations, canvas_mean, canvas_pixels, open_page, screenshot
+from webapp_helpers import (
+    FINDINGS,
+    LAPTOP,
+    TABLET,
+    axe_violations,
+    canvas_mean,
+    canvas_pixels,
+    canvas_spread,
+    open_page,
+    screenshot,
+)
 
 from mediflow import DISCLAIMER
 from mediflow.inference.predictor import Predictor
@@ -48,14 +58,14 @@ def expected_finding(api: dict) -> str:
             else "No findings suggestive of pneumonia")
 
 
-
-def canvas_spread(page) -> int:
-    """Brightest minus darkest red value drawn on the viewer's canvas: 0 for one flat grey."""
-    return page.get_by_test_id("viewer-canvas").evaluate("""c => {
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let lo = 255, hi = 0;
-        for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
-        return hi - lo; }""")
+def assert_finding_and_film_shown(page) -> None:
+    """The finding card appears and the viewer draws the film (heatmap off): a gradient, not one
+    flat grey, and no failure message."""
+    page.locator(CARD).wait_for(timeout=120_000)
+    assert page.get_by_test_id("finding").inner_text() in FINDINGS
+    page.get_by_label("Show heatmap").uncheck()
+    assert canvas_spread(page) > 100
+    assert page.get_by_test_id("viewer-failed").count() == 0
 
 def test_upload_shows_one_consistent_finding_the_image_and_the_disclaimer(browser, live_server, xray_file):
     with open_page(browser) as page:
@@ -255,13 +265,8 @@ def test_dicom_upload_shows_the_server_decoded_image(browser, live_server, tmp_p
             page.set_input_files(FILE_INPUT, str(film))
         api = response.value.json()
         assert response.value.status == 200 and api["preview"].startswith("data:image/png;base64,")
-        page.locator(CARD).wait_for(timeout=120_000)
-        assert page.get_by_test_id("finding").inner_text() in FINDINGS
-        page.get_by_label("Show heatmap").uncheck()
-        # The canvas shows the server's rendering: a gradient, so not one flat grey.
-        spread = canvas_spread(page)
-        assert spread > 100
-        assert page.get_by_test_id("viewer-failed").count() == 0
+        # The canvas shows the server's rendering.
+        assert_finding_and_film_shown(page)
 
 
 @pytest.mark.parametrize("name", ["digitised-film.tif", "published-as-webp.jpg"])
@@ -283,12 +288,7 @@ def test_tiff_and_webp_uploads_are_offered_analysed_and_shown(browser, live_serv
             page.set_input_files(FILE_INPUT, str(path))
         assert response.value.status == 200, response.value.text()
         assert ("preview=true" in response.value.url) is name.endswith(".tif")
-        page.locator(CARD).wait_for(timeout=120_000)
-        assert page.get_by_test_id("finding").inner_text() in FINDINGS
-        page.get_by_label("Show heatmap").uncheck()
-        spread = canvas_spread(page)
-        assert spread > 100
-        assert page.get_by_test_id("viewer-failed").count() == 0
+        assert_finding_and_film_shown(page)
 
 
 @pytest.mark.parametrize("viewport", [TABLET, LAPTOP], ids=["tablet-820x1180", "laptop-1366x900"])
