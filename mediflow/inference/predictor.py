@@ -312,22 +312,16 @@ class Predictor:
         Raises InputRejected (carrying the check's verdict and the DICOM header) for an input the
         check refuses: header and pixel reasons before the model runs, feature reasons after; no
         finding either way."""
-        t0 = time.perf_counter() if t0 is None else t0
-        header = decoded.dicom_header
-        reasons = self.check_before(decoded)
-        if rejected(reasons):
-            raise InputRejected(summarize(reasons), dicom_header=header)
-        probs, maps, pooled = self.forward(self.preprocess_array(decoded.image)[None], heatmap=heatmap)
-        check = self.check_after(reasons, pooled[0], header)
-        if check["status"] == "rejected":
-            raise InputRejected(check, dicom_header=header)
-        return self.response(probs[0], (time.perf_counter() - t0) * 1000, check), None if maps is None else maps[0]
+        answer = self.predict_many([decoded], heatmap=heatmap, t0=t0)[0]
+        if isinstance(answer, InputRejected):
+            raise answer
+        return answer
 
     def predict_many(self, decoded: list[DecodedImage], *, heatmap: bool, t0: float | None = None
                      ) -> list[tuple[dict[str, Any], np.ndarray | None] | InputRejected]:
-        """`predict_with_map` for several decoded images, with one pass of the model over those the
-        header and pixel checks let through. For each image, in order: (response, heatmap or None),
-        or the InputRejected that `predict_with_map` would have raised for it."""
+        """The API's checks and response for several decoded images, with one pass of the model over
+        those the header and pixel checks let through. For each image, in order: (response, heatmap
+        or None), or the InputRejected that `predict_with_map` raises for it."""
         t0 = time.perf_counter() if t0 is None else t0
         out: list[tuple[dict[str, Any], np.ndarray | None] | InputRejected | None] = [None] * len(decoded)
         passed: list[tuple[int, list[Reason]]] = []
