@@ -78,12 +78,11 @@ def source_info(data: bytes, header: dict[str, Any] | None) -> repository.Source
     fmt = sniff_format(data) or "unknown"
     info = repository.SourceInfo(image_sha256=hashlib.sha256(data).hexdigest(), source_format=fmt)
     if header is not None:
-        meta = header
 
         def text(key: str, limit: int) -> str | None:
             # NUL bytes (DICOM pads some values with them; a damaged header may hold more) are
             # dropped: PostgreSQL text cannot hold them, and the film must still get its finding.
-            value = meta.get(key)
+            value = header.get(key)
             value = None if value is None else str(value).replace("\x00", "").strip()
             return value[:limit] if value else None
 
